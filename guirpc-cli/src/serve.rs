@@ -1,0 +1,126 @@
+//! `guirpc serve`: serve every `#[rpc]` function of this program until Ctrl-C.
+
+use std::path::Path;
+use std::process::Command;
+
+use clap::Args as ClapArgs;
+use guirpc_core::{Registry, ServeError, Server};
+
+use crate::exit::{Exit, Failure};
+use crate::logging::{self, LogArgs};
+use crate::settings::BrokerArgs;
+
+/// Serve every #[rpc] function of this program on the service queue, until Ctrl-C or SIGTERM.
+///
+/// Run from a service crate's directory, the standalone `guirpc` runs the crate's own binary
+/// (`cargo run -- serve ...`), which links its functions.
+///
+/// Example: guirpc serve --queue calculator --concurrency 32
+#[derive(Debug, ClapArgs)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Unacknowledged requests the broker sends ahead [env: GUIRPC_PREFETCH] [default: 128]
+    #[arg(long, value_name = "N")]
+    prefetch: Option<u16>,
+    /// Calls run at once [env: GUIRPC_CONCURRENCY] [default: 64]
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+    /// at-least-once (acknowledge after the reply) or at-most-once [env: GUIRPC_DELIVERY]
+    #[arg(long, value_name = "MODE")]
+    delivery: Option<String>,
+}
+
+pub(crate) async fn run(
+    args: Args,
+    log: &LogArgs,
+    defaults: Vec<(&'static str, String)>,
+) -> Result<(), Failure> {
+    let mut more = Vec::new();
+    if let Some(prefetch) = args.prefetch {
+        more.push(("service.prefetch", prefetch.to_string()));
+    }
+    if let Some(concurrency) = args.concurrency {
+        more.push(("service.concurrency", concurrency.to_string()));
+    }
+    if let Some(delivery) = &args.delivery {
+        more.push(("service.delivery", delivery.clone()));
+    }
+    let settings = args.broker.load(log, more, defaults)?;
+    logging::init(&settings)?;
+    let registry = Registry::collect().map_err(|err| Failure::new(Exit::Usage, err.to_string()))?;
+    if registry.is_empty() {
+        return delegate_to_crate();
+    }
+
+    println!(
+        "guirpc {} serving queue `{}` (exchange `{}`) at {}",
+        env!("CARGO_PKG_VERSION"),
+        settings.queue,
+        settings.exchange,
+        settings.masked_uri()
+    );
+    let width = registry
+        .iter()
+        .map(|f| f.signature().len())
+        .max()
+        .unwrap_or(0);
+    for function in registry.iter() {
+        println!("  {:width$}  {}", function.signature(), function.summary());
+    }
+    println!(
+        "delivery {}, prefetch {}, concurrency {}; Ctrl-C to stop",
+        settings
+            .entries()
+            .find(|(k, _, _)| k.name == "delivery")
+            .map(|(_, v, _)| v)
+            .unwrap_or_default(),
+        settings.prefetch,
+        settings.concurrency
+    );
+
+    let server = Server::builder()
+        .settings(settings.service())
+        .registry(registry)
+        .start()
+        .await
+        .map_err(|err| match err {
+            ServeError::Config(_) | ServeError::Duplicate(_) => {
+                Failure::new(Exit::Usage, err.to_string())
+            }
+            other => Failure::new(Exit::Connection, other.to_string()),
+        })?;
+    server
+        .run_until_signal()
+        .await
+        .map_err(|err| Failure::new(Exit::Connection, err.to_string()))
+}
+
+/// The standalone `guirpc` links no functions: serve the crate in this directory instead.
+fn delegate_to_crate() -> Result<(), Failure> {
+    const DELEGATED: &str = "GUIRPC_DELEGATED";
+    if !Path::new("Cargo.toml").exists() || std::env::var_os(DELEGATED).is_some() {
+        return Err(Failure::new(Exit::Usage, "no #[rpc] functions are linked into this program").hint(
+            "run `guirpc serve` in your service crate's directory, or call `guirpc_cli::main()` from your service's main and run `cargo run -- serve`",
+        ));
+    }
+    let forwarded: Vec<String> = std::env::args().skip_while(|a| a != "serve").collect();
+    eprintln!(
+        "no #[rpc] functions are linked into `guirpc` itself; running this crate: cargo run -- {}",
+        forwarded.join(" ")
+    );
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["run", "--quiet", "--"])
+        .args(&forwarded)
+        .env(DELEGATED, "1")
+        .status()
+        .map_err(|err| Failure::new(Exit::Usage, format!("cannot run `cargo run`: {err}")))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => std::process::exit(code),
+        None => Err(Failure::new(
+            Exit::Usage,
+            "the service was killed by a signal",
+        )),
+    }
+}

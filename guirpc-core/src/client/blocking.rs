@@ -1,0 +1,129 @@
+//! The blocking client: the async client driven by a runtime of its own, for programs
+//! without one.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Client, ClientBuilder};
+use crate::codec::Codec;
+use crate::error::Error;
+
+/// A client for synchronous code: the same calls as [`Client`], each blocking the calling
+/// thread until its reply (or its timeout). Cheap to clone, and safe to use from many
+/// threads at once, all sharing one connection.
+///
+/// ```no_run
+/// use guirpc_core::BlockingClient;
+///
+/// fn main() -> Result<(), guirpc_core::Error> {
+///     let client = BlockingClient::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+///     let sum: i64 = client.call("add", (1, 2))?;
+///     println!("{sum}");
+///     Ok(())
+/// }
+/// ```
+///
+/// Do not use it inside an async runtime: its calls refuse with [`Error::Config`] there.
+#[derive(Debug, Clone)]
+pub struct BlockingClient {
+    client: Client,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl BlockingClient {
+    /// Connects to the broker at `uri` with the default settings.
+    pub fn connect(uri: &str) -> Result<BlockingClient, Error> {
+        Client::builder().uri(uri).connect_blocking()
+    }
+
+    pub(super) fn connect_with(builder: ClientBuilder) -> Result<BlockingClient, Error> {
+        outside_runtime()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("guirpc-client")
+            .enable_all()
+            .build()
+            .map_err(|err| Error::Config(format!("cannot start the client's runtime: {err}")))?;
+        let client = runtime.block_on(builder.connect())?;
+        Ok(BlockingClient {
+            client,
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// Calls `function` by name; see [`Client::call`].
+    pub fn call<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<R, Error> {
+        self.block_on(self.client.call(function, args))
+    }
+
+    /// Calls a function whose own error type is `E`; see [`Client::call_fallible`].
+    pub fn call_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<R, Error<E>> {
+        self.block_on(self.client.call_fallible(function, args))
+    }
+
+    /// This client, calling another service queue.
+    #[must_use]
+    pub fn with_queue(&self, queue: &str) -> BlockingClient {
+        self.with(self.client.with_queue(queue))
+    }
+
+    /// This client, with another timeout.
+    #[must_use]
+    pub fn with_timeout(&self, timeout: Duration) -> BlockingClient {
+        self.with(self.client.with_timeout(timeout))
+    }
+
+    /// This client, encoding with another codec.
+    #[must_use]
+    pub fn with_codec(&self, codec: Codec) -> BlockingClient {
+        self.with(self.client.with_codec(codec))
+    }
+
+    /// The async client inside, sharing this one's connection.
+    pub fn as_async(&self) -> &Client {
+        &self.client
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        if outside_runtime::<()>().is_ok() {
+            self.runtime.block_on(self.client.close());
+        }
+    }
+
+    fn with(&self, client: Client) -> BlockingClient {
+        BlockingClient {
+            client,
+            runtime: self.runtime.clone(),
+        }
+    }
+
+    fn block_on<T, E>(
+        &self,
+        call: impl Future<Output = Result<T, Error<E>>>,
+    ) -> Result<T, Error<E>> {
+        outside_runtime()?;
+        self.runtime.block_on(call)
+    }
+}
+
+fn outside_runtime<E>() -> Result<(), Error<E>> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => Err(Error::Config(
+            "the blocking client cannot be used inside an async runtime: use guirpc_core::Client there".into(),
+        )),
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,497 @@
+//! Clients: publish a request, wait for its reply.
+//!
+//! One connection and one channel carry every call. Replies come back over RabbitMQ's
+//! direct reply-to, consumed by one task that hands each reply to the call waiting for its
+//! correlation ID, so any number of calls can be in flight at once on one [`Client`].
+//! Requests are published `mandatory` on a channel in confirm mode: a request no queue is
+//! bound for comes back at once as [`Error::NoRoute`] instead of running into its timeout.
+
+mod blocking;
+
+pub use blocking::BlockingClient;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::codec::Codec;
+use crate::config::{Settings, mask_uri, validate_uri};
+use crate::error::{Error, RemoteError};
+use crate::protocol::{self, ErrorCode};
+
+/// Configures a client.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), guirpc_core::Error> {
+/// use std::time::Duration;
+/// use guirpc_core::{Client, Codec};
+///
+/// let client = Client::builder()
+///     .uri("amqp://guest:guest@127.0.0.1:5672/%2f")
+///     .queue("calculator")
+///     .timeout(Duration::from_secs(5))
+///     .codec(Codec::Json)
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientBuilder {
+    uri: String,
+    exchange: String,
+    queue: String,
+    timeout: Duration,
+    codec: Codec,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder::from_settings(&Settings::default())
+    }
+}
+
+impl ClientBuilder {
+    /// A builder from loaded settings (`broker.*`, `service.queue`, `client.*`).
+    pub fn from_settings(settings: &Settings) -> Self {
+        ClientBuilder {
+            uri: settings.uri.clone(),
+            exchange: settings.exchange.clone(),
+            queue: settings.queue.clone(),
+            timeout: settings.timeout,
+            codec: settings.codec,
+        }
+    }
+
+    /// The broker URI.
+    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+        self.uri = uri.into();
+        self
+    }
+
+    /// The exchange the services listen on.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// The service queue calls go to.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// The default timeout of a call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How arguments are encoded.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Connects to the broker.
+    pub async fn connect(self) -> Result<Client, Error> {
+        validate_uri(&self.uri).map_err(Error::Config)?;
+        let masked_uri = mask_uri(&self.uri);
+        let failed = |err: lapin::Error| Error::connection(&masked_uri, err);
+        let properties =
+            ConnectionProperties::default().with_connection_name("guirpc client".into());
+        let connection = Connection::connect(&self.uri, properties)
+            .await
+            .map_err(failed)?;
+        let channel = connection.create_channel().await.map_err(failed)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(failed)?;
+        // Declared so that a publish never meets a missing exchange, which would close
+        // the channel; the service queues are the servers' to declare.
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        let replies = channel
+            .basic_consume(
+                protocol::DIRECT_REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        let pending = Arc::new(Pending::default());
+        let dispatcher = tokio::spawn(route_replies(replies, pending.clone()));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                masked_uri,
+                exchange: self.exchange.as_str().into(),
+                connection,
+                channel,
+                pending,
+                next_id: AtomicU64::new(1),
+                dispatcher,
+            }),
+            queue: self.queue.as_str().into(),
+            timeout: self.timeout,
+            codec: self.codec,
+        })
+    }
+
+    /// Connects a [`BlockingClient`], for code without an async runtime.
+    pub fn connect_blocking(self) -> Result<BlockingClient, Error> {
+        BlockingClient::connect_with(self)
+    }
+}
+
+/// An async client. Cheap to clone; clones share one connection and may be used from any
+/// number of tasks at once.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), guirpc_core::Error> {
+/// use std::time::Duration;
+/// use guirpc_core::Client;
+///
+/// let client = Client::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// // By name, with arguments by parameter name ...
+/// let sum: i64 = client.call("add", serde_json::json!({"a": 1, "b": 2})).await?;
+/// // ... or in order, with a timeout of its own.
+/// let sum: i64 = client.with_timeout(Duration::from_secs(1)).call("add", (1, 2)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    queue: ShortString,
+    timeout: Duration,
+    codec: Codec,
+}
+
+#[derive(Debug)]
+struct Inner {
+    masked_uri: String,
+    exchange: ShortString,
+    connection: Connection,
+    channel: Channel,
+    pending: Arc<Pending>,
+    next_id: AtomicU64,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.dispatcher.abort();
+    }
+}
+
+/// Calls waiting for their reply, by correlation ID.
+#[derive(Debug, Default)]
+struct Pending {
+    calls: Mutex<PendingCalls>,
+}
+
+#[derive(Debug, Default)]
+struct PendingCalls {
+    waiting: HashMap<u64, oneshot::Sender<Delivery>>,
+    /// Set once replies can no longer arrive; no call may wait after that.
+    closed: bool,
+}
+
+impl Pending {
+    fn insert(&self, id: u64) -> Option<oneshot::Receiver<Delivery>> {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if calls.closed {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        calls.waiting.insert(id, tx);
+        Some(rx)
+    }
+
+    fn remove(&self, id: u64) -> Option<oneshot::Sender<Delivery>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .remove(&id)
+    }
+
+    /// Fails every waiting call at once: their senders drop.
+    fn close(&self) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.closed = true;
+        calls.waiting.clear();
+    }
+}
+
+/// Removes a call's entry however the call ends, cancellation included.
+struct Waiting<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.pending.remove(self.id);
+    }
+}
+
+async fn route_replies(mut replies: lapin::Consumer, pending: Arc<Pending>) {
+    while let Some(delivery) = replies.next().await {
+        match delivery {
+            Ok(delivery) => {
+                let id = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .and_then(|id| id.as_str().parse::<u64>().ok());
+                match id.and_then(|id| pending.remove(id)) {
+                    Some(waiting) => {
+                        let _ = waiting.send(delivery);
+                    }
+                    None => debug!("dropping a reply no call waits for (late, or a duplicate)"),
+                }
+            }
+            Err(err) => {
+                warn!("the reply consumer failed: {err}");
+                break;
+            }
+        }
+    }
+    pending.close();
+}
+
+impl Client {
+    /// A builder with the defaults: the local broker, queue `guirpc`, a 30 s timeout,
+    /// MessagePack.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// Connects to the broker at `uri` with the default settings.
+    pub async fn connect(uri: &str) -> Result<Client, Error> {
+        Client::builder().uri(uri).connect().await
+    }
+
+    /// This client, calling another service queue.
+    #[must_use]
+    pub fn with_queue(&self, queue: &str) -> Client {
+        Client {
+            queue: queue.into(),
+            ..self.clone()
+        }
+    }
+
+    /// This client, with another timeout.
+    #[must_use]
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            timeout,
+            ..self.clone()
+        }
+    }
+
+    /// This client, encoding with another codec.
+    #[must_use]
+    pub fn with_codec(&self, codec: Codec) -> Client {
+        Client {
+            codec,
+            ..self.clone()
+        }
+    }
+
+    /// The service queue calls go to.
+    pub fn queue(&self) -> &str {
+        self.queue.as_str()
+    }
+
+    /// The timeout of a call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The codec arguments are sent in.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Calls `function` by name. `args` is a map or struct of arguments by parameter
+    /// name, or a tuple or sequence of them in order.
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<R, Error> {
+        let reply = self.round_trip(function, &args).await?;
+        self.decode(function, reply)
+    }
+
+    /// Calls a function whose own error type is `E`; its `Err(e)` arrives as
+    /// [`Error::Handler`]. Typed stubs generated by `#[rpc]` call this.
+    pub async fn call_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<R, Error<E>> {
+        let reply = self
+            .round_trip(function, &args)
+            .await
+            .map_err(Error::widen)?;
+        self.decode(function, reply)
+            .map_err(|err| typed(function, err))
+    }
+
+    /// Closes the connection; calls still waiting fail with [`Error::Connection`].
+    pub async fn close(&self) {
+        let _ = self
+            .inner
+            .connection
+            .close(200, "client closed".into())
+            .await;
+        self.inner.pending.close();
+    }
+
+    async fn round_trip(&self, function: &str, args: &impl Serialize) -> Result<Delivery, Error> {
+        let inner = &*self.inner;
+        let body = self.codec.encode(args).map_err(|source| Error::Encode {
+            function: function.to_owned(),
+            source,
+        })?;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let reply = inner.pending.insert(id).ok_or_else(|| self.lost())?;
+        let _waiting = Waiting {
+            pending: &inner.pending,
+            id,
+        };
+        let deadline = Instant::now() + self.timeout;
+        let properties =
+            protocol::request_properties(function, self.codec, id.to_string().into(), self.timeout);
+        let publish = inner.channel.basic_publish(
+            inner.exchange.clone(),
+            self.queue.clone(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &body,
+            properties,
+        );
+        let mut confirm = match tokio::time::timeout_at(deadline, publish).await {
+            Ok(Ok(confirm)) => confirm,
+            Ok(Err(err)) => return Err(Error::connection(&inner.masked_uri, err)),
+            Err(_) => return Err(self.timed_out(function)),
+        };
+        match tokio::time::timeout_at(deadline, &mut confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => {}
+            Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)))) => {
+                return Err(Error::NoRoute {
+                    function: function.to_owned(),
+                    queue: self.queue.to_string(),
+                    exchange: inner.exchange.to_string(),
+                });
+            }
+            Ok(Ok(Confirmation::Nack(None))) => {
+                return Err(Error::connection(
+                    &inner.masked_uri,
+                    "the broker refused the request (negative publisher confirm)",
+                ));
+            }
+            Ok(Ok(Confirmation::NotRequested)) => unreachable!("the channel is in confirm mode"),
+            Ok(Err(err)) => return Err(Error::connection(&inner.masked_uri, err)),
+            Err(_) => {
+                // Let the confirm resolve off the call's path: a confirm dropped unresolved
+                // would be kept by lapin until somebody waits for all confirms.
+                tokio::spawn(confirm);
+                return Err(self.timed_out(function));
+            }
+        }
+        match tokio::time::timeout_at(deadline, reply).await {
+            Ok(Ok(delivery)) => Ok(delivery),
+            Ok(Err(_)) => Err(self.lost()),
+            Err(_) => Err(self.timed_out(function)),
+        }
+    }
+
+    fn decode<R: DeserializeOwned>(&self, function: &str, reply: Delivery) -> Result<R, Error> {
+        let content_type = reply
+            .properties
+            .content_type()
+            .as_ref()
+            .map(ShortString::as_str);
+        let codec = Codec::from_content_type(content_type).unwrap_or(self.codec);
+        if protocol::reply_is_ok(&reply.properties) {
+            codec.decode(&reply.data).map_err(|source| Error::Decode {
+                function: function.to_owned(),
+                source,
+            })
+        } else {
+            Err(Error::Remote(RemoteError::from_reply(
+                function, codec, reply.data,
+            )))
+        }
+    }
+
+    fn timed_out<E>(&self, function: &str) -> Error<E> {
+        Error::Timeout {
+            function: function.to_owned(),
+            queue: self.queue.to_string(),
+            timeout: self.timeout,
+        }
+    }
+
+    fn lost(&self) -> Error {
+        Error::connection(
+            &self.inner.masked_uri,
+            "the connection to the broker was lost before the reply arrived",
+        )
+    }
+}
+
+/// Turns a handler error carried in a remote error into the function's own type.
+fn typed<E: DeserializeOwned>(function: &str, err: Error<Infallible>) -> Error<E> {
+    match err {
+        Error::Remote(remote) if remote.code() == &ErrorCode::HandlerError => {
+            match remote.detail::<E>() {
+                Some(Ok(error)) => Error::Handler {
+                    function: function.to_owned(),
+                    error,
+                },
+                Some(Err(source)) => Error::Decode {
+                    function: function.to_owned(),
+                    source,
+                },
+                None => Error::Remote(remote),
+            }
+        }
+        other => Error::widen(other),
+    }
+}

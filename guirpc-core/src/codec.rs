@@ -1,0 +1,191 @@
+//! Body encodings. A request names its codec in `content_type`; the server answers in the
+//! same one. MessagePack is the default: compact, and written with field names so that any
+//! MessagePack library can read what a Rust struct became.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A body encoding.
+///
+/// ```
+/// use guirpc_core::Codec;
+///
+/// let body = Codec::Json.encode(&(1, "two")).unwrap();
+/// assert_eq!(body, br#"[1,"two"]"#);
+/// let back: (i32, String) = Codec::Json.decode(&body).unwrap();
+/// assert_eq!(back, (1, "two".to_string()));
+/// assert_eq!("msgpack".parse::<Codec>().unwrap(), Codec::MsgPack);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Codec {
+    /// MessagePack (`application/msgpack`), structs as maps keyed by field name.
+    #[default]
+    MsgPack,
+    /// JSON (`application/json`).
+    Json,
+}
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(String);
+
+impl Codec {
+    /// The `content_type` this codec is announced with.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Codec::MsgPack => "application/msgpack",
+            Codec::Json => "application/json",
+        }
+    }
+
+    /// The codec a `content_type` names; `None` for one guirpc does not speak.
+    /// An absent `content_type` means MessagePack (see `docs/PROTOCOL.md`).
+    pub fn from_content_type(content_type: Option<&str>) -> Option<Codec> {
+        match content_type {
+            None | Some("") => Some(Codec::MsgPack),
+            Some(ct) => {
+                // Parameters such as `; charset=utf-8` do not change the codec.
+                let essence = ct.split(';').next().unwrap_or("").trim();
+                match essence.to_ascii_lowercase().as_str() {
+                    "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
+                        Some(Codec::MsgPack)
+                    }
+                    "application/json" => Some(Codec::Json),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Encodes a value.
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, CodecError> {
+        match self {
+            Codec::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| CodecError(e.to_string())),
+            Codec::Json => serde_json::to_vec(value).map_err(|e| CodecError(e.to_string())),
+        }
+    }
+
+    /// Decodes a value; the error says what did not fit, and where for JSON.
+    pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, CodecError> {
+        match self {
+            Codec::MsgPack => rmp_serde::from_slice(body).map_err(|e| CodecError(e.to_string())),
+            Codec::Json => serde_json::from_slice(body).map_err(|e| CodecError(e.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Codec::MsgPack => "msgpack",
+            Codec::Json => "json",
+        })
+    }
+}
+
+impl FromStr for Codec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "msgpack" | "messagepack" => Ok(Codec::MsgPack),
+            "json" => Ok(Codec::Json),
+            other => Err(format!(
+                "unknown codec `{other}` (expected `msgpack` or `json`)"
+            )),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Codec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Codec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Point {
+        x: i32,
+        y: i32,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Shape {
+        Dot,
+        Circle { r: f64 },
+    }
+
+    #[test]
+    fn msgpack_writes_structs_as_maps_with_field_names() {
+        let body = Codec::MsgPack.encode(&Point { x: 1, y: 2 }).unwrap();
+        // fixmap of 2 entries, first key the fixstr "x"
+        assert_eq!(body[0], 0x82);
+        assert_eq!(&body[1..3], &[0xa1, b'x']);
+        assert_eq!(
+            Codec::MsgPack.decode::<Point>(&body).unwrap(),
+            Point { x: 1, y: 2 }
+        );
+    }
+
+    #[test]
+    fn enums_are_externally_tagged_in_both_codecs() {
+        for codec in [Codec::MsgPack, Codec::Json] {
+            let unit = codec.encode(&Shape::Dot).unwrap();
+            assert_eq!(codec.decode::<String>(&unit).unwrap(), "Dot", "{codec}");
+            let circle = codec.encode(&Shape::Circle { r: 1.5 }).unwrap();
+            let as_json: serde_json::Value = codec.decode(&circle).unwrap();
+            assert_eq!(
+                as_json,
+                serde_json::json!({"Circle": {"r": 1.5}}),
+                "{codec}"
+            );
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(Codec::from_content_type(None), Some(Codec::MsgPack));
+        assert_eq!(
+            Codec::from_content_type(Some("application/json; charset=utf-8")),
+            Some(Codec::Json)
+        );
+        assert_eq!(
+            Codec::from_content_type(Some("application/x-msgpack")),
+            Some(Codec::MsgPack)
+        );
+        assert_eq!(Codec::from_content_type(Some("text/plain")), None);
+        for codec in [Codec::MsgPack, Codec::Json] {
+            assert_eq!(
+                Codec::from_content_type(Some(codec.content_type())),
+                Some(codec)
+            );
+            assert_eq!(codec.to_string().parse::<Codec>(), Ok(codec));
+        }
+    }
+
+    #[test]
+    fn decode_errors_say_what_did_not_fit() {
+        let err = Codec::Json
+            .decode::<Point>(br#"{"x": "one", "y": 2}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+        assert!(err.to_string().contains("column"), "{err}");
+        assert!(Codec::MsgPack.decode::<Point>(&[0xc1]).is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! What a call can end in, as one type a caller matches on.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+
+use crate::codec::{Codec, CodecError};
+use crate::protocol::{Envelope, ErrorCode};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a call failed.
+///
+/// `E` is the function's own error type: a typed stub of a function returning
+/// `Result<T, E>` fails with `Error<E>`, and the function's `Err(e)` arrives as
+/// [`Error::Handler`]. Calls by name, and stubs of functions that cannot fail, use
+/// `Error<Infallible>`, where a function's `Err` arrives as [`Error::Remote`] with code
+/// [`ErrorCode::HandlerError`] (decode it with [`RemoteError::detail`]).
+///
+/// ```
+/// # use guirpc_core::{Error, ErrorCode};
+/// fn describe(err: &Error) -> &'static str {
+///     match err {
+///         Error::Timeout { .. } => "no reply in time",
+///         Error::NoRoute { .. } => "no such service",
+///         Error::Remote(remote) if remote.code() == &ErrorCode::NotFound => "no such function",
+///         Error::Remote(_) => "the server refused or failed the call",
+///         Error::Connection { .. } => "broker trouble: worth a retry",
+///         _ => "something else",
+///     }
+/// }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error<E = Infallible> {
+    /// No reply came within the call's timeout.
+    #[error(
+        "call to `{function}` on queue `{queue}` timed out after {timeout:?}: no reply (is a server consuming the queue?)"
+    )]
+    Timeout {
+        /// The function called.
+        function: String,
+        /// The service queue it was sent to.
+        queue: String,
+        /// The timeout that ran out.
+        timeout: Duration,
+    },
+    /// The broker could not route the request: no queue is bound for that service.
+    #[error(
+        "no route to service `{queue}` on exchange `{exchange}` for `{function}`: no such queue is bound (is the service running?)"
+    )]
+    NoRoute {
+        /// The function called.
+        function: String,
+        /// The service queue the request was addressed to.
+        queue: String,
+        /// The exchange it was published to.
+        exchange: String,
+    },
+    /// The server answered with an error: unknown function, bad request, panic, ...
+    #[error(transparent)]
+    Remote(RemoteError),
+    /// The function ran and returned this error.
+    #[error("`{function}` failed: {error}")]
+    Handler {
+        /// The function called.
+        function: String,
+        /// The error the function returned.
+        error: E,
+    },
+    /// The arguments could not be encoded.
+    #[error("cannot encode the arguments of `{function}`: {source}")]
+    Encode {
+        /// The function called.
+        function: String,
+        /// What the codec said.
+        source: CodecError,
+    },
+    /// The reply could not be decoded into the expected type.
+    #[error("cannot decode the reply of `{function}`: {source}")]
+    Decode {
+        /// The function called.
+        function: String,
+        /// What the codec said.
+        source: CodecError,
+    },
+    /// The connection or channel to the broker failed; the call may not have run.
+    /// Worth retrying once the client is connected again.
+    #[error("connection to {uri} failed: {source}")]
+    Connection {
+        /// The broker URI, password masked.
+        uri: String,
+        /// What the AMQP client said.
+        source: BoxError,
+    },
+    /// The configuration is unusable (a malformed URI, say).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl<E> Error<E> {
+    /// Whether retrying the same call may succeed: a timeout or a connection failure.
+    /// Mind that the function may have run already; retry only idempotent functions.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::Connection { .. })
+    }
+
+    /// The error code the server answered with, if it answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Remote(remote) => Some(remote.code.clone()),
+            Error::Handler { .. } => Some(ErrorCode::HandlerError),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn connection(uri: &str, source: impl Into<BoxError>) -> Self {
+        Error::Connection {
+            uri: uri.to_owned(),
+            source: source.into(),
+        }
+    }
+
+    /// Re-types an error that carries no handler error.
+    pub(crate) fn widen(err: Error<Infallible>) -> Self {
+        match err {
+            Error::Timeout {
+                function,
+                queue,
+                timeout,
+            } => Error::Timeout {
+                function,
+                queue,
+                timeout,
+            },
+            Error::NoRoute {
+                function,
+                queue,
+                exchange,
+            } => Error::NoRoute {
+                function,
+                queue,
+                exchange,
+            },
+            Error::Remote(remote) => Error::Remote(remote),
+            Error::Handler { error, .. } => match error {},
+            Error::Encode { function, source } => Error::Encode { function, source },
+            Error::Decode { function, source } => Error::Decode { function, source },
+            Error::Connection { uri, source } => Error::Connection { uri, source },
+            Error::Config(message) => Error::Config(message),
+        }
+    }
+}
+
+/// An error reply from the server.
+#[derive(Clone, PartialEq)]
+pub struct RemoteError {
+    function: String,
+    code: ErrorCode,
+    message: String,
+    codec: Codec,
+    body: Vec<u8>,
+}
+
+impl RemoteError {
+    /// The stable error code.
+    pub fn code(&self) -> &ErrorCode {
+        &self.code
+    }
+
+    /// The server's message, for a person.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The function called.
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// Decodes the envelope's `detail`: the function's own error value when the code is
+    /// [`ErrorCode::HandlerError`]. `None` when there is no detail.
+    pub fn detail<T: DeserializeOwned>(&self) -> Option<Result<T, CodecError>> {
+        match self.codec.decode::<Envelope<'_, T>>(&self.body) {
+            Ok(envelope) => envelope.detail.map(Ok),
+            Err(err) => Some(Err(err)),
+        }
+    }
+
+    /// Reads an error reply. Also used for replies that carry no valid envelope, which
+    /// become an `internal` error saying so.
+    pub(crate) fn from_reply(function: &str, codec: Codec, body: Vec<u8>) -> RemoteError {
+        let (code, message) = match codec.decode::<Envelope<'_, IgnoredAny>>(&body) {
+            Ok(envelope) => (
+                ErrorCode::parse(&envelope.code),
+                envelope.message.into_owned(),
+            ),
+            Err(err) => (
+                ErrorCode::Internal,
+                format!(
+                    "the server sent an error reply that is not a guirpc error envelope: {err}"
+                ),
+            ),
+        };
+        RemoteError {
+            function: function.to_owned(),
+            code,
+            message,
+            codec,
+            body,
+        }
+    }
+}
+
+impl fmt::Debug for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteError")
+            .field("function", &self.function)
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` failed on the server ({}): {}",
+            self.function, self.code, self.message
+        )
+    }
+}
+
+impl std::error::Error for RemoteError {}

@@ -1,0 +1,51 @@
+//! guirpc: remote procedure calls and functions as a service over RabbitMQ.
+//!
+//! Mark ordinary functions with [`rpc`], serve them with a [`Server`] (or the `guirpc serve`
+//! command), and call them from other programs through a [`Client`] or a
+//! [`BlockingClient`], by name or through the typed stubs `#[rpc]` generates.
+//!
+//! ```no_run
+//! use guirpc_core::{rpc, Client, Server};
+//!
+//! /// Adds two numbers.
+//! #[rpc]
+//! async fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // In the service:
+//! let server = Server::builder().queue("calculator").start().await?;
+//!
+//! // In a caller:
+//! let client = Client::builder().queue("calculator").connect().await?;
+//! assert_eq!(add::call(&client, 1, 2).await?, 3);
+//! # Ok(()) }
+//! ```
+//!
+//! The wire protocol is specified in `docs/PROTOCOL.md`.
+
+#![warn(missing_docs)]
+
+extern crate self as guirpc_core;
+
+mod client;
+pub mod codec;
+pub mod config;
+mod error;
+pub mod protocol;
+pub mod registry;
+mod server;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use client::{BlockingClient, Client, ClientBuilder};
+pub use codec::Codec;
+pub use config::Settings;
+pub use error::{Error, RemoteError};
+pub use guirpc_macros::rpc;
+pub use protocol::ErrorCode;
+pub use registry::{Function, Registry};
+pub use server::{ServeError, Server, ServerBuilder, shutdown_signal};

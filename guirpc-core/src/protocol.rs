@@ -1,0 +1,271 @@
+//! The wire format, in one place so that it reads side by side with `docs/PROTOCOL.md`:
+//! names, headers, status values, error codes and the error envelope, and how a request's
+//! AMQP properties are read and a reply's are written.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Codec;
+
+/// The exchange requests are published to, unless configured otherwise.
+pub const DEFAULT_EXCHANGE: &str = "guirpc";
+/// The service queue, unless configured otherwise.
+pub const DEFAULT_QUEUE: &str = "guirpc";
+/// RabbitMQ's direct reply-to pseudo-queue.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Request header naming the function to run.
+pub const HEADER_FUNCTION: &str = "guirpc-function";
+/// Request header with the absolute deadline, milliseconds since the Unix epoch.
+pub const HEADER_DEADLINE: &str = "guirpc-deadline";
+/// Reply header: [`STATUS_OK`] or [`STATUS_ERROR`].
+pub const HEADER_STATUS: &str = "guirpc-status";
+/// The reply body is the return value.
+pub const STATUS_OK: &str = "ok";
+/// The reply body is an error envelope.
+pub const STATUS_ERROR: &str = "error";
+
+/// Why a call failed on the server side; the `code` of an error envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request was malformed: no function header, unknown codec, bad arguments.
+    BadRequest,
+    /// No function of that name is served on the queue.
+    NotFound,
+    /// The function returned `Err(e)`; `e` travels in the envelope's `detail`.
+    HandlerError,
+    /// The function panicked.
+    Internal,
+    /// The request's deadline passed before the server could start it.
+    DeadlineExceeded,
+    /// A code this version does not know; treat it like [`ErrorCode::Internal`].
+    Unknown(String),
+}
+
+impl ErrorCode {
+    /// The code as it is written on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::HandlerError => "handler_error",
+            ErrorCode::Internal => "internal",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::Unknown(code) => code,
+        }
+    }
+
+    /// Reads a code from the wire.
+    pub fn parse(code: &str) -> ErrorCode {
+        match code {
+            "bad_request" => ErrorCode::BadRequest,
+            "not_found" => ErrorCode::NotFound,
+            "handler_error" => ErrorCode::HandlerError,
+            "internal" => ErrorCode::Internal,
+            "deadline_exceeded" => ErrorCode::DeadlineExceeded,
+            other => ErrorCode::Unknown(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of an error reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Envelope<'a, D> {
+    pub code: Cow<'a, str>,
+    pub message: Cow<'a, str>,
+    #[serde(default = "none")]
+    pub detail: Option<D>,
+}
+
+fn none<D>() -> Option<D> {
+    None
+}
+
+/// What a server reads from a request's properties before dispatching it.
+#[derive(Debug)]
+pub(crate) struct RequestMeta {
+    pub function: Option<String>,
+    pub codec: Result<Codec, String>,
+    pub correlation_id: Option<ShortString>,
+    pub reply_to: Option<ShortString>,
+    pub deadline: Option<SystemTime>,
+}
+
+impl RequestMeta {
+    pub fn read(props: &BasicProperties) -> RequestMeta {
+        let headers = props.headers().as_ref();
+        let header = |name: &str| headers.and_then(|h| h.inner().get(name));
+        let content_type = props.content_type().as_ref().map(ShortString::as_str);
+        RequestMeta {
+            function: header(HEADER_FUNCTION).and_then(value_as_str).map(Cow::into_owned),
+            codec: Codec::from_content_type(content_type).ok_or_else(|| {
+                format!(
+                    "unsupported content_type `{}` (expected application/msgpack or application/json)",
+                    content_type.unwrap_or_default()
+                )
+            }),
+            correlation_id: props.correlation_id().clone(),
+            reply_to: props.reply_to().clone().filter(|r| !r.as_str().is_empty()),
+            deadline: header(HEADER_DEADLINE)
+                .and_then(value_as_u64)
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// The properties of a request from a guirpc client.
+pub(crate) fn request_properties(
+    function: &str,
+    codec: Codec,
+    correlation_id: ShortString,
+    timeout: Duration,
+) -> BasicProperties {
+    let deadline = SystemTime::now() + timeout;
+    let deadline_ms = deadline
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        HEADER_FUNCTION.into(),
+        AMQPValue::LongString(LongString::from(function)),
+    );
+    headers.insert(
+        HEADER_DEADLINE.into(),
+        AMQPValue::LongLongInt(i64::try_from(deadline_ms).unwrap_or(i64::MAX)),
+    );
+    // A timeout under a millisecond would round to an expiration of 0: "expire at once".
+    let expiration = timeout.as_millis().max(1);
+    BasicProperties::default()
+        .with_content_type(codec.content_type().into())
+        .with_correlation_id(correlation_id)
+        .with_reply_to(DIRECT_REPLY_TO.into())
+        .with_expiration(expiration.to_string().into())
+        .with_delivery_mode(1)
+        .with_headers(headers)
+}
+
+/// The properties of a reply to a request.
+pub(crate) fn reply_properties(
+    codec: Codec,
+    correlation_id: Option<ShortString>,
+    ok: bool,
+) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let status = if ok { STATUS_OK } else { STATUS_ERROR };
+    headers.insert(HEADER_STATUS.into(), AMQPValue::LongString(status.into()));
+    let props = BasicProperties::default()
+        .with_content_type(codec.content_type().into())
+        .with_headers(headers);
+    match correlation_id {
+        Some(id) => props.with_correlation_id(id),
+        None => props,
+    }
+}
+
+/// Whether a reply carries a return value (`true`) or an error envelope (`false`).
+/// A reply without a status header is read as an error, so that a foreign or broken
+/// server's body is never mistaken for a return value.
+pub(crate) fn reply_is_ok(props: &BasicProperties) -> bool {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(HEADER_STATUS))
+        .and_then(value_as_str)
+        .is_some_and(|s| s == STATUS_OK)
+}
+
+fn value_as_str(value: &AMQPValue) -> Option<Cow<'_, str>> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => Some(Cow::Borrowed(s.as_str())),
+        AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice())),
+        _ => None,
+    }
+}
+
+fn value_as_u64(value: &AMQPValue) -> Option<u64> {
+    match *value {
+        AMQPValue::ShortShortInt(v) => u64::try_from(v).ok(),
+        AMQPValue::ShortShortUInt(v) => Some(v.into()),
+        AMQPValue::ShortInt(v) => u64::try_from(v).ok(),
+        AMQPValue::ShortUInt(v) => Some(v.into()),
+        AMQPValue::LongInt(v) => u64::try_from(v).ok(),
+        AMQPValue::LongUInt(v) => Some(v.into()),
+        AMQPValue::LongLongInt(v) => u64::try_from(v).ok(),
+        AMQPValue::Timestamp(v) => Some(v),
+        AMQPValue::Double(v) if v >= 0.0 => Some(v as u64),
+        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_properties_round_trip_through_request_meta() {
+        let props = request_properties("add", Codec::Json, "7".into(), Duration::from_secs(5));
+        assert_eq!(props.expiration().as_ref().unwrap().as_str(), "5000");
+        let meta = RequestMeta::read(&props);
+        assert_eq!(meta.function.as_deref(), Some("add"));
+        assert_eq!(meta.codec, Ok(Codec::Json));
+        assert_eq!(meta.correlation_id.unwrap().as_str(), "7");
+        assert_eq!(meta.reply_to.unwrap().as_str(), DIRECT_REPLY_TO);
+        let left = meta
+            .deadline
+            .unwrap()
+            .duration_since(SystemTime::now())
+            .unwrap();
+        assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn foreign_header_types_are_understood() {
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_FUNCTION.into(), AMQPValue::ShortString("f".into()));
+        headers.insert(HEADER_DEADLINE.into(), AMQPValue::LongString("1000".into()));
+        let props = BasicProperties::default()
+            .with_headers(headers)
+            .with_content_type("text/csv".into());
+        let meta = RequestMeta::read(&props);
+        assert_eq!(meta.function.as_deref(), Some("f"));
+        assert_eq!(meta.deadline, Some(UNIX_EPOCH + Duration::from_secs(1)));
+        assert!(meta.codec.unwrap_err().contains("text/csv"));
+        assert!(meta.reply_to.is_none());
+    }
+
+    #[test]
+    fn a_reply_without_status_is_not_ok() {
+        assert!(!reply_is_ok(&BasicProperties::default()));
+        assert!(reply_is_ok(&reply_properties(Codec::MsgPack, None, true)));
+        assert!(!reply_is_ok(&reply_properties(Codec::MsgPack, None, false)));
+    }
+
+    #[test]
+    fn error_codes_round_trip() {
+        for code in [
+            "bad_request",
+            "not_found",
+            "handler_error",
+            "internal",
+            "deadline_exceeded",
+            "x",
+        ] {
+            assert_eq!(ErrorCode::parse(code).as_str(), code);
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The functions a process serves: every `#[rpc]` function registers itself here at link
+//! time (through `inventory`), so there is no list to maintain. A server takes a
+//! [`Registry`] snapshot at start-up, which is where duplicate names are caught.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::codec::Codec;
+
+/// A boxed handler future.
+#[doc(hidden)]
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
+
+/// The entry point `#[rpc]` generates for a function.
+#[doc(hidden)]
+pub type HandlerFn = fn(Invocation) -> HandlerFuture;
+
+/// A request handed to a handler: its codec and its encoded arguments.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Invocation {
+    pub codec: Codec,
+    pub body: Vec<u8>,
+}
+
+/// What a handler produced: a return value or an error envelope, encoded.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Reply {
+    pub ok: bool,
+    pub body: Vec<u8>,
+}
+
+/// One parameter of a registered function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    /// The parameter's name, the key in a map of arguments.
+    pub name: &'static str,
+    /// Its Rust type, as written in the source.
+    pub ty: &'static str,
+}
+
+/// A function registered with `#[rpc]`.
+pub struct Function {
+    name: &'static str,
+    doc: &'static str,
+    params: &'static [Param],
+    returns: &'static str,
+    blocking: bool,
+    location: &'static str,
+    handler: HandlerFn,
+}
+
+inventory::collect!(Function);
+
+impl Function {
+    /// Used by `#[rpc]`; not a stable interface.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub const fn __new(
+        name: &'static str,
+        doc: &'static str,
+        params: &'static [Param],
+        returns: &'static str,
+        blocking: bool,
+        location: &'static str,
+        handler: HandlerFn,
+    ) -> Self {
+        Function {
+            name,
+            doc,
+            params,
+            returns,
+            blocking,
+            location,
+            handler,
+        }
+    }
+
+    /// The name callers use.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The function's doc comment, its description.
+    pub fn doc(&self) -> &'static str {
+        self.doc
+    }
+
+    /// The first line of the doc comment.
+    pub fn summary(&self) -> &'static str {
+        self.doc
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("")
+    }
+
+    /// The parameters, in order.
+    pub fn params(&self) -> &'static [Param] {
+        self.params
+    }
+
+    /// The return type as written in the source.
+    pub fn returns(&self) -> &'static str {
+        self.returns
+    }
+
+    /// Whether this is a plain `fn`, run on the blocking thread pool.
+    pub fn is_blocking(&self) -> bool {
+        self.blocking
+    }
+
+    /// Where the function is defined: `module::path (file:line)`.
+    pub fn location(&self) -> &'static str {
+        self.location
+    }
+
+    pub(crate) fn handler(&self) -> HandlerFn {
+        self.handler
+    }
+
+    /// The signature, as a person reads it: `add(a: i64, b: i64) -> i64`.
+    pub fn signature(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| format!("{}: {}", p.name, p.ty))
+            .collect();
+        format!("{}({}) -> {}", self.name, params.join(", "), self.returns)
+    }
+}
+
+impl fmt::Debug for Function {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Function")
+            .field("name", &self.name)
+            .field("params", &self.params)
+            .field("returns", &self.returns)
+            .field("blocking", &self.blocking)
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two functions were registered under one name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "two #[rpc] functions are named `{name}`: {first} and {second}; rename one with #[rpc(name = \"...\")]"
+)]
+pub struct DuplicateFunction {
+    /// The name both use.
+    pub name: String,
+    /// Where the first is defined.
+    pub first: String,
+    /// Where the second is defined.
+    pub second: String,
+}
+
+/// The functions this process serves, by name.
+///
+/// ```
+/// let registry = guirpc_core::Registry::collect().expect("no duplicate names");
+/// for function in registry.iter() {
+///     println!("{}", function.signature());
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Registry {
+    functions: BTreeMap<&'static str, &'static Function>,
+}
+
+impl Registry {
+    /// Every function registered with `#[rpc]` in this program.
+    pub fn collect() -> Result<Registry, DuplicateFunction> {
+        Registry::from_functions(inventory::iter::<Function>)
+    }
+
+    fn from_functions(
+        functions: impl IntoIterator<Item = &'static Function>,
+    ) -> Result<Registry, DuplicateFunction> {
+        let mut by_name = BTreeMap::new();
+        for function in functions {
+            if let Some(first) = by_name.insert(function.name, function) {
+                // Report in a stable order whatever order the linker chose.
+                let (a, b) = if first.location <= function.location {
+                    (first, function)
+                } else {
+                    (function, first)
+                };
+                return Err(DuplicateFunction {
+                    name: function.name.to_owned(),
+                    first: a.location.to_owned(),
+                    second: b.location.to_owned(),
+                });
+            }
+        }
+        Ok(Registry { functions: by_name })
+    }
+
+    /// The function of that name.
+    pub fn get(&self, name: &str) -> Option<&'static Function> {
+        self.functions.get(name).copied()
+    }
+
+    /// All functions, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &'static Function> + '_ {
+        self.functions.values().copied()
+    }
+
+    /// How many functions there are.
+    pub fn len(&self) -> usize {
+        self.functions.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never(_: Invocation) -> HandlerFuture {
+        unreachable!()
+    }
+
+    static A: Function = Function::__new(
+        "f",
+        " Adds.\n More.",
+        &[],
+        "i64",
+        false,
+        "a (a.rs:1)",
+        never,
+    );
+    static B: Function = Function::__new("f", "", &[], "i64", true, "b (b.rs:9)", never);
+    static C: Function = Function::__new(
+        "g",
+        "",
+        &[Param {
+            name: "x",
+            ty: "Vec<u8>",
+        }],
+        "()",
+        true,
+        "c",
+        never,
+    );
+
+    #[test]
+    fn duplicate_names_name_both_places() {
+        let err = Registry::from_functions([&B, &C, &A]).unwrap_err();
+        assert_eq!(err.name, "f");
+        assert_eq!(
+            (err.first.as_str(), err.second.as_str()),
+            ("a (a.rs:1)", "b (b.rs:9)")
+        );
+        assert!(err.to_string().contains("#[rpc(name"));
+    }
+
+    #[test]
+    fn lookup_signature_and_summary() {
+        let registry = Registry::from_functions([&A, &C]).unwrap();
+        assert_eq!(registry.len(), 2);
+        assert_eq!(
+            registry.get("g").unwrap().signature(),
+            "g(x: Vec<u8>) -> ()"
+        );
+        assert_eq!(registry.get("f").unwrap().summary(), "Adds.");
+        assert!(registry.get("h").is_none());
+    }
+}

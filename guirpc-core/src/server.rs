@@ -1,0 +1,590 @@
+//! The server: takes requests off the service queue and answers them.
+//!
+//! Each delivery flows one way: read its properties, dispatch to the registered function
+//! (decoding the arguments is the function's own first step), run it, publish the reply to
+//! `reply_to`, acknowledge. Handlers run concurrently, at most `concurrency` at a time;
+//! the broker sends at most `prefetch` unacknowledged requests ahead.
+//!
+//! A server owns its connection: when the connection drops it reconnects with backoff,
+//! declares its topology again and resumes consuming. Requests it had not acknowledged are
+//! redelivered by the broker.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_lite::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::codec::Codec;
+use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
+use crate::protocol::{self, Envelope, ErrorCode, RequestMeta};
+use crate::registry::{Invocation, Registry, Reply};
+
+/// A server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// Two functions share a name.
+    #[error(transparent)]
+    Duplicate(#[from] crate::registry::DuplicateFunction),
+    /// The broker refused the server's topology (a queue declared with other arguments, say).
+    #[error("broker at {uri} refused to set up queue `{queue}`: {source}")]
+    Topology {
+        /// The broker URI, password masked.
+        uri: String,
+        /// The service queue.
+        queue: String,
+        /// What the broker said.
+        source: lapin::Error,
+    },
+}
+
+/// Configures and starts a [`Server`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), guirpc_core::ServeError> {
+/// use guirpc_core::Server;
+///
+/// let server = Server::builder()
+///     .uri("amqp://guest:guest@127.0.0.1:5672/%2f")
+///     .queue("calculator")
+///     .concurrency(32)
+///     .start()
+///     .await?;
+/// server.run_until_signal().await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ServerBuilder {
+    settings: ServiceSettings,
+    registry: Option<Registry>,
+}
+
+impl ServerBuilder {
+    /// The broker URI.
+    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+        self.settings.uri = uri.into();
+        self
+    }
+
+    /// The exchange requests arrive through.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.settings.exchange = exchange.into();
+        self
+    }
+
+    /// The service queue: the name callers address.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.settings.queue = queue.into();
+        self
+    }
+
+    /// How many unacknowledged requests the broker may send ahead.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.settings.prefetch = prefetch;
+        self
+    }
+
+    /// How many handlers may run at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.settings.concurrency = concurrency;
+        self
+    }
+
+    /// When requests are acknowledged.
+    pub fn delivery(mut self, delivery: DeliveryGuarantee) -> Self {
+        self.settings.delivery = delivery;
+        self
+    }
+
+    /// How long a shutdown waits for running handlers.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// All service settings at once, as loaded by [`crate::Settings`].
+    pub fn settings(mut self, settings: ServiceSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Serves these functions instead of every registered one.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Connects (retrying with backoff while the broker is unreachable), declares the
+    /// exchange, queue and binding, and starts consuming. Returns once requests are being
+    /// served.
+    pub async fn start(self) -> Result<Server, ServeError> {
+        let settings = self.settings;
+        validate_uri(&settings.uri).map_err(ServeError::Config)?;
+        if settings.concurrency == 0 {
+            return Err(ServeError::Config("concurrency must be at least 1".into()));
+        }
+        let registry = match self.registry {
+            Some(registry) => registry,
+            None => Registry::collect()?,
+        };
+        let shared = Arc::new(Shared {
+            masked_uri: mask_uri(&settings.uri),
+            semaphore: Arc::new(Semaphore::new(settings.concurrency)),
+            settings,
+            registry,
+        });
+        let session = Session::open_with_retry(&shared).await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(supervise(shared.clone(), session, stop_rx));
+        Ok(Server {
+            shared,
+            stop: stop_tx,
+            task,
+        })
+    }
+}
+
+/// A running server. Dropping it stops consuming at once; [`Server::shutdown`] stops
+/// gracefully.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// A builder with the default settings: the local broker, queue `guirpc`, every
+    /// registered function.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            settings: ServiceSettings::default(),
+            registry: None,
+        }
+    }
+
+    /// The queue this server consumes.
+    pub fn queue(&self) -> &str {
+        &self.shared.settings.queue
+    }
+
+    /// The broker URI, password masked.
+    pub fn masked_uri(&self) -> &str {
+        &self.shared.masked_uri
+    }
+
+    /// The functions this server serves.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// Stops taking requests, lets running handlers finish (within the grace period),
+    /// publishes and acknowledges their replies, and returns requests not yet started to
+    /// the queue.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Err(err) = (&mut self.task).await {
+            error!("server task failed: {err}");
+        }
+    }
+
+    /// Serves until Ctrl-C (SIGINT) or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> Result<(), ServeError> {
+        self.run_until(shutdown_signal()).await;
+        Ok(())
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        info!("shutting down: finishing running calls");
+        self.shutdown().await;
+        info!("stopped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Completes on Ctrl-C, or on SIGTERM on Unix.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    term.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        ctrl_c.or(term).await;
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+#[derive(Debug)]
+struct Shared {
+    settings: ServiceSettings,
+    masked_uri: String,
+    registry: Registry,
+    semaphore: Arc<Semaphore>,
+}
+
+/// One connection's worth of serving.
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl Session {
+    async fn open_with_retry(shared: &Shared) -> Result<Session, ServeError> {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match Session::open(shared).await {
+                Ok(session) => return Ok(session),
+                Err(SessionError::Connect(err)) => {
+                    warn!(
+                        "broker unreachable at {}: {err}; retrying in {:.1}s",
+                        shared.masked_uri,
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(SessionError::Topology(source)) => {
+                    return Err(ServeError::Topology {
+                        uri: shared.masked_uri.clone(),
+                        queue: shared.settings.queue.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn open(shared: &Shared) -> Result<Session, SessionError> {
+        let settings = &shared.settings;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("guirpc server {}", settings.queue).into());
+        let connection = Connection::connect(&settings.uri, properties)
+            .await
+            .map_err(SessionError::Connect)?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(SessionError::Connect)?;
+        let topology = async {
+            channel
+                .exchange_declare(
+                    settings.exchange.as_str().into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_declare(
+                    settings.queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    settings.queue.as_str().into(),
+                    settings.exchange.as_str().into(),
+                    settings.queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .basic_qos(settings.prefetch, BasicQosOptions::default())
+                .await?;
+            channel
+                .basic_consume(
+                    settings.queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        };
+        let consumer = topology.await.map_err(SessionError::Topology)?;
+        info!(
+            "serving {} function(s) on queue `{}` (exchange `{}`) at {}",
+            shared.registry.len(),
+            settings.queue,
+            settings.exchange,
+            shared.masked_uri
+        );
+        Ok(Session {
+            connection,
+            channel,
+            consumer,
+        })
+    }
+}
+
+enum SessionError {
+    Connect(lapin::Error),
+    Topology(lapin::Error),
+}
+
+/// Serves session after session until told to stop.
+async fn supervise(shared: Arc<Shared>, mut session: Session, mut stop: watch::Receiver<bool>) {
+    loop {
+        match consume(&shared, &mut session, &mut stop).await {
+            Ok(()) => {
+                drain(&shared, &session).await;
+                return;
+            }
+            Err(err) => {
+                warn!(
+                    "lost the connection to {}: {err}; reconnecting",
+                    shared.masked_uri
+                );
+                session = tokio::select! {
+                    session = Session::open_with_retry(&shared) => match session {
+                        Ok(session) => session,
+                        Err(err) => {
+                            error!("cannot serve any longer: {err}");
+                            return;
+                        }
+                    },
+                    _ = stop.wait_for(|stop| *stop) => return,
+                };
+            }
+        }
+    }
+}
+
+/// Takes deliveries until told to stop (`Ok`) or the connection fails (`Err`).
+async fn consume(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            permit = shared.semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let delivery = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            delivery = session.consumer.next() => delivery,
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                tokio::spawn(handle(
+                    shared.clone(),
+                    session.channel.clone(),
+                    delivery,
+                    permit,
+                ));
+            }
+            Some(Err(err)) => return Err(err.to_string()),
+            None => return Err("the broker cancelled the consumer".into()),
+        }
+    }
+}
+
+/// Graceful end of a session: no new deliveries, running handlers finish, the rest go back.
+async fn drain(shared: &Shared, session: &Session) {
+    let tag = session.consumer.tag();
+    if let Err(err) = session
+        .channel
+        .basic_cancel(tag, BasicCancelOptions::default())
+        .await
+    {
+        debug!("cancelling the consumer: {err}");
+    }
+    let all = u32::try_from(shared.settings.concurrency).unwrap_or(u32::MAX);
+    let grace = shared.settings.shutdown_grace;
+    if tokio::time::timeout(grace, shared.semaphore.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!(
+            "calls still running after the {grace:?} grace period are abandoned; the broker will redeliver them"
+        );
+    }
+    // Closing returns every request delivered but not acknowledged to the queue.
+    let _ = session.channel.close(200, "shutdown".into()).await;
+    let _ = session.connection.close(200, "shutdown".into()).await;
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    channel: Channel,
+    delivery: Delivery,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Delivery {
+        data,
+        properties,
+        acker,
+        ..
+    } = delivery;
+    let meta = RequestMeta::read(&properties);
+    let at_most_once = shared.settings.delivery == DeliveryGuarantee::AtMostOnce;
+    if at_most_once {
+        ack(&acker).await;
+    }
+    let function = meta.function.as_deref();
+    let (codec, reply) = dispatch(&shared, &meta, data).await;
+    if let Some(reply_to) = &meta.reply_to {
+        let properties = protocol::reply_properties(codec, meta.correlation_id.clone(), reply.ok);
+        let published = channel
+            .basic_publish(
+                "".into(),
+                reply_to.clone(),
+                BasicPublishOptions::default(),
+                &reply.body,
+                properties,
+            )
+            .await;
+        if let Err(err) = published {
+            // Not acknowledged: the broker redelivers the request once we reconnect.
+            warn!(function, "cannot publish the reply: {err}");
+            return;
+        }
+    } else if !reply.ok {
+        let message = RemoteMessage(codec, &reply.body);
+        warn!(function, "one-way call failed: {message}");
+    }
+    if !at_most_once {
+        ack(&acker).await;
+    }
+}
+
+async fn ack(acker: &lapin::Acker) {
+    if let Err(err) = acker.ack(BasicAckOptions::default()).await {
+        warn!("cannot acknowledge a request: {err}; the broker will redeliver it");
+    }
+}
+
+/// Finds and runs the function; every failure becomes an error reply.
+async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec, Reply) {
+    let codec = match &meta.codec {
+        Ok(codec) => *codec,
+        Err(message) => {
+            warn!("bad request: {message}");
+            return (
+                Codec::Json,
+                error(Codec::Json, ErrorCode::BadRequest, message),
+            );
+        }
+    };
+    let Some(name) = meta.function.as_deref() else {
+        let message = format!(
+            "the request has no `{}` header naming the function",
+            protocol::HEADER_FUNCTION
+        );
+        warn!("bad request: {message}");
+        return (codec, error(codec, ErrorCode::BadRequest, &message));
+    };
+    let Some(function) = shared.registry.get(name) else {
+        let message = format!(
+            "no function `{name}` is served on queue `{}`",
+            shared.settings.queue
+        );
+        warn!("{message}");
+        return (codec, error(codec, ErrorCode::NotFound, &message));
+    };
+    if meta
+        .deadline
+        .is_some_and(|deadline| SystemTime::now() > deadline)
+    {
+        let message = format!("the deadline of this call to `{name}` passed before it could start");
+        debug!("{message}");
+        return (codec, error(codec, ErrorCode::DeadlineExceeded, &message));
+    }
+    let future = (function.handler())(Invocation { codec, body });
+    let reply = match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(reply) => reply,
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            error!(function = name, "handler panicked: {what}");
+            error(
+                codec,
+                ErrorCode::Internal,
+                &format!("`{name}` panicked: {what}"),
+            )
+        }
+    };
+    (codec, reply)
+}
+
+fn error(codec: Codec, code: ErrorCode, message: &str) -> Reply {
+    Reply {
+        ok: false,
+        body: encode_error(codec, &code, message),
+    }
+}
+
+/// An error envelope without detail.
+pub(crate) fn encode_error(codec: Codec, code: &ErrorCode, message: &str) -> Vec<u8> {
+    let envelope: Envelope<'_, ()> = Envelope {
+        code: code.as_str().into(),
+        message: message.into(),
+        detail: None,
+    };
+    codec
+        .encode(&envelope)
+        .expect("an envelope of strings always encodes")
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "a non-string panic payload"
+    }
+}
+
+/// Shows an encoded error envelope's message in a log line.
+struct RemoteMessage<'a>(Codec, &'a [u8]);
+
+impl std::fmt::Display for RemoteMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.decode::<Envelope<'_, serde::de::IgnoredAny>>(self.1) {
+            Ok(envelope) => write!(f, "{} ({})", envelope.message, envelope.code),
+            Err(_) => f.write_str("<undecodable error envelope>"),
+        }
+    }
+}

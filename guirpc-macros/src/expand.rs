@@ -1,0 +1,344 @@
+//! Code generation: the function itself, its registration, and its call stubs.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, Ident, Pat, PathArguments, ReturnType, Type};
+
+use crate::attr::{RpcArgs, RpcFn};
+
+pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream> {
+    let signature = check(&function)?;
+    let RpcFn {
+        attrs,
+        vis,
+        sig,
+        body,
+    } = &function;
+    let ident = &sig.ident;
+    let name = args
+        .name
+        .map(|n| n.value())
+        .unwrap_or_else(|| ident.to_string());
+    let doc = doc_of(attrs);
+    let params = &signature.params;
+    let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
+    let types: Vec<&Type> = params.iter().map(|p| p.ty).collect();
+    let type_names: Vec<String> = types.iter().map(|t| type_to_string(t)).collect();
+    let name_strs: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let returns = match &sig.output {
+        ReturnType::Default => "()".to_owned(),
+        ReturnType::Type(_, ty) => type_to_string(ty),
+    };
+    let client = if names.iter().any(|n| *n == "client") {
+        format_ident!("rpc_client")
+    } else {
+        format_ident!("client")
+    };
+
+    let (ok_ty, stub_body, stub_blocking_body, stub_err, reply) = match &signature.output {
+        Output::Plain(ty) => (
+            ty.clone(),
+            quote!(#client.call(NAME, __Args { #(#names),* }).await),
+            quote!(#client.call(NAME, __Args { #(#names),* })),
+            quote!(::guirpc_core::Error),
+            quote!(::guirpc_core::__private::value_reply(#ident::NAME, &invocation, &returned)),
+        ),
+        Output::Result(ok, err) => (
+            quote!(#ok),
+            quote!(#client.call_fallible::<#ok, #err>(NAME, __Args { #(#names),* }).await),
+            quote!(#client.call_fallible::<#ok, #err>(NAME, __Args { #(#names),* })),
+            quote!(::guirpc_core::Error<#err>),
+            quote!(::guirpc_core::__private::result_reply(#ident::NAME, &invocation, &returned)),
+        ),
+    };
+
+    let stub_doc = format!(" Typed call stubs of the remote function `{name}`.");
+    let call_doc = format!(" Calls `{name}` on the client's service queue.");
+    let call_blocking_doc =
+        format!(" Calls `{name}` on the client's service queue, blocking until it answers.");
+    let stubs = quote! {
+        #[doc = #stub_doc]
+        #vis mod #ident {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The name callers use.
+            pub const NAME: &str = #name;
+
+            #[doc(hidden)]
+            #[derive(::guirpc_core::__private::serde::Serialize, ::guirpc_core::__private::serde::Deserialize)]
+            #[serde(crate = "::guirpc_core::__private::serde", deny_unknown_fields)]
+            pub struct __Args {
+                #(pub #names: #types,)*
+            }
+
+            #[doc = #call_doc]
+            #[allow(clippy::too_many_arguments)]
+            pub async fn call(
+                #client: &::guirpc_core::Client,
+                #(#names: #types),*
+            ) -> ::core::result::Result<#ok_ty, #stub_err> {
+                #stub_body
+            }
+
+            #[doc = #call_blocking_doc]
+            #[allow(clippy::too_many_arguments)]
+            pub fn call_blocking(
+                #client: &::guirpc_core::BlockingClient,
+                #(#names: #types),*
+            ) -> ::core::result::Result<#ok_ty, #stub_err> {
+                #stub_blocking_body
+            }
+        }
+    };
+
+    let Some(body) = body else {
+        // A declaration: callable, not served here.
+        return Ok(stubs);
+    };
+
+    let blocking = sig.asyncness.is_none();
+    let run = if blocking {
+        quote!(::guirpc_core::__private::run_blocking(move || #ident(#(#names),*)).await)
+    } else {
+        quote!(#ident(#(#names),*).await)
+    };
+    let location = quote_spanned! {ident.span()=>
+        ::core::concat!(::core::module_path!(), " (", ::core::file!(), ":", ::core::line!(), ")")
+    };
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig #body
+
+        #stubs
+
+        const _: () = {
+            fn __guirpc_handler(
+                invocation: ::guirpc_core::__private::Invocation,
+            ) -> ::guirpc_core::__private::HandlerFuture {
+                ::std::boxed::Box::pin(async move {
+                    let #ident::__Args { #(#names),* } =
+                        match ::guirpc_core::__private::decode_args(#ident::NAME, &invocation) {
+                            ::core::result::Result::Ok(args) => args,
+                            ::core::result::Result::Err(reply) => return reply,
+                        };
+                    let returned = #run;
+                    #reply
+                })
+            }
+
+            ::guirpc_core::__private::inventory::submit! {
+                ::guirpc_core::__private::Function::__new(
+                    #ident::NAME,
+                    #doc,
+                    &[#(::guirpc_core::__private::Param { name: #name_strs, ty: #type_names }),*],
+                    #returns,
+                    #blocking,
+                    #location,
+                    __guirpc_handler,
+                )
+            }
+        };
+    })
+}
+
+struct Param<'a> {
+    name: Ident,
+    ty: &'a Type,
+}
+
+enum Output {
+    Plain(TokenStream),
+    Result(Type, Type),
+}
+
+struct Checked<'a> {
+    params: Vec<Param<'a>>,
+    output: Output,
+}
+
+/// Everything `#[rpc]` refuses, each error at the offending token.
+fn check(function: &RpcFn) -> syn::Result<Checked<'_>> {
+    let sig = &function.sig;
+    let mut errors: Vec<syn::Error> = Vec::new();
+    if let Some(unsafety) = &sig.unsafety {
+        errors.push(syn::Error::new(
+            unsafety.span(),
+            "#[rpc] functions cannot be `unsafe`",
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new(
+            abi.span(),
+            "#[rpc] functions cannot have an `extern` ABI",
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.push(syn::Error::new(
+            variadic.span(),
+            "#[rpc] functions cannot be variadic",
+        ));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        errors.push(syn::Error::new(
+            sig.generics.span(),
+            "#[rpc] functions cannot be generic: a remote caller must know the concrete types",
+        ));
+    }
+    let mut params = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => errors.push(syn::Error::new(
+                receiver.span(),
+                "#[rpc] functions cannot take `self`: write a free function (keep shared state in a static)",
+            )),
+            FnArg::Typed(typed) => {
+                if let Err(err) = owned_type(&typed.ty, "argument") {
+                    errors.push(err);
+                }
+                match &*typed.pat {
+                    Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => params.push(Param {
+                        name: pat.ident.clone(),
+                        ty: &typed.ty,
+                    }),
+                    other => errors.push(syn::Error::new(
+                        other.span(),
+                        "#[rpc] parameters need plain names: callers pass arguments by name",
+                    )),
+                }
+            }
+        }
+    }
+    let output = match &sig.output {
+        ReturnType::Default => Output::Plain(quote!(())),
+        ReturnType::Type(_, ty) => {
+            if let Err(err) = owned_type(ty, "return") {
+                errors.push(err);
+            }
+            match result_parts(ty) {
+                Ok(Some((ok, err))) => Output::Result(ok, err),
+                Ok(None) => Output::Plain(quote!(#ty)),
+                Err(err) => {
+                    errors.push(err);
+                    Output::Plain(quote!(#ty))
+                }
+            }
+        }
+    };
+    match errors.into_iter().reduce(|mut all, err| {
+        all.combine(err);
+        all
+    }) {
+        Some(err) => Err(err),
+        None => Ok(Checked { params, output }),
+    }
+}
+
+/// References and `impl Trait` cannot travel: find them anywhere in a type.
+fn owned_type(ty: &Type, what: &str) -> syn::Result<()> {
+    match ty {
+        Type::Reference(reference) => Err(syn::Error::new(
+            reference.span(),
+            format!(
+                "#[rpc] {what} types must be owned, since they are deserialized from the request: \
+                 use `String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`"
+            ),
+        )),
+        Type::ImplTrait(imp) => Err(syn::Error::new(
+            imp.span(),
+            format!("#[rpc] {what} types must be concrete types, not `impl Trait`"),
+        )),
+        Type::Paren(inner) => owned_type(&inner.elem, what),
+        Type::Group(inner) => owned_type(&inner.elem, what),
+        Type::Array(array) => owned_type(&array.elem, what),
+        Type::Slice(slice) => owned_type(&slice.elem, what),
+        Type::Tuple(tuple) => tuple.elems.iter().try_for_each(|t| owned_type(t, what)),
+        Type::Path(path) => {
+            path.path
+                .segments
+                .iter()
+                .try_for_each(|segment| match &segment.arguments {
+                    PathArguments::AngleBracketed(args) => {
+                        args.args.iter().try_for_each(|arg| match arg {
+                            GenericArgument::Type(t) => owned_type(t, what),
+                            _ => Ok(()),
+                        })
+                    }
+                    _ => Ok(()),
+                })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `Result<T, E>` as `(T, E)`; `None` for any other type.
+fn result_parts(ty: &Type) -> syn::Result<Option<(Type, Type)>> {
+    let Type::Path(path) = ty else {
+        return Ok(None);
+    };
+    let Some(last) = path.path.segments.last() else {
+        return Ok(None);
+    };
+    if last.ident != "Result" {
+        return Ok(None);
+    }
+    let types: Vec<&Type> = match &last.arguments {
+        PathArguments::AngleBracketed(args) => args
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                GenericArgument::Type(t) => Some(t),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    match types.as_slice() {
+        [ok, err] => Ok(Some(((*ok).clone(), (*err).clone()))),
+        _ => Err(syn::Error::new(
+            last.span(),
+            "#[rpc] functions returning a `Result` must spell it `Result<T, E>` so that callers know the \
+             error type; `E` must implement Serialize and Deserialize",
+        )),
+    }
+}
+
+fn doc_of(attrs: &[syn::Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(nv) => match &nv.value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(s),
+                    ..
+                }) => Some(s.value()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .map(|line| line.strip_prefix(' ').map(str::to_owned).unwrap_or(line))
+        .collect();
+    lines.join("\n").trim().to_owned()
+}
+
+/// A type as a person writes it: `Result<usize, CountError>`, not `Result < usize , ... >`.
+fn type_to_string(ty: &Type) -> String {
+    let raw = quote!(#ty).to_string();
+    let chars: Vec<char> = raw.chars().collect();
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '\'';
+    let mut out = String::with_capacity(raw.len());
+    for (i, &c) in chars.iter().enumerate() {
+        if c == ' ' {
+            let before = i.checked_sub(1).map(|j| chars[j]).unwrap_or(' ');
+            let after = chars.get(i + 1).copied().unwrap_or(' ');
+            if (word(before) && word(after)) || before == ',' || before == ';' {
+                out.push(' ');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
