@@ -1,5 +1,7 @@
 //! Log output: level and format from flags, the environment or the config file.
 
+use std::io::IsTerminal;
+
 use clap::Args;
 use guirpc_core::config::{LogFormat, Settings};
 use tracing::level_filters::LevelFilter;
@@ -42,7 +44,8 @@ pub(crate) fn init(settings: &Settings) -> Result<(), Failure> {
     })?;
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let installed = match settings.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -69,12 +69,36 @@ impl Codec {
         }
     }
 
-    /// Decodes a value; the error says what did not fit, and where for JSON.
+    /// Decodes a value; the error says what did not fit, and where.
     pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, CodecError> {
-        match self {
-            Codec::MsgPack => rmp_serde::from_slice(body).map_err(|e| CodecError(e.to_string())),
-            Codec::Json => serde_json::from_slice(body).map_err(|e| CodecError(e.to_string())),
-        }
+        let decoded = match self {
+            Codec::MsgPack => rmp_serde::from_slice(body).map_err(|e| e.to_string()),
+            Codec::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        };
+        // Only a failure pays for the second, slower decode that explains it.
+        decoded.map_err(|plain| CodecError(self.explain::<T>(body).unwrap_or(plain)))
+    }
+
+    /// Decodes again, tracking the path to the value that did not fit, with serde_json's
+    /// messages ("invalid type: string \"two\", expected i64") rather than MessagePack
+    /// marker names.
+    fn explain<T: DeserializeOwned>(self, body: &[u8]) -> Option<String> {
+        let error = match self {
+            Codec::Json => {
+                let mut de = serde_json::Deserializer::from_slice(body);
+                serde_path_to_error::deserialize::<_, T>(&mut de).err()?
+            }
+            Codec::MsgPack => {
+                let value: serde_json::Value = rmp_serde::from_slice(body).ok()?;
+                serde_path_to_error::deserialize::<_, T>(value).err()?
+            }
+        };
+        let path = error.path().to_string();
+        Some(if path == "." {
+            error.into_inner().to_string()
+        } else {
+            format!("{path}: {}", error.into_inner())
+        })
     }
 }
 
@@ -187,5 +211,16 @@ mod tests {
         assert!(err.to_string().contains("invalid type"), "{err}");
         assert!(err.to_string().contains("column"), "{err}");
         assert!(Codec::MsgPack.decode::<Point>(&[0xc1]).is_err());
+        let body = Codec::MsgPack
+            .encode(&serde_json::json!({"x": 1, "y": "two"}))
+            .unwrap();
+        let err = Codec::MsgPack
+            .decode::<Point>(&body)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("y: invalid type: string \"two\", expected i32"),
+            "{err}"
+        );
     }
 }

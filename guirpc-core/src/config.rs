@@ -508,7 +508,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Shows a duration the way [`parse_duration`] reads it.
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms % 1000 != 0 || ms == 0 {
+    if !ms.is_multiple_of(1000) || ms == 0 {
         format!("{ms}ms")
     } else {
         format!("{}s", ms / 1000)

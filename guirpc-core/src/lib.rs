@@ -46,6 +46,8 @@ pub use codec::Codec;
 pub use config::Settings;
 pub use error::{Error, RemoteError};
 pub use guirpc_macros::rpc;
+/// The AMQP client guirpc is built on, for its types (`FieldTable`, ...).
+pub use lapin;
 pub use protocol::ErrorCode;
 pub use registry::{Function, Registry};
 pub use server::{ServeError, Server, ServerBuilder, shutdown_signal};

@@ -72,6 +72,7 @@ pub enum ServeError {
 pub struct ServerBuilder {
     settings: ServiceSettings,
     registry: Option<Registry>,
+    queue_arguments: FieldTable,
 }
 
 impl ServerBuilder {
@@ -123,6 +124,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Extra arguments of the queue declaration (`x-expires`, `x-dead-letter-exchange`,
+    /// `x-queue-type`, ...). Every server and every declaration of one queue must use the
+    /// same arguments: the broker refuses a declaration that differs.
+    pub fn queue_arguments(mut self, arguments: FieldTable) -> Self {
+        self.queue_arguments = arguments;
+        self
+    }
+
     /// Serves these functions instead of every registered one.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
@@ -143,6 +152,7 @@ impl ServerBuilder {
             None => Registry::collect()?,
         };
         let shared = Arc::new(Shared {
+            queue_arguments: self.queue_arguments,
             masked_uri: mask_uri(&settings.uri),
             semaphore: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
@@ -175,6 +185,7 @@ impl Server {
         ServerBuilder {
             settings: ServiceSettings::default(),
             registry: None,
+            queue_arguments: FieldTable::default(),
         }
     }
 
@@ -248,6 +259,7 @@ pub async fn shutdown_signal() {
 #[derive(Debug)]
 struct Shared {
     settings: ServiceSettings,
+    queue_arguments: FieldTable,
     masked_uri: String,
     registry: Registry,
     semaphore: Arc<Semaphore>,
@@ -316,7 +328,7 @@ impl Session {
                         durable: true,
                         ..Default::default()
                     },
-                    FieldTable::default(),
+                    shared.queue_arguments.clone(),
                 )
                 .await?;
             channel

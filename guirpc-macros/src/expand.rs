@@ -2,7 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
 use syn::{FnArg, GenericArgument, Ident, Pat, PathArguments, ReturnType, Type};
 
 use crate::attr::{RpcArgs, RpcFn};
@@ -24,6 +24,8 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     let params = &signature.params;
     let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
     let types: Vec<&Type> = params.iter().map(|p| p.ty).collect();
+    // The stubs live one module deeper than the function.
+    let stub_types: Vec<Type> = types.iter().map(|t| rebase((*t).clone())).collect();
     let type_names: Vec<String> = types.iter().map(|t| type_to_string(t)).collect();
     let name_strs: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let returns = match &sig.output {
@@ -38,7 +40,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
 
     let (ok_ty, stub_body, stub_blocking_body, stub_err, reply) = match &signature.output {
         Output::Plain(ty) => (
-            ty.clone(),
+            quote!(#ty),
             quote!(#client.call(NAME, __Args { #(#names),* }).await),
             quote!(#client.call(NAME, __Args { #(#names),* })),
             quote!(::guirpc_core::Error),
@@ -70,14 +72,14 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
             #[derive(::guirpc_core::__private::serde::Serialize, ::guirpc_core::__private::serde::Deserialize)]
             #[serde(crate = "::guirpc_core::__private::serde", deny_unknown_fields)]
             pub struct __Args {
-                #(pub #names: #types,)*
+                #(pub #names: #stub_types,)*
             }
 
             #[doc = #call_doc]
             #[allow(clippy::too_many_arguments)]
             pub async fn call(
                 #client: &::guirpc_core::Client,
-                #(#names: #types),*
+                #(#names: #stub_types),*
             ) -> ::core::result::Result<#ok_ty, #stub_err> {
                 #stub_body
             }
@@ -86,7 +88,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
             #[allow(clippy::too_many_arguments)]
             pub fn call_blocking(
                 #client: &::guirpc_core::BlockingClient,
-                #(#names: #types),*
+                #(#names: #stub_types),*
             ) -> ::core::result::Result<#ok_ty, #stub_err> {
                 #stub_blocking_body
             }
@@ -148,9 +150,10 @@ struct Param<'a> {
     ty: &'a Type,
 }
 
+/// The return type, as the stubs (one module deeper) spell it.
 enum Output {
-    Plain(TokenStream),
-    Result(Type, Type),
+    Plain(Box<Type>),
+    Result(Box<Type>, Box<Type>),
 }
 
 struct Checked<'a> {
@@ -163,34 +166,33 @@ fn check(function: &RpcFn) -> syn::Result<Checked<'_>> {
     let sig = &function.sig;
     let mut errors: Vec<syn::Error> = Vec::new();
     if let Some(unsafety) = &sig.unsafety {
-        errors.push(syn::Error::new(
-            unsafety.span(),
+        errors.push(syn::Error::new_spanned(
+            unsafety,
             "#[rpc] functions cannot be `unsafe`",
         ));
     }
     if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new(
-            abi.span(),
+        errors.push(syn::Error::new_spanned(
+            abi,
             "#[rpc] functions cannot have an `extern` ABI",
         ));
     }
     if let Some(variadic) = &sig.variadic {
-        errors.push(syn::Error::new(
-            variadic.span(),
+        errors.push(syn::Error::new_spanned(
+            variadic,
             "#[rpc] functions cannot be variadic",
         ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.push(syn::Error::new(
-            sig.generics.span(),
+        errors.push(syn::Error::new_spanned(
+            &sig.generics,
             "#[rpc] functions cannot be generic: a remote caller must know the concrete types",
         ));
     }
     let mut params = Vec::new();
     for input in &sig.inputs {
         match input {
-            FnArg::Receiver(receiver) => errors.push(syn::Error::new(
-                receiver.span(),
+            FnArg::Receiver(receiver) => errors.push(syn::Error::new_spanned(receiver,
                 "#[rpc] functions cannot take `self`: write a free function (keep shared state in a static)",
             )),
             FnArg::Typed(typed) => {
@@ -202,8 +204,7 @@ fn check(function: &RpcFn) -> syn::Result<Checked<'_>> {
                         name: pat.ident.clone(),
                         ty: &typed.ty,
                     }),
-                    other => errors.push(syn::Error::new(
-                        other.span(),
+                    other => errors.push(syn::Error::new_spanned(other,
                         "#[rpc] parameters need plain names: callers pass arguments by name",
                     )),
                 }
@@ -211,17 +212,17 @@ fn check(function: &RpcFn) -> syn::Result<Checked<'_>> {
         }
     }
     let output = match &sig.output {
-        ReturnType::Default => Output::Plain(quote!(())),
+        ReturnType::Default => Output::Plain(Box::new(syn::parse_quote!(()))),
         ReturnType::Type(_, ty) => {
             if let Err(err) = owned_type(ty, "return") {
                 errors.push(err);
             }
             match result_parts(ty) {
-                Ok(Some((ok, err))) => Output::Result(ok, err),
-                Ok(None) => Output::Plain(quote!(#ty)),
+                Ok(Some((ok, err))) => Output::Result(Box::new(rebase(ok)), Box::new(rebase(err))),
+                Ok(None) => Output::Plain(Box::new(rebase((**ty).clone()))),
                 Err(err) => {
                     errors.push(err);
-                    Output::Plain(quote!(#ty))
+                    Output::Plain(Box::new(rebase((**ty).clone())))
                 }
             }
         }
@@ -238,15 +239,15 @@ fn check(function: &RpcFn) -> syn::Result<Checked<'_>> {
 /// References and `impl Trait` cannot travel: find them anywhere in a type.
 fn owned_type(ty: &Type, what: &str) -> syn::Result<()> {
     match ty {
-        Type::Reference(reference) => Err(syn::Error::new(
-            reference.span(),
+        Type::Reference(reference) => Err(syn::Error::new_spanned(
+            reference,
             format!(
                 "#[rpc] {what} types must be owned, since they are deserialized from the request: \
                  use `String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`"
             ),
         )),
-        Type::ImplTrait(imp) => Err(syn::Error::new(
-            imp.span(),
+        Type::ImplTrait(imp) => Err(syn::Error::new_spanned(
+            imp,
             format!("#[rpc] {what} types must be concrete types, not `impl Trait`"),
         )),
         Type::Paren(inner) => owned_type(&inner.elem, what),
@@ -296,12 +297,36 @@ fn result_parts(ty: &Type) -> syn::Result<Option<(Type, Type)>> {
     };
     match types.as_slice() {
         [ok, err] => Ok(Some(((*ok).clone(), (*err).clone()))),
-        _ => Err(syn::Error::new(
-            last.span(),
+        _ => Err(syn::Error::new_spanned(
+            last,
             "#[rpc] functions returning a `Result` must spell it `Result<T, E>` so that callers know the \
              error type; `E` must implement Serialize and Deserialize",
         )),
     }
+}
+
+/// Rewrites paths relative to the function's module for the stub module inside it:
+/// `self::T` becomes `super::T`, `super::T` becomes `super::super::T`.
+fn rebase(mut ty: Type) -> Type {
+    struct Rebase;
+    impl VisitMut for Rebase {
+        fn visit_path_mut(&mut self, path: &mut syn::Path) {
+            if path.leading_colon.is_none()
+                && let Some(first) = path.segments.first_mut()
+            {
+                if first.ident == "self" {
+                    first.ident = Ident::new("super", first.ident.span());
+                } else if first.ident == "super" {
+                    let span = first.ident.span();
+                    path.segments
+                        .insert(0, syn::PathSegment::from(Ident::new("super", span)));
+                }
+            }
+            syn::visit_mut::visit_path_mut(self, path);
+        }
+    }
+    Rebase.visit_type_mut(&mut ty);
+    ty
 }
 
 fn doc_of(attrs: &[syn::Attribute]) -> String {

@@ -1,1 +1,243 @@
+//! Functions and helpers for the integration tests: every test starts its own server on a
+//! queue of its own, so tests run in parallel against one broker.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use guirpc_core::lapin::types::{AMQPValue, FieldTable};
+use guirpc_core::{Client, Server, rpc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// The broker the tests use: `$GUIRPC_TEST_URI`, or the local one.
+pub fn uri() -> String {
+    std::env::var("GUIRPC_TEST_URI").unwrap_or_else(|_| guirpc_core::config::DEFAULT_URI.to_owned())
+}
+
+/// A queue name no other test (or test run) uses.
+pub fn unique_queue(test: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "guirpc-test.{test}.{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Queue arguments that let the broker delete a test queue a minute after its last use.
+pub fn expiring() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+    arguments
+}
+
+/// A server for one test, on its own queue, and a client calling it.
+pub async fn serve(test: &str) -> (Server, Client) {
+    let queue = unique_queue(test);
+    let server = Server::builder()
+        .uri(uri())
+        .queue(&queue)
+        .queue_arguments(expiring())
+        .start()
+        .await
+        .expect("server starts");
+    let client = Client::builder()
+        .uri(uri())
+        .queue(&queue)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("client connects");
+    (server, client)
+}
+
+/// Adds two integers.
+#[rpc]
+pub async fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Joins strings with a separator (a plain `fn`).
+#[rpc(name = "text.join")]
+pub fn join(parts: Vec<String>, separator: String) -> String {
+    parts.join(&separator)
+}
+
+/// Why a division failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum DivError {
+    /// Division by zero.
+    #[error("cannot divide {0} by zero")]
+    ByZero(i64),
+}
+
+/// Integer division with a typed error.
+#[rpc]
+pub fn checked_div(a: i64, b: i64) -> Result<i64, DivError> {
+    if b == 0 {
+        Err(DivError::ByZero(a))
+    } else {
+        Ok(a / b)
+    }
+}
+
+/// An async function with a typed error.
+#[rpc]
+pub async fn parse_port(text: String) -> Result<u16, String> {
+    text.parse()
+        .map_err(|e| format!("`{text}` is not a port: {e}"))
+}
+
+/// No parameters.
+#[rpc]
+pub async fn answer() -> u32 {
+    42
+}
+
+/// Returns nothing.
+#[rpc]
+pub fn nothing(_ignored: bool) {}
+
+/// A struct argument and result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// x
+    pub x: f64,
+    /// y
+    pub y: f64,
+}
+
+/// An enum argument.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Move {
+    /// Stay.
+    Stay,
+    /// Move by.
+    By {
+        /// dx
+        dx: f64,
+        /// dy
+        dy: f64,
+    },
+}
+
+/// Moves a point; optional scale.
+#[rpc]
+pub async fn shift(point: Point, by: Move, scale: Option<f64>) -> Point {
+    let k = scale.unwrap_or(1.0);
+    match by {
+        Move::Stay => point,
+        Move::By { dx, dy } => Point {
+            x: point.x + k * dx,
+            y: point.y + k * dy,
+        },
+    }
+}
+
+/// Counts the entries of a map.
+#[rpc]
+pub fn histogram(words: Vec<String>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for word in words {
+        *counts.entry(word).or_default() += 1;
+    }
+    counts
+}
+
+/// Panics, on purpose.
+#[rpc]
+pub async fn explode(message: String) -> u8 {
+    panic!("{message}")
+}
+
+/// Panics in a plain `fn`, on purpose.
+#[rpc]
+pub fn explode_blocking(message: String) -> u8 {
+    panic!("{message}")
+}
+
+/// Sleeps asynchronously, then answers.
+#[rpc]
+pub async fn nap(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+/// Blocks its thread, then answers: must not stall the server.
+#[rpc]
+pub fn block(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Takes and returns bytes.
+#[rpc]
+pub async fn echo(data: Vec<u8>) -> Vec<u8> {
+    data
+}
+
+/// Calls seen by [`record`], by token.
+pub fn recorded() -> &'static (Mutex<HashMap<String, u32>>, Notify) {
+    static RECORDED: OnceLock<(Mutex<HashMap<String, u32>>, Notify)> = OnceLock::new();
+    RECORDED.get_or_init(Default::default)
+}
+
+/// Records that it was called with `token`: lets one-way calls be observed.
+#[rpc]
+pub async fn record(token: String) {
+    let (calls, notify) = recorded();
+    *calls.lock().unwrap().entry(token).or_default() += 1;
+    notify.notify_waiters();
+}
+
+/// Waits until [`record`] has seen `token` `times` times, at most `limit`.
+pub async fn wait_recorded(token: &str, times: u32, limit: Duration) -> bool {
+    let (calls, notify) = recorded();
+    tokio::time::timeout(limit, async {
+        loop {
+            let notified = notify.notified();
+            if calls.lock().unwrap().get(token).copied().unwrap_or(0) >= times {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Tracks how many [`busy`] calls run at once.
+pub fn busy_gauge() -> &'static (AtomicUsize, AtomicUsize) {
+    static GAUGE: (AtomicUsize, AtomicUsize) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    &GAUGE
+}
+
+/// Holds a slot for `ms`, recording the most calls running at once.
+#[rpc]
+pub async fn busy(ms: u64) {
+    let (now, peak) = busy_gauge();
+    let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+    peak.fetch_max(running, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    now.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Declarations only: what a caller's shared API crate holds. The names are those of
+/// functions served above, so these stubs call them.
+pub mod api {
+    use guirpc_core::rpc;
+
+    /// Declared, not defined here: calls the served `add`.
+    #[rpc]
+    pub async fn add(a: i64, b: i64) -> i64;
+
+    /// Declared with its error type: calls the served `checked_div`.
+    #[rpc]
+    pub fn checked_div(a: i64, b: i64) -> Result<i64, super::DivError>;
+
+    /// A function no server serves.
+    #[rpc(name = "missing.function")]
+    pub async fn missing() -> bool;
+}

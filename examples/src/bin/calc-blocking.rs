@@ -1,13 +1,16 @@
 //! Calls the calculator from synchronous code, no async runtime of its own:
 //! `cargo run -p guirpc-examples --bin calc-blocking`.
 
-use guirpc_core::{BlockingClient, Error};
+use guirpc_core::config::LoadOptions;
+use guirpc_core::{ClientBuilder, Error, Settings};
 use guirpc_examples::{QUEUE, add, divide};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let uri =
-        std::env::var("GUIRPC_URI").unwrap_or_else(|_| guirpc_core::config::DEFAULT_URI.into());
-    let client = BlockingClient::connect(&uri)?.with_queue(QUEUE);
+    let settings = Settings::load(LoadOptions {
+        defaults: vec![("service.queue", QUEUE.into())],
+        ..Default::default()
+    })?;
+    let client = ClientBuilder::from_settings(&settings).connect_blocking()?;
 
     println!("add(20, 22) = {}", add::call_blocking(&client, 20, 22)?);
     match divide::call_blocking(&client, 3.0, 0.0) {

@@ -1,20 +1,17 @@
 //! Calls the calculator from async code: `cargo run -p guirpc-examples --bin calc-client`.
 
-use std::time::Duration;
-
-use guirpc_core::{Client, Error};
+use guirpc_core::config::LoadOptions;
+use guirpc_core::{ClientBuilder, Error, Settings};
 use guirpc_examples::{DivideError, QUEUE, add, divide, summarize};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let uri =
-        std::env::var("GUIRPC_URI").unwrap_or_else(|_| guirpc_core::config::DEFAULT_URI.into());
-    let client = Client::builder()
-        .uri(uri)
-        .queue(QUEUE)
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
+    // The same settings as the service: ./guirpc.toml, GUIRPC_URI, GUIRPC_QUEUE, ...
+    let settings = Settings::load(LoadOptions {
+        defaults: vec![("service.queue", QUEUE.into())],
+        ..Default::default()
+    })?;
+    let client = ClientBuilder::from_settings(&settings).connect().await?;
 
     // Typed stubs, checked by the compiler.
     println!("add(2, 3) = {}", add::call(&client, 2, 3).await?);

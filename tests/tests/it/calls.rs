@@ -1,0 +1,129 @@
+//! Every function shape, through typed stubs and by name, in both codecs.
+
+use std::collections::HashMap;
+
+use guirpc_core::Codec;
+use guirpc_tests::{
+    Move, Point, add, answer, api, checked_div, echo, histogram, join, nothing, serve, shift,
+};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn async_and_plain_functions_answer_through_typed_stubs() {
+    let (_server, client) = serve("stubs").await;
+    assert_eq!(add::call(&client, 2, 3).await.unwrap(), 5);
+    assert_eq!(
+        join::call(&client, vec!["a".into(), "b".into()], "-".into())
+            .await
+            .unwrap(),
+        "a-b"
+    );
+    assert_eq!(answer::call(&client).await.unwrap(), 42);
+    nothing::call(&client, true).await.unwrap();
+    let moved = shift::call(
+        &client,
+        Point { x: 1.0, y: 1.0 },
+        Move::By { dx: 1.0, dy: -1.0 },
+        Some(2.0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, Point { x: 3.0, y: -1.0 });
+    assert_eq!(
+        shift::call(&client, Point { x: 1.0, y: 1.0 }, Move::Stay, None)
+            .await
+            .unwrap(),
+        Point { x: 1.0, y: 1.0 }
+    );
+    let counts = histogram::call(&client, vec!["a".into(), "b".into(), "a".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        HashMap::from([("a".to_string(), 2), ("b".to_string(), 1)])
+    );
+    assert_eq!(checked_div::call(&client, 7, 2).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_codecs_carry_every_shape() {
+    let (_server, client) = serve("codecs").await;
+    for codec in [Codec::MsgPack, Codec::Json] {
+        let client = client.with_codec(codec);
+        assert_eq!(add::call(&client, -4, 1).await.unwrap(), -3, "{codec}");
+        let moved = shift::call(
+            &client,
+            Point { x: 0.5, y: 0.0 },
+            Move::By { dx: 1.0, dy: 2.0 },
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(moved, Point { x: 1.5, y: 2.0 }, "{codec}");
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(
+            echo::call(&client, bytes.clone()).await.unwrap(),
+            bytes,
+            "{codec}"
+        );
+        let text = "naïve ☃ ünïcödé".to_string();
+        assert_eq!(
+            join::call(&client, vec![text.clone()], String::new())
+                .await
+                .unwrap(),
+            text,
+            "{codec}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamic_calls_take_arguments_by_name_or_in_order() {
+    let (_server, client) = serve("dynamic").await;
+    for codec in [Codec::MsgPack, Codec::Json] {
+        let client = client.with_codec(codec);
+        let by_name: i64 = client.call("add", json!({"b": 2, "a": 40})).await.unwrap();
+        let in_order: i64 = client.call("add", (40, 2)).await.unwrap();
+        let as_array: i64 = client.call("add", json!([40, 2])).await.unwrap();
+        assert_eq!((by_name, in_order, as_array), (42, 42, 42), "{codec}");
+        let joined: String = client
+            .call("text.join", json!({"parts": ["x", "y"], "separator": "+"}))
+            .await
+            .unwrap();
+        assert_eq!(joined, "x+y");
+        let none: Option<()> = client
+            .call("nothing", json!({"_ignored": false}))
+            .await
+            .unwrap();
+        assert_eq!(none, None);
+        let answer: u32 = client.call("answer", json!({})).await.unwrap();
+        assert_eq!(answer, 42);
+        let moved: serde_json::Value = client
+            .call(
+                "shift",
+                json!({"point": {"x": 1.0, "y": 2.0}, "by": "Stay", "scale": null}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(moved, json!({"x": 1.0, "y": 2.0}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_stubs_call_functions_served_elsewhere() {
+    let (_server, client) = serve("declared").await;
+    assert_eq!(api::add::call(&client, 1, 2).await.unwrap(), 3);
+    assert_eq!(api::checked_div::call(&client, 9, 3).await.unwrap(), 3);
+    let err = api::checked_div::call(&client, 9, 0).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            guirpc_core::Error::Handler {
+                error: guirpc_tests::DivError::ByZero(9),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(api::missing::NAME, "missing.function");
+}

@@ -1,0 +1,184 @@
+//! Every error a caller can meet, and that the server survives each.
+
+use std::time::Duration;
+
+use guirpc_core::{Client, Error, ErrorCode};
+use guirpc_tests::{
+    DivError, add, checked_div, explode, explode_blocking, nap, parse_port, serve, uri,
+};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_function_gets_not_found_naming_it() {
+    let (server, client) = serve("not-found").await;
+    let err = client
+        .call::<i64>("no.such.function", json!({}))
+        .await
+        .unwrap_err();
+    let Error::Remote(remote) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(remote.code(), &ErrorCode::NotFound);
+    assert!(
+        remote.message().contains("no.such.function"),
+        "{}",
+        remote.message()
+    );
+    assert!(
+        remote.message().contains(server.queue()),
+        "{}",
+        remote.message()
+    );
+    assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_arguments_get_bad_request_saying_what_was_wrong() {
+    let (_server, client) = serve("bad-args").await;
+    let cases = [
+        (json!({"a": 1}), "missing field `b`"),
+        (json!({"a": 1, "b": "two"}), "invalid type"),
+        (json!({"a": 1, "b": 2, "c": 3}), "unknown field `c`"),
+        (json!([1]), "invalid length"),
+        (json!("a string"), "invalid type"),
+    ];
+    for codec in [guirpc_core::Codec::MsgPack, guirpc_core::Codec::Json] {
+        for (args, expected) in &cases {
+            let err = client
+                .with_codec(codec)
+                .call::<i64>("add", args)
+                .await
+                .unwrap_err();
+            let Error::Remote(remote) = &err else {
+                panic!("{err:?}")
+            };
+            assert_eq!(remote.code(), &ErrorCode::BadRequest, "{codec} {args}");
+            assert!(remote.message().contains("`add`"), "{}", remote.message());
+            assert!(
+                remote.message().contains(expected),
+                "{codec} {args}: {}",
+                remote.message()
+            );
+        }
+    }
+    // Too many positional arguments.
+    let err = client.call::<i64>("add", (1, 2, 3)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err:?}");
+    assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_handler_errors_reach_the_caller_as_their_type() {
+    let (_server, client) = serve("typed-errors").await;
+    for codec in [guirpc_core::Codec::MsgPack, guirpc_core::Codec::Json] {
+        let client = client.with_codec(codec);
+        match checked_div::call(&client, 5, 0).await {
+            Err(Error::Handler { function, error }) => {
+                assert_eq!(function, "checked_div");
+                assert_eq!(error, DivError::ByZero(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_port::call(&client, "http".into()).await {
+            Err(Error::Handler { error, .. }) => {
+                assert!(error.contains("`http` is not a port"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // By name, the same error arrives as a remote error whose detail decodes.
+        let err = client.call::<i64>("checked_div", (5, 0)).await.unwrap_err();
+        let Error::Remote(remote) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(remote.code(), &ErrorCode::HandlerError);
+        assert!(remote.message().contains("ByZero"), "{}", remote.message());
+        assert_eq!(
+            remote.detail::<DivError>().unwrap().unwrap(),
+            DivError::ByZero(5)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_handler_gets_internal_and_the_server_keeps_serving() {
+    let (_server, client) = serve("panics").await;
+    for _ in 0..3 {
+        let err = explode::call(&client, "kaboom".into()).await.unwrap_err();
+        let Error::Remote(remote) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(remote.code(), &ErrorCode::Internal);
+        assert!(remote.message().contains("kaboom"), "{}", remote.message());
+        let err = explode_blocking::call(&client, "crash".into())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Internal), "{err:?}");
+        assert!(err.to_string().contains("crash"), "{err}");
+    }
+    assert_eq!(add::call(&client, 2, 2).await.unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_without_a_reply_ends_with_a_timeout() {
+    let (_server, client) = serve("timeout").await;
+    let short = client.with_timeout(Duration::from_millis(300));
+    let started = tokio::time::Instant::now();
+    let err = nap::call(&short, 5000).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Timeout { function, .. } if function == "nap"),
+        "{err:?}"
+    );
+    assert!(err.is_retriable());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the call waited for the reply anyway"
+    );
+    // The late reply is dropped; the client goes on.
+    assert_eq!(add::call(&client, 1, 2).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_to_a_service_that_does_not_exist_fails_at_once_with_no_route() {
+    let client = Client::builder()
+        .uri(uri())
+        .queue("guirpc-test.no-such-service")
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let err = add::call(&client, 1, 2).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::NoRoute { queue, .. } if queue == "guirpc-test.no-such-service"),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no route must not wait for the timeout"
+    );
+    assert!(
+        err.to_string().contains("guirpc-test.no-such-service"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_cannot_be_encoded_fails_before_sending() {
+    let (_server, client) = serve("encode").await;
+    let mut map = std::collections::HashMap::new();
+    map.insert(vec![1u8], 1);
+    let err = client
+        .with_codec(guirpc_core::Codec::Json)
+        .call::<i64>("add", map)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Encode { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_of_the_wrong_type_is_a_decode_error() {
+    let (_server, client) = serve("decode").await;
+    let err = client.call::<String>("add", (1, 2)).await.unwrap_err();
+    assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+    assert!(err.to_string().contains("`add`"), "{err}");
+}

@@ -1,0 +1,8 @@
+//! Integration tests against a real RabbitMQ broker (`$GUIRPC_TEST_URI`, or the local one).
+//! Every test serves on a queue of its own, so they run in parallel.
+
+mod calls;
+mod clients;
+mod errors;
+mod plain_amqp;
+mod serving;

@@ -1,0 +1,297 @@
+//! Calls made with nothing but a plain AMQP client and JSON, following docs/PROTOCOL.md:
+//! what a program in another language does.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_lite::StreamExt;
+use guirpc_tests::{add, serve, uri, wait_recorded};
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use serde_json::{Value, json};
+
+/// A bare AMQP caller on direct reply-to.
+struct Plain {
+    _connection: Connection,
+    channel: Channel,
+    replies: Consumer,
+}
+
+impl Plain {
+    async fn connect() -> Plain {
+        let connection = Connection::connect(&uri(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let replies = channel
+            .basic_consume(
+                "amq.rabbitmq.reply-to".into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Plain {
+            _connection: connection,
+            channel,
+            replies,
+        }
+    }
+
+    async fn publish(&self, queue: &str, properties: BasicProperties, body: &[u8]) {
+        self.channel
+            .basic_publish(
+                "guirpc".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn reply(&mut self) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(10), self.replies.next())
+            .await
+            .expect("a reply within 10 s")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert((*key).into(), value.clone());
+    }
+    table
+}
+
+fn function(name: &str) -> (&'static str, AMQPValue) {
+    ("guirpc-function", AMQPValue::LongString(name.into()))
+}
+
+fn json_request(correlation_id: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_correlation_id(correlation_id.into())
+        .with_reply_to("amq.rabbitmq.reply-to".into())
+        .with_headers(headers)
+}
+
+fn status(reply: &Delivery) -> String {
+    match reply
+        .properties
+        .headers()
+        .as_ref()
+        .unwrap()
+        .inner()
+        .get("guirpc-status")
+    {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("no status header: {other:?}"),
+    }
+}
+
+fn body(reply: &Delivery) -> Value {
+    assert_eq!(
+        reply.properties.content_type().as_ref().unwrap().as_str(),
+        "application/json"
+    );
+    serde_json::from_slice(&reply.data).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_amqp_client_calls_with_json_and_reads_the_reply() {
+    let (server, _) = serve("plain-ok").await;
+    let mut plain = Plain::connect().await;
+    let props = json_request("call-1", headers(&[function("add")])).with_expiration("5000".into());
+    plain
+        .publish(server.queue(), props, br#"{"a": 1, "b": 2}"#)
+        .await;
+    let reply = plain.reply().await;
+    assert_eq!(
+        reply.properties.correlation_id().as_ref().unwrap().as_str(),
+        "call-1"
+    );
+    assert_eq!(status(&reply), "ok");
+    assert_eq!(body(&reply), json!(3));
+
+    plain
+        .publish(
+            server.queue(),
+            json_request("call-2", headers(&[function("add")])),
+            b"[40, 2]",
+        )
+        .await;
+    let reply = plain.reply().await;
+    assert_eq!((status(&reply), body(&reply)), ("ok".into(), json!(42)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_errors_carry_the_envelope() {
+    let (server, client) = serve("plain-errors").await;
+    let mut plain = Plain::connect().await;
+    let cases: Vec<(BasicProperties, &[u8], &str, &str)> = vec![
+        (
+            json_request("1", headers(&[function("nope")])),
+            b"{}",
+            "not_found",
+            "nope",
+        ),
+        (
+            json_request("2", headers(&[])),
+            b"{}",
+            "bad_request",
+            "guirpc-function",
+        ),
+        (
+            json_request("3", headers(&[function("add")])),
+            b"{not json",
+            "bad_request",
+            "invalid arguments",
+        ),
+        (
+            json_request("4", headers(&[function("add")])),
+            br#"{"a": true, "b": 1}"#,
+            "bad_request",
+            "invalid type",
+        ),
+        (
+            json_request("5", headers(&[function("add")])).with_content_type("text/csv".into()),
+            b"1,2",
+            "bad_request",
+            "text/csv",
+        ),
+        (
+            json_request("6", headers(&[function("checked_div")])),
+            br#"{"a": 4, "b": 0}"#,
+            "handler_error",
+            "ByZero",
+        ),
+        (
+            json_request("7", headers(&[function("explode")])),
+            br#"{"message": "boom"}"#,
+            "internal",
+            "boom",
+        ),
+    ];
+    for (props, request, code, needle) in cases {
+        let id = props.correlation_id().clone().unwrap();
+        plain.publish(server.queue(), props, request).await;
+        let reply = plain.reply().await;
+        assert_eq!(reply.properties.correlation_id().as_ref(), Some(&id));
+        assert_eq!(status(&reply), "error", "case {id}");
+        let envelope = body(&reply);
+        assert_eq!(envelope["code"], code, "case {id}: {envelope}");
+        let message = envelope["message"].as_str().unwrap();
+        assert!(message.contains(needle), "case {id}: {message}");
+        if code == "handler_error" {
+            assert_eq!(envelope["detail"], json!({"ByZero": 4}));
+        } else {
+            assert_eq!(envelope["detail"], Value::Null);
+        }
+    }
+    // MessagePack without content_type is the default.
+    let props = BasicProperties::default()
+        .with_correlation_id("mp".into())
+        .with_reply_to("amq.rabbitmq.reply-to".into())
+        .with_headers(headers(&[function("add")]));
+    let request = rmp_serde::to_vec_named(&json!({"a": 2, "b": 3})).unwrap();
+    plain.publish(server.queue(), props, &request).await;
+    let reply = plain.reply().await;
+    assert_eq!(
+        reply.properties.content_type().as_ref().unwrap().as_str(),
+        "application/msgpack"
+    );
+    assert_eq!(rmp_serde::from_slice::<i64>(&reply.data).unwrap(), 5);
+    // Nothing of this disturbed the service.
+    assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_reply_to_is_run_and_acknowledged() {
+    let (server, client) = serve("one-way").await;
+    let plain = Plain::connect().await;
+    let token = format!("one-way-{}", std::process::id());
+    for _ in 0..3 {
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(headers(&[function("record")]));
+        plain
+            .publish(
+                server.queue(),
+                props,
+                json!({"token": token}).to_string().as_bytes(),
+            )
+            .await;
+    }
+    assert!(
+        wait_recorded(&token, 3, Duration::from_secs(10)).await,
+        "the one-way calls did not run"
+    );
+    // A failing one-way call (no such function) is logged, acknowledged, and stalls nothing.
+    let props = BasicProperties::default().with_headers(headers(&[function("nope")]));
+    plain.publish(server.queue(), props, b"\x80").await;
+    assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_past_its_deadline_is_not_run() {
+    let (server, _) = serve("deadline").await;
+    let mut plain = Plain::connect().await;
+    let token = format!("late-{}", std::process::id());
+    let past = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 1000;
+    let props = json_request(
+        "late",
+        headers(&[
+            function("record"),
+            ("guirpc-deadline", AMQPValue::LongLongInt(past)),
+        ]),
+    );
+    plain
+        .publish(
+            server.queue(),
+            props,
+            json!({"token": token}).to_string().as_bytes(),
+        )
+        .await;
+    let reply = plain.reply().await;
+    assert_eq!(status(&reply), "error");
+    assert_eq!(body(&reply)["code"], "deadline_exceeded");
+    assert!(
+        !wait_recorded(&token, 1, Duration::from_millis(200)).await,
+        "a late request ran"
+    );
+    // A deadline in the future runs.
+    let future = past + 60_000;
+    let props = json_request(
+        "on-time",
+        headers(&[
+            function("record"),
+            ("guirpc-deadline", AMQPValue::LongLongInt(future)),
+        ]),
+    );
+    plain
+        .publish(
+            server.queue(),
+            props,
+            json!({"token": token}).to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(status(&plain.reply().await), "ok");
+    assert!(wait_recorded(&token, 1, Duration::from_secs(1)).await);
+}

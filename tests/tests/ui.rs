@@ -1,0 +1,7 @@
+//! Compile errors of `#[rpc]`, pinned: each points at the offending token.
+
+#[test]
+fn unsupported_signatures_are_compile_errors() {
+    let cases = trybuild::TestCases::new();
+    cases.compile_fail("ui/*.rs");
+}

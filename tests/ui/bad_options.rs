@@ -1,0 +1,12 @@
+use guirpc_core::rpc;
+
+#[rpc(nmae = "x")]
+async fn misspelt() {}
+
+#[rpc(name = "")]
+async fn empty() {}
+
+#[rpc]
+struct NotAFunction;
+
+fn main() {}

@@ -1,0 +1,8 @@
+use guirpc_core::rpc;
+
+#[rpc]
+unsafe fn danger(x: u8) -> u8 {
+    x
+}
+
+fn main() {}
