@@ -1,7 +1,7 @@
 //! The `guirpc` command line.
 //!
-//! A service is a binary whose `main` hands over to [`main`], so that the functions it
-//! marks `#[rpc]` are linked into the program that serves them:
+//! A service is a binary whose `main` hands over to [`main`] (or [`Main`]), so that the
+//! functions it marks `#[rpc]` are linked into the program that serves them:
 //!
 //! ```no_run
 //! use guirpc_core::rpc;
@@ -17,24 +17,33 @@
 //! ```
 //!
 //! `cargo run -- serve` then serves `add`; the standalone `guirpc serve`, run in the
-//! crate's directory, does the same through `cargo run`.
+//! crate's directory, does the same through `cargo run`. Every other command (`call`,
+//! `list`, `ping`, `config`, `new`, `completions`) works the same from either.
 
 #![warn(missing_docs)]
 
+mod call;
+mod config;
 mod exit;
+mod list;
 mod logging;
+mod new;
+mod ping;
 mod serve;
 mod settings;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 pub use exit::Exit;
 
 /// guirpc: serve and call Rust functions over RabbitMQ.
+///
+/// Exit codes: 0 ok, 1 the remote function failed or refused the call, 2 usage or
+/// configuration error, 3 broker unreachable, 4 timeout, 5 no such service queue.
 #[derive(Debug, Parser)]
-#[command(name = "guirpc", version, about, long_about = None, propagate_version = true)]
+#[command(name = "guirpc", version, about, long_about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +53,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    New(new::Args),
+    Config(config::Args),
+    #[command(alias = "runconsumer")]
     Serve(serve::Args),
+    #[command(alias = "publishone")]
+    Call(call::Args),
+    List(list::Args),
+    Ping(ping::Args),
+    /// Print a shell completion script: guirpc completions bash > /etc/bash_completion.d/guirpc
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the command line with this process's arguments and returns its exit code.
@@ -88,46 +109,52 @@ impl Main {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        run(args, self.defaults)
-    }
-}
-
-fn run<I, T>(args: I, defaults: Vec<(&'static str, String)>) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(err) => {
-            let _ = err.print();
-            return if err.use_stderr() {
-                Exit::Usage.into()
-            } else {
-                ExitCode::SUCCESS
-            };
+        let cli = match Cli::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(err) => {
+                let _ = err.print();
+                return if err.use_stderr() {
+                    Exit::Usage.into()
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+        };
+        let defaults = &self.defaults;
+        let outcome = match cli.command {
+            Command::New(args) => new::run(args),
+            Command::Config(args) => config::run(args, &cli.log, defaults),
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "guirpc",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
+            command => match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(async {
+                    match command {
+                        Command::Serve(args) => serve::run(args, &cli.log, defaults).await,
+                        Command::Call(args) => call::run(args, &cli.log, defaults).await,
+                        Command::List(args) => list::run(args, &cli.log, defaults).await,
+                        Command::Ping(args) => ping::run(args, &cli.log, defaults).await,
+                        _ => unreachable!("handled above"),
+                    }
+                }),
+                Err(err) => Err(exit::Failure::new(
+                    Exit::Usage,
+                    format!("cannot start the async runtime: {err}"),
+                )),
+            },
+        };
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => failure.report(),
         }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            return exit::report(
-                Exit::Usage,
-                &format!("cannot start the async runtime: {err}"),
-                None,
-            );
-        }
-    };
-    let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve::run(args, &cli.log, defaults).await,
-        }
-    });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => failure.report(),
     }
 }

@@ -5,6 +5,8 @@ use std::io::IsTerminal;
 use clap::Args;
 use guirpc_core::config::{LogFormat, Settings};
 use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
 use crate::exit::{Exit, Failure};
 
@@ -42,15 +44,22 @@ pub(crate) fn init(settings: &Settings) -> Result<(), Failure> {
             ),
         )
     })?;
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
+    // guirpc reports unroutable calls itself (a no-route error); lapin's warning would
+    // dump the whole returned message besides.
+    let filter = Targets::new()
+        .with_default(level)
+        .with_target("lapin::returned_messages", LevelFilter::ERROR);
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let installed = match settings.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    // An error means a subscriber is installed already (a second run in one process).
+    let _ = match settings.log_format {
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .try_init(),
     };
-    // Already installed (a second run in one process): keep the first.
-    let _ = installed;
     Ok(())
 }

@@ -34,7 +34,7 @@ pub(crate) struct Args {
 pub(crate) async fn run(
     args: Args,
     log: &LogArgs,
-    defaults: Vec<(&'static str, String)>,
+    defaults: &[(&'static str, String)],
 ) -> Result<(), Failure> {
     let mut more = Vec::new();
     if let Some(prefetch) = args.prefetch {

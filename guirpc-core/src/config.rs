@@ -278,19 +278,25 @@ impl Settings {
         Settings::load_with_env(options, |var| std::env::var(var).ok())
     }
 
-    /// [`Settings::load`] with the environment given as a function (for tests).
-    pub fn load_with_env(
-        options: LoadOptions,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Settings, ConfigError> {
+    /// The built-in defaults, with some replaced by a program's own.
+    pub fn with_defaults(defaults: &[(&'static str, String)]) -> Result<Settings, ConfigError> {
         let mut settings = Settings::default();
-        for (path, value) in &options.defaults {
+        for (path, value) in defaults {
             let index =
                 index_of(path).ok_or_else(|| ConfigError(format!("unknown setting `{path}`")))?;
             settings
                 .set_index(index, value)
                 .map_err(|err| ConfigError(format!("default of `{path}`: {err}")))?;
         }
+        Ok(settings)
+    }
+
+    /// [`Settings::load`] with the environment given as a function (for tests).
+    pub fn load_with_env(
+        options: LoadOptions,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::with_defaults(&options.defaults)?;
         let file = match options.file {
             Some(path) => Some(path),
             None => match env(CONFIG_ENV) {
@@ -393,6 +399,33 @@ impl Settings {
             };
             (key, value, &self.sources[i])
         })
+    }
+
+    /// These settings as a commented `guirpc.toml`, every key present.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(
+            "# guirpc configuration. Environment variables override this file; flags override both.\n",
+        );
+        let mut section = "";
+        for (index, key) in KEYS.iter().enumerate() {
+            if key.section != section {
+                section = key.section;
+                out.push_str(&format!("\n[{section}]\n"));
+            }
+            let value = self.show_index(index);
+            let value = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+                value
+            } else {
+                format!("{value:?}")
+            };
+            out.push_str(&format!(
+                "# {} (env: {})\n{} = {value}\n",
+                key.doc,
+                key.env.join(", "),
+                key.name
+            ));
+        }
+        out
     }
 
     /// The URI with its password masked, for showing.
@@ -696,6 +729,19 @@ mod tests {
         let shown: Vec<String> = settings.entries().map(|(_, v, _)| v).collect();
         assert!(shown.iter().all(|v| !v.contains("hunter2")));
         assert!(shown.contains(&"amqp://u:****@h:5672/%2f".to_string()));
+    }
+
+    #[test]
+    fn the_commented_file_reads_back_as_the_same_settings() {
+        let text = Settings::default().to_toml();
+        assert!(
+            text.contains("[broker]") && text.contains("# How many calls a server runs at once."),
+            "{text}"
+        );
+        let read = load(&text, &[], &[]).unwrap();
+        assert_eq!(read.service(), Settings::default().service());
+        assert_eq!(read.timeout, Settings::default().timeout);
+        assert!(matches!(read.source("log.format"), Some(Source::File(_))));
     }
 
     #[test]

@@ -30,6 +30,68 @@ pub const STATUS_OK: &str = "ok";
 /// The reply body is an error envelope.
 pub const STATUS_ERROR: &str = "error";
 
+/// The built-in function every server answers with a [`Description`] of what it serves.
+pub const FUNCTION_DESCRIBE: &str = "guirpc.describe";
+/// The built-in function every server answers with a [`Pong`].
+pub const FUNCTION_PING: &str = "guirpc.ping";
+/// Names starting with this are reserved for built-in functions.
+pub const RESERVED_PREFIX: &str = "guirpc.";
+
+/// What a server serves: the reply of [`FUNCTION_DESCRIBE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    /// The service queue.
+    pub queue: String,
+    /// The guirpc version of the server.
+    pub version: String,
+    /// The functions, by name.
+    pub functions: Vec<FunctionDescription>,
+}
+
+/// One function of a [`Description`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDescription {
+    /// The name callers use.
+    pub name: String,
+    /// The doc comment.
+    pub doc: String,
+    /// The parameters, in order.
+    pub params: Vec<ParamDescription>,
+    /// The return type as written in the source.
+    pub returns: String,
+    /// Whether it runs on the blocking pool.
+    pub blocking: bool,
+}
+
+/// One parameter of a [`FunctionDescription`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamDescription {
+    /// The parameter's name.
+    pub name: String,
+    /// Its Rust type.
+    #[serde(rename = "type")]
+    pub ty: String,
+}
+
+/// A server's answer to [`FUNCTION_PING`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    /// Which server answered: `host:pid`.
+    pub instance: String,
+    /// The guirpc version of the server.
+    pub version: String,
+    /// The service queue.
+    pub queue: String,
+    /// How long the server has been running, in milliseconds.
+    pub uptime_ms: u64,
+    /// Calls running on it now, besides this ping.
+    pub in_flight: usize,
+    /// How many calls it runs at once at most.
+    pub concurrency: usize,
+    /// How many functions it serves.
+    pub functions: usize,
+}
+
 /// Why a call failed on the server side; the `code` of an error envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]

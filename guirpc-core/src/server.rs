@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_lite::{FutureExt, StreamExt};
@@ -27,7 +28,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::codec::Codec;
 use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
-use crate::protocol::{self, Envelope, ErrorCode, RequestMeta};
+use crate::protocol::{
+    self, Description, Envelope, ErrorCode, FunctionDescription, ParamDescription, Pong,
+    RequestMeta,
+};
 use crate::registry::{Invocation, Registry, Reply};
 
 /// A server could not start or stopped with an error.
@@ -152,6 +156,9 @@ impl ServerBuilder {
             None => Registry::collect()?,
         };
         let shared = Arc::new(Shared {
+            instance: instance_name(),
+            started: std::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
             queue_arguments: self.queue_arguments,
             masked_uri: mask_uri(&settings.uri),
             semaphore: Arc::new(Semaphore::new(settings.concurrency)),
@@ -259,6 +266,9 @@ pub async fn shutdown_signal() {
 #[derive(Debug)]
 struct Shared {
     settings: ServiceSettings,
+    instance: String,
+    started: std::time::Instant,
+    in_flight: AtomicUsize,
     queue_arguments: FieldTable,
     masked_uri: String,
     registry: Registry,
@@ -470,6 +480,8 @@ async fn handle(
         acker,
         ..
     } = delivery;
+    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _running = InFlight(&shared.in_flight);
     let meta = RequestMeta::read(&properties);
     let at_most_once = shared.settings.delivery == DeliveryGuarantee::AtMostOnce;
     if at_most_once {
@@ -502,6 +514,15 @@ async fn handle(
     }
 }
 
+/// Counts a call as running until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn ack(acker: &lapin::Acker) {
     if let Err(err) = acker.ack(BasicAckOptions::default()).await {
         warn!("cannot acknowledge a request: {err}; the broker will redeliver it");
@@ -528,6 +549,9 @@ async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec,
         warn!("bad request: {message}");
         return (codec, error(codec, ErrorCode::BadRequest, &message));
     };
+    if name.starts_with(protocol::RESERVED_PREFIX) {
+        return (codec, builtin(shared, name, codec));
+    }
     let Some(function) = shared.registry.get(name) else {
         let message = format!(
             "no function `{name}` is served on queue `{}`",
@@ -558,6 +582,67 @@ async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec,
         }
     };
     (codec, reply)
+}
+
+/// The functions every server answers from its own state.
+fn builtin(shared: &Shared, name: &str, codec: Codec) -> Reply {
+    let encoded = match name {
+        protocol::FUNCTION_DESCRIBE => codec.encode(&Description {
+            queue: shared.settings.queue.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            functions: shared
+                .registry
+                .iter()
+                .map(|f| FunctionDescription {
+                    name: f.name().to_owned(),
+                    doc: f.doc().to_owned(),
+                    params: f
+                        .params()
+                        .iter()
+                        .map(|p| ParamDescription {
+                            name: p.name.to_owned(),
+                            ty: p.ty.to_owned(),
+                        })
+                        .collect(),
+                    returns: f.returns().to_owned(),
+                    blocking: f.is_blocking(),
+                })
+                .collect(),
+        }),
+        protocol::FUNCTION_PING => {
+            codec.encode(&Pong {
+                instance: shared.instance.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                queue: shared.settings.queue.clone(),
+                uptime_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                // This ping holds one of the permits.
+                in_flight: shared.in_flight.load(Ordering::Relaxed).saturating_sub(1),
+                concurrency: shared.settings.concurrency,
+                functions: shared.registry.len(),
+            })
+        }
+        _ => {
+            let message = format!(
+                "no built-in function `{name}` (names starting with `guirpc.` are reserved)"
+            );
+            return error(codec, ErrorCode::NotFound, &message);
+        }
+    };
+    match encoded {
+        Ok(body) => Reply { ok: true, body },
+        Err(err) => error(codec, ErrorCode::Internal, &err.to_string()),
+    }
+}
+
+/// `host:pid`, naming this server process in pings.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
 }
 
 fn error(codec: Codec, code: ErrorCode, message: &str) -> Reply {

@@ -56,6 +56,16 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     };
 
     let stub_doc = format!(" Typed call stubs of the remote function `{name}`.");
+    // What a bad-request message says was expected, instead of the struct's hidden name.
+    let expecting = format!(
+        "the arguments of `{name}`: ({})",
+        name_strs
+            .iter()
+            .zip(&type_names)
+            .map(|(n, t)| format!("{n}: {t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let call_doc = format!(" Calls `{name}` on the client's service queue.");
     let call_blocking_doc =
         format!(" Calls `{name}` on the client's service queue, blocking until it answers.");
@@ -70,7 +80,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
 
             #[doc(hidden)]
             #[derive(::guirpc_core::__private::serde::Serialize, ::guirpc_core::__private::serde::Deserialize)]
-            #[serde(crate = "::guirpc_core::__private::serde", deny_unknown_fields)]
+            #[serde(crate = "::guirpc_core::__private::serde", deny_unknown_fields, expecting = #expecting)]
             pub struct __Args {
                 #(pub #names: #stub_types,)*
             }

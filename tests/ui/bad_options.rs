@@ -10,3 +10,6 @@ async fn empty() {}
 struct NotAFunction;
 
 fn main() {}
+
+#[rpc(name = "guirpc.ping")]
+async fn reserved() {}

@@ -370,6 +370,16 @@ impl Client {
             .map_err(|err| typed(function, err))
     }
 
+    /// Asks the service what it serves (the built-in `guirpc.describe`).
+    pub async fn describe(&self) -> Result<protocol::Description, Error> {
+        self.call(protocol::FUNCTION_DESCRIBE, [(); 0]).await
+    }
+
+    /// Asks one server of the service how it is (the built-in `guirpc.ping`).
+    pub async fn ping(&self) -> Result<protocol::Pong, Error> {
+        self.call(protocol::FUNCTION_PING, [(); 0]).await
+    }
+
     /// Closes the connection; calls still waiting fail with [`Error::Connection`].
     pub async fn close(&self) {
         let _ = self

@@ -1,0 +1,249 @@
+//! `guirpc call`: call a function by name from a shell, once, or once per line of input.
+
+use std::collections::VecDeque;
+
+use clap::Args as ClapArgs;
+use guirpc_core::{Client, Error};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::task::JoinHandle;
+
+use crate::exit::{Exit, Failure};
+use crate::logging::LogArgs;
+use crate::settings::ClientArgs;
+
+/// Call a function by name with JSON arguments and print its result as JSON.
+///
+/// Arguments are a JSON object by parameter name or an array in order; none means `{}`.
+/// They travel in MessagePack unless --codec json.
+///
+/// Exit codes: 0 ok, 1 the function failed or refused the call, 2 usage or configuration,
+/// 3 broker unreachable, 4 timeout, 5 no such service queue.
+///
+/// With --stdin, reads one JSON argument value per line and writes one line per input line,
+/// in input order: the result, or {"error": {"code", "message", "detail"}}; exit code 1 if
+/// any line failed.
+///
+/// Examples:
+///   guirpc call add '{"a": 1, "b": 2}'
+///   guirpc call add '[1, 2]' --queue calculator --timeout 2s
+///   cat requests.jsonl | guirpc call add --stdin --inflight 64 > results.jsonl
+#[derive(Debug, ClapArgs)]
+#[command(verbatim_doc_comment)]
+pub(crate) struct Args {
+    /// The function's name
+    function: String,
+    /// Arguments as JSON: '{"a": 1}' by name or '[1, 2]' in order [default: {}]
+    #[arg(conflicts_with = "stdin")]
+    args: Option<String>,
+    /// Read one JSON argument value per line from standard input
+    #[arg(long)]
+    stdin: bool,
+    /// With --stdin: how many calls to keep in flight at once
+    #[arg(long, value_name = "N", default_value_t = 32, requires = "stdin")]
+    inflight: usize,
+    /// Print the result indented
+    #[arg(long)]
+    pretty: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) async fn run(
+    args: Args,
+    log: &LogArgs,
+    defaults: &[(&'static str, String)],
+) -> Result<(), Failure> {
+    // Arguments are checked before connecting: a typo costs no round trip.
+    let single = if args.stdin {
+        None
+    } else {
+        Some(
+            parse_args(args.args.as_deref().unwrap_or("{}")).map_err(|message| {
+                Failure::new(Exit::Usage, message)
+                    .hint(r#"arguments are JSON: '{"a": 1, "b": 2}' by name or '[1, 2]' in order"#)
+            })?,
+        )
+    };
+    if args.inflight == 0 {
+        return Err(Failure::new(Exit::Usage, "--inflight must be at least 1"));
+    }
+    let client = args.client.connect(log, defaults).await?;
+    match single {
+        Some(call_args) => call_once(&client, &args.function, call_args, args.pretty).await,
+        None => call_lines(client, args.function, args.inflight).await,
+    }
+}
+
+/// Reads the arguments: an object or an array.
+fn parse_args(text: &str) -> Result<Value, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value @ (Value::Object(_) | Value::Array(_))) => Ok(value),
+        Ok(other) => Err(format!(
+            "arguments must be a JSON object or array, not {}: wrap a single argument as '[{other}]'",
+            kind(&other)
+        )),
+        Err(err) => Err(format!("invalid JSON arguments: {err}")),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+async fn call_once(
+    client: &Client,
+    function: &str,
+    args: Value,
+    pretty: bool,
+) -> Result<(), Failure> {
+    match client.call::<Value>(function, args).await {
+        Ok(result) => {
+            let text = if pretty {
+                serde_json::to_string_pretty(&result)
+            } else {
+                serde_json::to_string(&result)
+            };
+            println!("{}", text.expect("a JSON value always prints"));
+            Ok(())
+        }
+        Err(err) => {
+            // The envelope goes to standard output for scripts; the sentence to standard error.
+            if let Error::Remote(_) = &err {
+                println!("{}", error_line(&err));
+            }
+            Err(err.into())
+        }
+    }
+}
+
+/// One result line per input line, in order, with at most `inflight` calls running.
+async fn call_lines(client: Client, function: String, inflight: usize) -> Result<(), Failure> {
+    enum Slot {
+        Ready(bool, String),
+        Running(JoinHandle<(bool, String)>),
+    }
+    enum Event {
+        Done(bool, String),
+        Line(std::io::Result<Option<String>>),
+    }
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut out = BufWriter::new(tokio::io::stdout());
+    let mut window: VecDeque<Slot> = VecDeque::with_capacity(inflight);
+    let (mut line_number, mut failed, mut eof) = (0usize, 0usize, false);
+    let write_error =
+        |err: std::io::Error| Failure::new(Exit::Usage, format!("cannot write the results: {err}"));
+    loop {
+        while let Some(Slot::Ready(..)) = window.front() {
+            let Some(Slot::Ready(ok, line)) = window.pop_front() else {
+                unreachable!()
+            };
+            failed += usize::from(!ok);
+            out.write_all(line.as_bytes()).await.map_err(write_error)?;
+            out.write_all(b"\n").await.map_err(write_error)?;
+        }
+        if window.is_empty() {
+            // Nothing pending: whoever reads the output gets it now.
+            out.flush().await.map_err(write_error)?;
+            if eof {
+                break;
+            }
+        }
+        let can_read = !eof && window.len() < inflight;
+        let event = tokio::select! {
+            done = async {
+                match window.front_mut() {
+                    Some(Slot::Running(handle)) => handle.await,
+                    _ => std::future::pending().await,
+                }
+            } => {
+                let (ok, line) = done.unwrap_or_else(|err| (false, json!({"error": {"code": "internal", "message": err.to_string()}}).to_string()));
+                Event::Done(ok, line)
+            }
+            line = lines.next_line(), if can_read => Event::Line(line),
+        };
+        match event {
+            Event::Done(ok, line) => {
+                window.pop_front();
+                window.push_front(Slot::Ready(ok, line));
+            }
+            Event::Line(Ok(Some(text))) => {
+                line_number += 1;
+                match parse_args(&text) {
+                    Ok(args) => {
+                        let (client, function) = (client.clone(), function.clone());
+                        window.push_back(Slot::Running(tokio::spawn(async move {
+                            match client.call::<Value>(&function, args).await {
+                                Ok(result) => (true, result.to_string()),
+                                Err(err) => (false, error_line(&err)),
+                            }
+                        })));
+                    }
+                    Err(message) => {
+                        let line = json!({"error": {"code": "invalid_json", "message": format!("line {line_number}: {message}")}});
+                        window.push_back(Slot::Ready(false, line.to_string()));
+                    }
+                }
+            }
+            Event::Line(Ok(None)) => eof = true,
+            Event::Line(Err(err)) => {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    format!("cannot read standard input: {err}"),
+                ));
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {line_number} calls failed");
+        return Err(Failure::silent(Exit::Remote));
+    }
+    Ok(())
+}
+
+/// A failed call as one JSON line: `{"error": {"code", "message", "detail"}}`.
+fn error_line(err: &Error) -> String {
+    let (code, detail) = match err {
+        Error::Remote(remote) => (
+            remote.code().as_str().to_owned(),
+            remote
+                .detail::<Value>()
+                .and_then(Result::ok)
+                .unwrap_or(Value::Null),
+        ),
+        Error::Timeout { .. } => ("timeout".to_owned(), Value::Null),
+        Error::NoRoute { .. } => ("no_route".to_owned(), Value::Null),
+        Error::Connection { .. } => ("connection".to_owned(), Value::Null),
+        Error::Decode { .. } => ("decode".to_owned(), Value::Null),
+        Error::Encode { .. } => ("encode".to_owned(), Value::Null),
+        _ => ("error".to_owned(), Value::Null),
+    };
+    let message = match err {
+        Error::Remote(remote) => remote.message().to_owned(),
+        other => other.to_string(),
+    };
+    json!({"error": {"code": code, "message": message, "detail": detail}}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_an_object_or_an_array() {
+        assert_eq!(parse_args(r#"{"a": 1}"#), Ok(json!({"a": 1})));
+        assert_eq!(parse_args("[1, 2]"), Ok(json!([1, 2])));
+        let err = parse_args("5").unwrap_err();
+        assert!(err.contains("'[5]'"), "{err}");
+        let err = parse_args(r#"{"a": }"#).unwrap_err();
+        assert!(err.contains("line 1 column 7"), "{err}");
+    }
+}

@@ -1,0 +1,85 @@
+//! `guirpc list`: what a running service serves.
+
+use clap::Args as ClapArgs;
+
+use crate::exit::Failure;
+use crate::logging::LogArgs;
+use crate::settings::ClientArgs;
+
+/// List the functions a running service serves: name, parameters, return type, description.
+///
+/// Example: guirpc list --queue calculator
+#[derive(Debug, ClapArgs)]
+pub(crate) struct Args {
+    /// Print the full description as JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) async fn run(
+    args: Args,
+    log: &LogArgs,
+    defaults: &[(&'static str, String)],
+) -> Result<(), Failure> {
+    let client = args.client.connect(log, defaults).await?;
+    let description = client.describe().await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&description).expect("a description always prints")
+        );
+        return Ok(());
+    }
+    let rows: Vec<[String; 4]> = description
+        .functions
+        .iter()
+        .map(|f| {
+            let params: Vec<String> = f
+                .params
+                .iter()
+                .map(|p| format!("{}: {}", p.name, p.ty))
+                .collect();
+            let summary = f
+                .doc
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("");
+            [
+                f.name.clone(),
+                params.join(", "),
+                f.returns.clone(),
+                summary.to_owned(),
+            ]
+        })
+        .collect();
+    print_table(["NAME", "PARAMETERS", "RETURNS", "DESCRIPTION"], &rows);
+    Ok(())
+}
+
+/// Prints rows under a header, in columns as wide as their widest cell.
+pub(crate) fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", text.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,589 @@
+//! The `guirpc` binary, run for real against services on the real broker: every command,
+//! every exit code.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use guirpc_core::lapin::types::{AMQPValue, FieldTable};
+use guirpc_core::{Server, rpc};
+use serde_json::{Value, json};
+
+/// Adds two integers.
+#[rpc]
+async fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Integer division; dividing by zero is a typed error.
+#[rpc]
+fn div(a: i64, b: i64) -> Result<i64, String> {
+    if b == 0 {
+        Err(format!("{a} / 0"))
+    } else {
+        Ok(a / b)
+    }
+}
+
+/// Sleeps, then answers.
+#[rpc]
+async fn nap(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+fn broker() -> String {
+    std::env::var("GUIRPC_TEST_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn unique_queue(test: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "guirpc-test.cli.{test}.{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn serve(test: &str) -> Server {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+    Server::builder()
+        .uri(broker())
+        .queue(unique_queue(test))
+        .queue_arguments(arguments)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Runs `guirpc` with a clean environment of guirpc variables, optionally feeding stdin.
+async fn guirpc(args: &[&str], stdin: Option<String>) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || run(&args, stdin, None))
+        .await
+        .unwrap()
+}
+
+fn run(args: &[String], stdin: Option<String>, dir: Option<&Path>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_guirpc"));
+    command.args(args).env("GUIRPC_URI", broker());
+    for var in [
+        "GUIRPC_QUEUE",
+        "GUIRPC_CONFIG",
+        "GUIRPC_TIMEOUT",
+        "GUIRPC_CODEC",
+        "AMQP_URI",
+    ] {
+        command.env_remove(var);
+    }
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    command.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_prints_the_result_as_json_in_both_codecs() {
+    let server = serve("call").await;
+    let q = server.queue();
+    for codec in ["msgpack", "json"] {
+        let out = guirpc(
+            &[
+                "call",
+                "add",
+                r#"{"a": 40, "b": 2}"#,
+                "-q",
+                q,
+                "--codec",
+                codec,
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "42");
+        let out = guirpc(&["call", "add", "[1, 2]", "-q", q, "--codec", codec], None).await;
+        assert_eq!(text(&out.stdout).trim(), "3");
+    }
+    // Through the environment, as a script would set it.
+    let out = tokio::task::spawn_blocking({
+        let q = q.to_owned();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_guirpc"))
+                .args(["call", "div", "[7, 2]", "--pretty"])
+                .env("GUIRPC_URI", broker())
+                .env("GUIRPC_QUEUE", q)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "3", "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_exit_codes_tell_the_outcome_apart() {
+    let server = serve("exit-codes").await;
+    let q = server.queue();
+
+    // 1: the function failed; the envelope on stdout, one sentence on stderr.
+    let out = guirpc(&["call", "div", "[1, 0]", "-q", q], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(envelope["error"]["code"], "handler_error");
+    assert_eq!(envelope["error"]["detail"], "1 / 0");
+    assert_eq!(
+        text(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count(),
+        1
+    );
+    let out = guirpc(&["call", "nope", "-q", q], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("guirpc list"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // 2: usage, before any connection: bad JSON says where.
+    let out = guirpc(&["call", "add", r#"{"a": 1,, "b": 2}"#, "-q", q], None).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("line 1 column 9") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+
+    // 3: broker unreachable, password masked.
+    let out = guirpc(
+        &[
+            "call",
+            "add",
+            "[1, 2]",
+            "--uri",
+            "amqp://guest:hunter2@127.0.0.1:1/%2f",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("amqp://guest:****@127.0.0.1:1/%2f") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+
+    // 4: no reply in time.
+    let out = guirpc(
+        &["call", "nap", "[3000]", "-q", q, "--timeout", "300ms"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+
+    // 5: no such service queue.
+    let out = guirpc(
+        &["call", "add", "[1, 2]", "-q", "guirpc-test.cli.nobody-home"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("guirpc-test.cli.nobody-home"));
+    assert!(
+        !text(&out.stderr).contains("Server returned us a message"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_stdin_answers_thousands_of_lines_in_order_with_bad_lines_among_them() {
+    let server = serve("stdin").await;
+    let q = server.queue();
+    let n = 5000;
+    let mut input = String::new();
+    for i in 0..n {
+        match i % 97 {
+            13 => input.push_str("{not json\n"),
+            14 => input.push_str("42\n"),
+            15 => input.push_str(&format!("{{\"a\": {i}}}\n")),
+            _ if i % 101 == 0 => input.push_str(&format!("[{i}, 0]\n")),
+            _ => input.push_str(&format!("[{i}, 1]\n")),
+        }
+    }
+    let out = guirpc(
+        &["call", "div", "--stdin", "--inflight", "64", "-q", q],
+        Some(input),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "some lines failed: {}",
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), n, "one output line per input line");
+    for (i, line) in lines.iter().enumerate() {
+        let value: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("line {i}: {e}: {line}"));
+        let code = &value["error"]["code"];
+        match i % 97 {
+            13 => assert_eq!(code, "invalid_json", "line {i}: {line}"),
+            14 => assert_eq!(code, "invalid_json", "line {i}: {line}"),
+            15 => assert_eq!(code, "bad_request", "line {i}: {line}"),
+            _ if i % 101 == 0 => assert_eq!(code, "handler_error", "line {i}: {line}"),
+            _ => assert_eq!(value, json!(i), "line {i}"),
+        }
+    }
+    assert!(
+        lines[13].contains("line 14"),
+        "errors name their input line: {}",
+        lines[13]
+    );
+
+    let out = guirpc(
+        &["call", "add", "--stdin", "-q", q],
+        Some("[1, 2]\n[3, 4]\n".into()),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "3\n7\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_shows_every_function_with_its_signature_and_description() {
+    let server = serve("list").await;
+    let out = guirpc(&["list", "-q", server.queue()], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let header = stdout.lines().next().unwrap();
+    assert!(
+        header.starts_with("NAME")
+            && header.contains("PARAMETERS")
+            && header.contains("DESCRIPTION")
+    );
+    let add_line = stdout
+        .lines()
+        .find(|l| l.starts_with("add "))
+        .expect(&stdout);
+    assert!(
+        add_line.contains("a: i64, b: i64") && add_line.contains("Adds two integers."),
+        "{add_line}"
+    );
+    let div_line = stdout
+        .lines()
+        .find(|l| l.starts_with("div "))
+        .expect(&stdout);
+    assert!(div_line.contains("Result<i64, String>"), "{div_line}");
+
+    let out = guirpc(&["list", "-q", server.queue(), "--json"], None).await;
+    let description: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(description["queue"], server.queue());
+    let functions = description["functions"].as_array().unwrap();
+    let names: Vec<&str> = functions
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["add", "div", "nap"]);
+    assert_eq!(
+        functions[0]["params"],
+        json!([{"name": "a", "type": "i64"}, {"name": "b", "type": "i64"}])
+    );
+    assert_eq!(functions[1]["blocking"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_answers_only_when_a_server_does() {
+    let server = serve("ping").await;
+    let q = server.queue().to_owned();
+    let out = guirpc(&["ping", "-q", &q], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("pong from ") && stdout.contains(&format!("queue `{q}`")),
+        "{stdout}"
+    );
+    let out = guirpc(&["ping", "-q", &q, "--json"], None).await;
+    let pong: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pong["in_flight"], 0);
+    assert_eq!(pong["functions"], 3);
+    assert!(
+        pong["instance"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", std::process::id()))
+    );
+    assert!(pong["latency_ms"].as_f64().unwrap() > 0.0);
+
+    // The queue outlives its server: a ping then times out.
+    server.shutdown().await;
+    let out = guirpc(&["ping", "-q", &q, "--timeout", "300ms"], None).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let out = guirpc(&["ping", "-q", "guirpc-test.cli.nobody-home"], None).await;
+    assert_eq!(out.status.code(), Some(5));
+}
+
+#[test]
+fn config_init_writes_every_setting_and_never_overwrites() {
+    let dir = std::env::temp_dir().join(format!("guirpc-cli-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = run(&["config".into(), "init".into()], None, Some(&dir));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(dir.join("guirpc.toml")).unwrap();
+    for key in [
+        "uri = ",
+        "queue = ",
+        "prefetch = 128",
+        "concurrency = 64",
+        "timeout = \"30s\"",
+        "GUIRPC_URI",
+    ] {
+        assert!(written.contains(key), "{key} missing from\n{written}");
+    }
+    std::fs::write(dir.join("guirpc.toml"), "[service]\nqueue = \"mine\"\n").unwrap();
+    let out = run(&["config".into(), "init".into()], None, Some(&dir));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("exists"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("guirpc.toml")).unwrap(),
+        "[service]\nqueue = \"mine\"\n"
+    );
+
+    // show: where each value came from; the password masked.
+    let args: Vec<String> = [
+        "config",
+        "show",
+        "--json",
+        "--timeout",
+        "5s",
+        "--uri",
+        "amqp://u:hunter2@h/%2f",
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = run(&args, None, Some(&dir));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("hunter2"));
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |key: &str| entries.iter().find(|e| e["key"] == key).unwrap().clone();
+    assert_eq!(find("service.queue")["value"], "mine");
+    assert!(
+        find("service.queue")["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("file ")
+    );
+    assert_eq!(find("client.timeout")["source"], "flag");
+    assert_eq!(find("broker.uri")["value"], "amqp://u:****@h/%2f");
+    assert_eq!(find("service.prefetch")["source"], "default");
+    let out = Command::new(env!("CARGO_BIN_EXE_guirpc"))
+        .args(["config", "show"])
+        .current_dir(&dir)
+        .env("GUIRPC_PREFETCH", "7")
+        .output()
+        .unwrap();
+    let table = text(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("service.prefetch"))
+        .unwrap();
+    assert!(
+        row.contains(" 7 ") && row.ends_with("env GUIRPC_PREFETCH"),
+        "{row}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn new_refuses_existing_directories_and_bad_names() {
+    let dir = std::env::temp_dir().join(format!("guirpc-cli-new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("taken")).unwrap();
+    std::fs::write(dir.join("taken/keep.txt"), "mine").unwrap();
+    let out = run(&["new".into(), "taken".into()], None, Some(&dir));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("already exists"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("taken/keep.txt")).unwrap(),
+        "mine"
+    );
+    let out = run(&["new".into(), "9lives".into()], None, Some(&dir));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!dir.join("9lives").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_new_service_builds_serves_and_answers_at_once() {
+    let dir = std::env::temp_dir().join(format!("guirpc-cli-scaffold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = run(&["new".into(), "greeter".into()], None, Some(&dir));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let crate_dir = dir.join("greeter");
+    for file in [
+        "Cargo.toml",
+        "guirpc.toml",
+        "src/lib.rs",
+        "src/main.rs",
+        "examples/client.rs",
+        "README.md",
+    ] {
+        assert!(crate_dir.join(file).exists(), "{file} missing");
+    }
+    // Built in a target directory of its own next to the workspace's, kept between runs.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--bins", "--examples"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "the new crate does not build:\n{}",
+        text(&build.stderr)
+    );
+
+    let queue = unique_queue("scaffold");
+    let mut service = Command::new(target.join("debug/greeter"))
+        .args(["serve", "--queue", &queue])
+        .current_dir(&crate_dir)
+        .env("GUIRPC_URI", broker())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // `ping` until the service answers: it is up once its queue exists and it consumes.
+    let mut answered = false;
+    for _ in 0..100 {
+        let out = run(
+            &[
+                "ping".into(),
+                "-q".into(),
+                queue.clone(),
+                "-t".into(),
+                "1s".into(),
+            ],
+            None,
+            None,
+        );
+        if out.status.success() {
+            answered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered, "the new service never answered a ping");
+    let out = run(
+        &[
+            "call".into(),
+            "greet".into(),
+            r#"{"name": "you"}"#.into(),
+            "-q".into(),
+            queue.clone(),
+        ],
+        None,
+        None,
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "\"Hello, you!\"",
+        "{}",
+        text(&out.stderr)
+    );
+    let client = Command::new(target.join("debug/examples/client"))
+        .current_dir(&crate_dir)
+        .env("GUIRPC_URI", broker())
+        .env("GUIRPC_QUEUE", &queue)
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&client.stdout).trim(),
+        "Hello, world!",
+        "{}",
+        text(&client.stderr)
+    );
+    Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(service.wait().unwrap().success());
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_queue", &queue])
+        .output();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn completions_help_and_a_serve_without_functions() {
+    let out = run(&["completions".into(), "bash".into()], None, None);
+    assert_eq!(out.status.code(), Some(0));
+    let script = text(&out.stdout);
+    assert!(
+        script.contains("guirpc") && script.contains("ping"),
+        "{script}"
+    );
+    for command in [
+        "new",
+        "config",
+        "config init",
+        "config show",
+        "serve",
+        "call",
+        "list",
+        "ping",
+    ] {
+        let mut args: Vec<String> = command.split(' ').map(String::from).collect();
+        args.push("--help".into());
+        let out = run(&args, None, None);
+        assert_eq!(out.status.code(), Some(0), "{command}");
+        assert!(
+            text(&out.stdout).contains("Example"),
+            "`{command} --help` shows no example"
+        );
+    }
+    let out = run(&["frobnicate".into()], None, None);
+    assert_eq!(out.status.code(), Some(2));
+    // The standalone binary links no functions and this is no crate directory.
+    let out = run(&["serve".into()], None, Some(&std::env::temp_dir()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no #[rpc] functions"),
+        "{}",
+        text(&out.stderr)
+    );
+}
