@@ -92,7 +92,7 @@ macro_rules! number_value {
         }
     )*};
 }
-number_value!(u16, usize);
+number_value!(u16, u32, usize);
 
 impl Value for Duration {
     fn parse(text: &str) -> Result<Self, String> {
@@ -232,10 +232,16 @@ settings! {
         "`at-least-once` (acknowledge after the reply) or `at-most-once` (acknowledge on receipt).";
     shutdown_grace: Duration = Duration::from_secs(30), ["service"."shutdown_grace"], env ["GUIRPC_SHUTDOWN_GRACE"],
         "How long a stopping server waits for running calls.";
+    max_message_size: usize = 16 * 1024 * 1024, ["service"."max_message_size"], env ["GUIRPC_MAX_MESSAGE_SIZE"],
+        "The largest request body, in bytes, a server decodes; a larger one is answered `too_large`.";
+    dead_letter_exchange: String = String::new(), ["service"."dead_letter_exchange"], env ["GUIRPC_DEAD_LETTER_EXCHANGE"],
+        "If set, the queue dead-letters to this exchange the requests a server rejects (malformed, unknown function, too large, panicked) after answering them.";
     timeout: Duration = Duration::from_secs(30), ["client"."timeout"], env ["GUIRPC_TIMEOUT"],
         "How long a call waits for its reply.";
     codec: Codec = Codec::MsgPack, ["client"."codec"], env ["GUIRPC_CODEC"],
         "How a client encodes arguments: `msgpack` or `json`.";
+    retries: u32 = 0, ["client"."retries"], env ["GUIRPC_RETRIES"],
+        "How often a client re-sends a call to an idempotent function after a lost connection or a timeout.";
     log_level: String = "info".to_owned(), ["log"."level"], env ["GUIRPC_LOG"],
         "`error`, `warn`, `info`, `debug` or `trace`.";
     log_format: LogFormat = LogFormat::Text, ["log"."format"], env ["GUIRPC_LOG_FORMAT"],
@@ -443,6 +449,8 @@ impl Settings {
             concurrency: self.concurrency,
             delivery: self.delivery,
             shutdown_grace: self.shutdown_grace,
+            max_message_size: self.max_message_size,
+            dead_letter_exchange: self.dead_letter_exchange.clone(),
         }
     }
 }
@@ -500,6 +508,10 @@ pub struct ServiceSettings {
     pub delivery: Delivery,
     /// How long a shutdown waits for running calls.
     pub shutdown_grace: Duration,
+    /// The largest request body decoded.
+    pub max_message_size: usize,
+    /// Where rejected requests are dead-lettered; empty for nowhere (they are acknowledged).
+    pub dead_letter_exchange: String,
 }
 
 impl Default for ServiceSettings {

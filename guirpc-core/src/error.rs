@@ -95,6 +95,15 @@ pub enum Error<E = Infallible> {
         /// What the AMQP client said.
         source: BoxError,
     },
+    /// The deadline passed while the broker was blocking publishes (a memory or disk
+    /// alarm): the request may not even have left this process.
+    #[error("call to `{function}` ran out of time while the broker blocks publishing: {reason}")]
+    Blocked {
+        /// The function called.
+        function: String,
+        /// The broker's reason.
+        reason: String,
+    },
     /// The configuration is unusable (a malformed URI, say).
     #[error("{0}")]
     Config(String),
@@ -104,7 +113,10 @@ impl<E> Error<E> {
     /// Whether retrying the same call may succeed: a timeout or a connection failure.
     /// Mind that the function may have run already; retry only idempotent functions.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Connection { .. })
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Connection { .. } | Error::Blocked { .. }
+        )
     }
 
     /// The error code the server answered with, if it answered with an error.
@@ -149,6 +161,7 @@ impl<E> Error<E> {
             Error::Encode { function, source } => Error::Encode { function, source },
             Error::Decode { function, source } => Error::Decode { function, source },
             Error::Connection { uri, source } => Error::Connection { uri, source },
+            Error::Blocked { function, reason } => Error::Blocked { function, reason },
             Error::Config(message) => Error::Config(message),
         }
     }

@@ -29,7 +29,7 @@
 
 extern crate self as guirpc_core;
 
-mod client;
+pub(crate) mod client;
 pub mod codec;
 pub mod config;
 mod error;

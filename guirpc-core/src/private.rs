@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 use crate::protocol::{Envelope, ErrorCode};
 
+pub use crate::client::Idempotency;
 pub use crate::registry::{Function, HandlerFuture, Invocation, Param, Reply};
 pub use inventory;
 pub use serde;

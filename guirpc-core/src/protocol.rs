@@ -106,6 +106,8 @@ pub enum ErrorCode {
     Internal,
     /// The request's deadline passed before the server could start it.
     DeadlineExceeded,
+    /// The request body is larger than the server accepts.
+    TooLarge,
     /// A code this version does not know; treat it like [`ErrorCode::Internal`].
     Unknown(String),
 }
@@ -119,6 +121,7 @@ impl ErrorCode {
             ErrorCode::HandlerError => "handler_error",
             ErrorCode::Internal => "internal",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::TooLarge => "too_large",
             ErrorCode::Unknown(code) => code,
         }
     }
@@ -131,6 +134,7 @@ impl ErrorCode {
             "handler_error" => ErrorCode::HandlerError,
             "internal" => ErrorCode::Internal,
             "deadline_exceeded" => ErrorCode::DeadlineExceeded,
+            "too_large" => ErrorCode::TooLarge,
             other => ErrorCode::Unknown(other.to_owned()),
         }
     }

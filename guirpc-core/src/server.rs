@@ -19,7 +19,7 @@ use futures_lite::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -33,6 +33,9 @@ use crate::protocol::{
     RequestMeta,
 };
 use crate::registry::{Invocation, Registry, Reply};
+
+/// The most a server waits between two attempts to connect.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// A server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -295,7 +298,7 @@ impl Session {
                         delay.as_secs_f64()
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
                 }
                 Err(SessionError::Topology(source)) => {
                     return Err(ServeError::Topology {
@@ -315,6 +318,10 @@ impl Session {
         let connection = Connection::connect(&settings.uri, properties)
             .await
             .map_err(SessionError::Connect)?;
+        tokio::spawn(log_blocking(
+            connection.events_listener(),
+            shared.masked_uri.clone(),
+        ));
         let channel = connection
             .create_channel()
             .await
@@ -338,7 +345,7 @@ impl Session {
                         durable: true,
                         ..Default::default()
                     },
-                    shared.queue_arguments.clone(),
+                    queue_arguments(shared),
                 )
                 .await?;
             channel
@@ -378,9 +385,38 @@ impl Session {
     }
 }
 
+/// The queue's declaration arguments: the configured ones, and dead-lettering if set.
+fn queue_arguments(shared: &Shared) -> FieldTable {
+    let mut arguments = shared.queue_arguments.clone();
+    let exchange = &shared.settings.dead_letter_exchange;
+    if !exchange.is_empty() {
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            lapin::types::AMQPValue::LongString(exchange.as_str().into()),
+        );
+    }
+    arguments
+}
+
 enum SessionError {
     Connect(lapin::Error),
     Topology(lapin::Error),
+}
+
+/// Logs the broker blocking this connection's publishes (replies wait meanwhile).
+async fn log_blocking(events: impl futures_lite::Stream<Item = lapin::Event>, uri: String) {
+    futures_lite::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::ConnectionBlocked(reason) => {
+                warn!("the broker at {uri} blocks publishing, replies wait: {reason}");
+            }
+            lapin::Event::ConnectionUnblocked => {
+                info!("the broker at {uri} accepts publishing again")
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Serves session after session until told to stop.
@@ -474,21 +510,28 @@ async fn handle(
     delivery: Delivery,
     _permit: OwnedSemaphorePermit,
 ) {
+    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _running = InFlight(&shared.in_flight);
     let Delivery {
         data,
         properties,
         acker,
+        redelivered,
         ..
     } = delivery;
-    shared.in_flight.fetch_add(1, Ordering::Relaxed);
-    let _running = InFlight(&shared.in_flight);
     let meta = RequestMeta::read(&properties);
     let at_most_once = shared.settings.delivery == DeliveryGuarantee::AtMostOnce;
     if at_most_once {
-        ack(&acker).await;
+        settle(&acker, Verdict::Served, false).await;
+    }
+    if redelivered {
+        debug!(
+            function = meta.function.as_deref(),
+            "a redelivered request: it may have run before"
+        );
     }
     let function = meta.function.as_deref();
-    let (codec, reply) = dispatch(&shared, &meta, data).await;
+    let (codec, reply, verdict) = dispatch(&shared, &meta, data).await;
     if let Some(reply_to) = &meta.reply_to {
         let properties = protocol::reply_properties(codec, meta.correlation_id.clone(), reply.ok);
         let published = channel
@@ -510,8 +553,19 @@ async fn handle(
         warn!(function, "one-way call failed: {message}");
     }
     if !at_most_once {
-        ack(&acker).await;
+        let dead_letter = !shared.settings.dead_letter_exchange.is_empty();
+        settle(&acker, verdict, dead_letter).await;
     }
+}
+
+/// What became of a request, for its acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Run (or refused for lateness): acknowledged.
+    Served,
+    /// Malformed, unknown, too large, or its function panicked: dead-lettered where
+    /// configured, acknowledged otherwise. Never requeued: it would fail again.
+    Rejected,
 }
 
 /// Counts a call as running until dropped.
@@ -523,42 +577,55 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn ack(acker: &lapin::Acker) {
-    if let Err(err) = acker.ack(BasicAckOptions::default()).await {
-        warn!("cannot acknowledge a request: {err}; the broker will redeliver it");
+async fn settle(acker: &lapin::Acker, verdict: Verdict, dead_letter: bool) {
+    let settled = if verdict == Verdict::Rejected && dead_letter {
+        acker.reject(BasicRejectOptions { requeue: false }).await
+    } else {
+        acker.ack(BasicAckOptions::default()).await
+    };
+    if let Err(err) = settled {
+        warn!("cannot settle a request: {err}; the broker will redeliver it");
     }
 }
 
 /// Finds and runs the function; every failure becomes an error reply.
-async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec, Reply) {
+async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec, Reply, Verdict) {
+    let rejected = |codec: Codec, code: ErrorCode, message: &str| {
+        warn!(
+            function = meta.function.as_deref(),
+            "rejected a request ({code}): {message}"
+        );
+        (codec, error(codec, code, message), Verdict::Rejected)
+    };
     let codec = match &meta.codec {
         Ok(codec) => *codec,
-        Err(message) => {
-            warn!("bad request: {message}");
-            return (
-                Codec::Json,
-                error(Codec::Json, ErrorCode::BadRequest, message),
-            );
-        }
+        Err(message) => return rejected(Codec::Json, ErrorCode::BadRequest, message),
     };
+    // Checked before anything is decoded.
+    let limit = shared.settings.max_message_size;
+    if body.len() > limit {
+        let message = format!(
+            "the request body of {} bytes exceeds the maximum of {limit} bytes",
+            body.len()
+        );
+        return rejected(codec, ErrorCode::TooLarge, &message);
+    }
     let Some(name) = meta.function.as_deref() else {
         let message = format!(
             "the request has no `{}` header naming the function",
             protocol::HEADER_FUNCTION
         );
-        warn!("bad request: {message}");
-        return (codec, error(codec, ErrorCode::BadRequest, &message));
+        return rejected(codec, ErrorCode::BadRequest, &message);
     };
     if name.starts_with(protocol::RESERVED_PREFIX) {
-        return (codec, builtin(shared, name, codec));
+        return (codec, builtin(shared, name, codec), Verdict::Served);
     }
     let Some(function) = shared.registry.get(name) else {
         let message = format!(
             "no function `{name}` is served on queue `{}`",
             shared.settings.queue
         );
-        warn!("{message}");
-        return (codec, error(codec, ErrorCode::NotFound, &message));
+        return rejected(codec, ErrorCode::NotFound, &message);
     };
     if meta
         .deadline
@@ -566,22 +633,26 @@ async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec,
     {
         let message = format!("the deadline of this call to `{name}` passed before it could start");
         debug!("{message}");
-        return (codec, error(codec, ErrorCode::DeadlineExceeded, &message));
+        return (
+            codec,
+            error(codec, ErrorCode::DeadlineExceeded, &message),
+            Verdict::Served,
+        );
     }
     let future = (function.handler())(Invocation { codec, body });
-    let reply = match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(reply) => reply,
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(reply) => (codec, reply, Verdict::Served),
         Err(panic) => {
             let what = panic_message(panic.as_ref());
             error!(function = name, "handler panicked: {what}");
-            error(
+            let reply = error(
                 codec,
                 ErrorCode::Internal,
                 &format!("`{name}` panicked: {what}"),
-            )
+            );
+            (codec, reply, Verdict::Rejected)
         }
-    };
-    (codec, reply)
+    }
 }
 
 /// The functions every server answers from its own state.

@@ -7,6 +7,7 @@ use syn::{Attribute, Block, LitStr, Signature, Token, Visibility};
 #[derive(Default)]
 pub(crate) struct RpcArgs {
     pub name: Option<LitStr>,
+    pub idempotent: bool,
 }
 
 impl Parse for RpcArgs {
@@ -33,10 +34,14 @@ impl Parse for RpcArgs {
                     ));
                 }
                 args.name = Some(name);
+            } else if key == "idempotent" {
+                args.idempotent = true;
             } else {
                 return Err(syn::Error::new(
                     key.span(),
-                    format!("unknown #[rpc] option `{key}`; the only option is `name = \"...\"`"),
+                    format!(
+                        "unknown #[rpc] option `{key}`; the options are `name = \"...\"` and `idempotent`"
+                    ),
                 ));
             }
             if !input.is_empty() {

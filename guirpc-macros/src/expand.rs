@@ -16,6 +16,11 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
         body,
     } = &function;
     let ident = &sig.ident;
+    let idempotency = if args.idempotent {
+        quote!(::guirpc_core::__private::Idempotency::Idempotent)
+    } else {
+        quote!(::guirpc_core::__private::Idempotency::Once)
+    };
     let name = args
         .name
         .map(|n| n.value())
@@ -41,15 +46,15 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     let (ok_ty, stub_body, stub_blocking_body, stub_err, reply) = match &signature.output {
         Output::Plain(ty) => (
             quote!(#ty),
-            quote!(#client.call(NAME, __Args { #(#names),* }).await),
-            quote!(#client.call(NAME, __Args { #(#names),* })),
+            quote!(#client.invoke(NAME, &__Args { #(#names),* }, #idempotency).await),
+            quote!(#client.invoke(NAME, &__Args { #(#names),* }, #idempotency)),
             quote!(::guirpc_core::Error),
             quote!(::guirpc_core::__private::value_reply(#ident::NAME, &invocation, &returned)),
         ),
         Output::Result(ok, err) => (
             quote!(#ok),
-            quote!(#client.call_fallible::<#ok, #err>(NAME, __Args { #(#names),* }).await),
-            quote!(#client.call_fallible::<#ok, #err>(NAME, __Args { #(#names),* })),
+            quote!(#client.invoke_fallible::<#ok, #err>(NAME, &__Args { #(#names),* }, #idempotency).await),
+            quote!(#client.invoke_fallible::<#ok, #err>(NAME, &__Args { #(#names),* }, #idempotency)),
             quote!(::guirpc_core::Error<#err>),
             quote!(::guirpc_core::__private::result_reply(#ident::NAME, &invocation, &returned)),
         ),

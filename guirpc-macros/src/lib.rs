@@ -57,6 +57,9 @@
 //! # Options
 //!
 //! - `name = "..."`: the name callers use (default: the function's name).
+//! - `idempotent`: running the function twice for one call is harmless, so its stubs
+//!   re-send a call after a lost connection or a timeout, as often as the client's
+//!   `retries` setting allows (0 by default).
 //!
 //! # Declarations
 //!

@@ -1,6 +1,8 @@
 //! Functions and helpers for the integration tests: every test starts its own server on a
 //! queue of its own, so tests run in parallel against one broker.
 
+pub mod broker;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -170,6 +172,13 @@ pub async fn nap(ms: u64) -> u64 {
 pub fn block(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
+}
+
+/// Squares after a pause; safe to run twice for one call.
+#[rpc(idempotent)]
+pub async fn slow_square(x: i64, ms: u64) -> i64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    x * x
 }
 
 /// Takes and returns bytes.

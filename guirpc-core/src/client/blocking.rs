@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Client, ClientBuilder};
+use super::{Client, ClientBuilder, Idempotency};
 use crate::codec::Codec;
 use crate::error::Error;
 
@@ -64,6 +64,38 @@ impl BlockingClient {
         self.block_on(self.client.call(function, args))
     }
 
+    /// Calls `function` by name, re-sending it after a retriable failure; see
+    /// [`Client::call_idempotent`].
+    pub fn call_idempotent<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<R, Error> {
+        self.block_on(self.client.call_idempotent(function, args))
+    }
+
+    /// What the typed stubs call.
+    #[doc(hidden)]
+    pub fn invoke<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+        idempotency: Idempotency,
+    ) -> Result<R, Error> {
+        self.block_on(self.client.invoke(function, args, idempotency))
+    }
+
+    /// What the typed stubs of fallible functions call.
+    #[doc(hidden)]
+    pub fn invoke_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+        idempotency: Idempotency,
+    ) -> Result<R, Error<E>> {
+        self.block_on(self.client.invoke_fallible(function, args, idempotency))
+    }
+
     /// Calls a function whose own error type is `E`; see [`Client::call_fallible`].
     pub fn call_fallible<R: DeserializeOwned, E: DeserializeOwned>(
         &self,
@@ -83,6 +115,12 @@ impl BlockingClient {
     #[must_use]
     pub fn with_timeout(&self, timeout: Duration) -> BlockingClient {
         self.with(self.client.with_timeout(timeout))
+    }
+
+    /// This client, re-sending idempotent calls up to `retries` times.
+    #[must_use]
+    pub fn with_retries(&self, retries: u32) -> BlockingClient {
+        self.with(self.client.with_retries(retries))
     }
 
     /// This client, encoding with another codec.

@@ -1,10 +1,16 @@
 //! Clients: publish a request, wait for its reply.
 //!
-//! One connection and one channel carry every call. Replies come back over RabbitMQ's
-//! direct reply-to, consumed by one task that hands each reply to the call waiting for its
-//! correlation ID, so any number of calls can be in flight at once on one [`Client`].
-//! Requests are published `mandatory` on a channel in confirm mode: a request no queue is
-//! bound for comes back at once as [`Error::NoRoute`] instead of running into its timeout.
+//! One connection and one channel (a *link*) carry every call. Replies come back over
+//! RabbitMQ's direct reply-to, consumed by one task that hands each reply to the call
+//! waiting for its correlation ID, so any number of calls can be in flight at once on one
+//! [`Client`]. Requests are published `mandatory` on a channel in confirm mode: a request no
+//! queue is bound for comes back at once as [`Error::NoRoute`] instead of running into its
+//! timeout.
+//!
+//! When the link fails, every call waiting on it fails at once with a retriable
+//! [`Error::Connection`] (its reply can no longer arrive: the reply-to address died with
+//! the channel), and a supervisor task reconnects with backoff. Calls made while there is
+//! no link fail the same way, at once.
 
 mod blocking;
 
@@ -13,7 +19,7 @@ pub use blocking::BlockingClient;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -22,17 +28,20 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::codec::Codec;
 use crate::config::{Settings, mask_uri, validate_uri};
 use crate::error::{Error, RemoteError};
 use crate::protocol::{self, ErrorCode};
+
+/// The most a client waits between two attempts to reconnect.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 /// Configures a client.
 ///
@@ -46,6 +55,7 @@ use crate::protocol::{self, ErrorCode};
 ///     .queue("calculator")
 ///     .timeout(Duration::from_secs(5))
 ///     .codec(Codec::Json)
+///     .retries(3)
 ///     .connect()
 ///     .await?;
 /// # Ok(()) }
@@ -58,6 +68,7 @@ pub struct ClientBuilder {
     queue: String,
     timeout: Duration,
     codec: Codec,
+    retries: u32,
 }
 
 impl Default for ClientBuilder {
@@ -75,6 +86,7 @@ impl ClientBuilder {
             queue: settings.queue.clone(),
             timeout: settings.timeout,
             codec: settings.codec,
+            retries: settings.retries,
         }
     }
 
@@ -108,62 +120,38 @@ impl ClientBuilder {
         self
     }
 
+    /// How many times a call to an idempotent function (`#[rpc(idempotent)]`, or
+    /// [`Client::call_idempotent`]) is sent again after a retriable failure: a lost
+    /// connection or a timeout. 0, the default, never re-sends.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
     /// Connects to the broker.
     pub async fn connect(self) -> Result<Client, Error> {
         validate_uri(&self.uri).map_err(Error::Config)?;
-        let masked_uri = mask_uri(&self.uri);
-        let failed = |err: lapin::Error| Error::connection(&masked_uri, err);
-        let properties =
-            ConnectionProperties::default().with_connection_name("guirpc client".into());
-        let connection = Connection::connect(&self.uri, properties)
-            .await
-            .map_err(failed)?;
-        let channel = connection.create_channel().await.map_err(failed)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(failed)?;
-        // Declared so that a publish never meets a missing exchange, which would close
-        // the channel; the service queues are the servers' to declare.
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(failed)?;
-        let replies = channel
-            .basic_consume(
-                protocol::DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(failed)?;
-        let pending = Arc::new(Pending::default());
-        let dispatcher = tokio::spawn(route_replies(replies, pending.clone()));
+        let shared = Arc::new(Shared {
+            masked_uri: mask_uri(&self.uri),
+            exchange: self.exchange.as_str().into(),
+            link: RwLock::new(None),
+            blocked: Mutex::new(None),
+            linked: Notify::new(),
+        });
+        let (link, replies) = Link::open(&self.uri, &shared).await?;
+        let link = Arc::new(link);
+        *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
+        let supervisor = tokio::spawn(supervise(self.uri.clone(), shared.clone(), link, replies));
         Ok(Client {
             inner: Arc::new(Inner {
-                masked_uri,
-                exchange: self.exchange.as_str().into(),
-                connection,
-                channel,
-                pending,
+                shared,
                 next_id: AtomicU64::new(1),
-                dispatcher,
+                supervisor,
             }),
             queue: self.queue.as_str().into(),
             timeout: self.timeout,
             codec: self.codec,
+            retries: self.retries,
         })
     }
 
@@ -194,22 +182,171 @@ pub struct Client {
     queue: ShortString,
     timeout: Duration,
     codec: Codec,
+    retries: u32,
 }
 
+/// What the clones of one client share.
 #[derive(Debug)]
 struct Inner {
-    masked_uri: String,
-    exchange: ShortString,
-    connection: Connection,
-    channel: Channel,
-    pending: Arc<Pending>,
+    shared: Arc<Shared>,
     next_id: AtomicU64,
-    dispatcher: tokio::task::JoinHandle<()>,
+    supervisor: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.dispatcher.abort();
+        self.supervisor.abort();
+        // lapin keeps a connection open until it is closed: close it off the caller's path.
+        if let Some(link) = self.shared.take_link()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move { link.close().await });
+        }
+    }
+}
+
+/// What the client and its supervisor share.
+#[derive(Debug)]
+struct Shared {
+    masked_uri: String,
+    exchange: ShortString,
+    /// The live link; `None` while reconnecting.
+    link: RwLock<Option<Arc<Link>>>,
+    /// Why the broker blocks this connection's publishes, while it does.
+    blocked: Mutex<Option<String>>,
+    /// Woken when a new link is up.
+    linked: Notify,
+}
+
+impl Shared {
+    fn link(&self) -> Option<Arc<Link>> {
+        self.link.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn take_link(&self) -> Option<Arc<Link>> {
+        self.link.write().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn blocked(&self) -> Option<String> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// One connection, its channel, and the calls waiting for replies on it.
+#[derive(Debug)]
+struct Link {
+    connection: Connection,
+    channel: Channel,
+    pending: Pending,
+}
+
+impl Link {
+    async fn open(uri: &str, shared: &Arc<Shared>) -> Result<(Link, lapin::Consumer), Error> {
+        let failed = |err: lapin::Error| Error::connection(&shared.masked_uri, err);
+        let properties =
+            ConnectionProperties::default().with_connection_name("guirpc client".into());
+        let connection = Connection::connect(uri, properties).await.map_err(failed)?;
+        tokio::spawn(watch_events(connection.events_listener(), shared.clone()));
+        let channel = connection.create_channel().await.map_err(failed)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(failed)?;
+        // Declared so that a publish never meets a missing exchange, which would close
+        // the channel; the service queues are the servers' to declare.
+        channel
+            .exchange_declare(
+                shared.exchange.clone(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        let replies = channel
+            .basic_consume(
+                protocol::DIRECT_REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        let link = Link {
+            connection,
+            channel,
+            pending: Pending::default(),
+        };
+        Ok((link, replies))
+    }
+
+    async fn close(&self) {
+        let _ = self.connection.close(200, "client closed".into()).await;
+        self.pending.close();
+    }
+}
+
+/// Logs and records the broker blocking this connection (a resource alarm).
+async fn watch_events(events: impl futures_lite::Stream<Item = Event>, shared: Arc<Shared>) {
+    futures_lite::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Event::ConnectionBlocked(reason) => {
+                warn!(
+                    "the broker at {} blocks publishing: {reason}",
+                    shared.masked_uri
+                );
+                *shared.blocked.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            }
+            Event::ConnectionUnblocked => {
+                info!(
+                    "the broker at {} accepts publishing again",
+                    shared.masked_uri
+                );
+                *shared.blocked.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Routes replies while the link lives; then fails its calls and reconnects, forever.
+async fn supervise(
+    uri: String,
+    shared: Arc<Shared>,
+    mut link: Arc<Link>,
+    mut replies: lapin::Consumer,
+) {
+    loop {
+        route_replies(&mut replies, &link.pending).await;
+        link.pending.close();
+        let lost = shared.take_link();
+        drop(lost);
+        *shared.blocked.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        warn!("lost the connection to {}; reconnecting", shared.masked_uri);
+        let mut delay = Duration::from_millis(100);
+        (link, replies) = loop {
+            tokio::time::sleep(delay).await;
+            match Link::open(&uri, &shared).await {
+                Ok((new, replies)) => break (Arc::new(new), replies),
+                Err(err) => {
+                    debug!("reconnecting: {err}");
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
+            }
+        };
+        *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
+        shared.linked.notify_waiters();
+        info!("reconnected to {}", shared.masked_uri);
     }
 }
 
@@ -265,7 +402,7 @@ impl Drop for Waiting<'_> {
     }
 }
 
-async fn route_replies(mut replies: lapin::Consumer, pending: Arc<Pending>) {
+async fn route_replies(replies: &mut lapin::Consumer, pending: &Pending) {
     while let Some(delivery) = replies.next().await {
         match delivery {
             Ok(delivery) => {
@@ -282,17 +419,26 @@ async fn route_replies(mut replies: lapin::Consumer, pending: Arc<Pending>) {
                 }
             }
             Err(err) => {
-                warn!("the reply consumer failed: {err}");
+                debug!("the reply consumer ended: {err}");
                 break;
             }
         }
     }
-    pending.close();
+}
+
+/// Whether a call may be sent again after a retriable failure.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Running it twice is harmless: retry per the client's policy.
+    Idempotent,
+    /// Never sent twice by the client.
+    Once,
 }
 
 impl Client {
     /// A builder with the defaults: the local broker, queue `guirpc`, a 30 s timeout,
-    /// MessagePack.
+    /// MessagePack, no retries.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
@@ -329,6 +475,15 @@ impl Client {
         }
     }
 
+    /// This client, re-sending idempotent calls up to `retries` times.
+    #[must_use]
+    pub fn with_retries(&self, retries: u32) -> Client {
+        Client {
+            retries,
+            ..self.clone()
+        }
+    }
+
     /// The service queue calls go to.
     pub fn queue(&self) -> &str {
         self.queue.as_str()
@@ -344,6 +499,32 @@ impl Client {
         self.codec
     }
 
+    /// Whether the client is connected now (it reconnects by itself when not).
+    pub fn is_connected(&self) -> bool {
+        self.inner.shared.link().is_some()
+    }
+
+    /// Why the broker blocks this client's publishes (a memory or disk alarm), while it does.
+    pub fn blocked(&self) -> Option<String> {
+        self.inner.shared.blocked()
+    }
+
+    /// Waits until the client is connected, at most `limit`; whether it is.
+    pub async fn wait_connected(&self, limit: Duration) -> bool {
+        let shared = &self.inner.shared;
+        tokio::time::timeout(limit, async {
+            loop {
+                let linked = shared.linked.notified();
+                if shared.link().is_some() {
+                    return;
+                }
+                linked.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Calls `function` by name. `args` is a map or struct of arguments by parameter
     /// name, or a tuple or sequence of them in order.
     pub async fn call<R: DeserializeOwned>(
@@ -351,8 +532,18 @@ impl Client {
         function: &str,
         args: impl Serialize,
     ) -> Result<R, Error> {
-        let reply = self.round_trip(function, &args).await?;
-        self.decode(function, reply)
+        self.invoke(function, &args, Idempotency::Once).await
+    }
+
+    /// Calls `function` by name, re-sending it after a lost connection or a timeout as
+    /// often as the client's [`retries`](ClientBuilder::retries) allow: for functions that
+    /// may run twice without harm.
+    pub async fn call_idempotent<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<R, Error> {
+        self.invoke(function, &args, Idempotency::Idempotent).await
     }
 
     /// Calls a function whose own error type is `E`; its `Err(e)` arrives as
@@ -362,8 +553,32 @@ impl Client {
         function: &str,
         args: impl Serialize,
     ) -> Result<R, Error<E>> {
+        self.invoke_fallible(function, &args, Idempotency::Once)
+            .await
+    }
+
+    /// What the typed stubs call.
+    #[doc(hidden)]
+    pub async fn invoke<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+        idempotency: Idempotency,
+    ) -> Result<R, Error> {
+        let reply = self.round_trips(function, args, idempotency).await?;
+        self.decode(function, reply)
+    }
+
+    /// What the typed stubs of fallible functions call.
+    #[doc(hidden)]
+    pub async fn invoke_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+        idempotency: Idempotency,
+    ) -> Result<R, Error<E>> {
         let reply = self
-            .round_trip(function, &args)
+            .round_trips(function, args, idempotency)
             .await
             .map_err(Error::widen)?;
         self.decode(function, reply)
@@ -372,7 +587,8 @@ impl Client {
 
     /// Asks the service what it serves (the built-in `guirpc.describe`).
     pub async fn describe(&self) -> Result<protocol::Description, Error> {
-        self.call(protocol::FUNCTION_DESCRIBE, [(); 0]).await
+        self.call_idempotent(protocol::FUNCTION_DESCRIBE, [(); 0])
+            .await
     }
 
     /// Asks one server of the service how it is (the built-in `guirpc.ping`).
@@ -382,42 +598,70 @@ impl Client {
 
     /// Closes the connection; calls still waiting fail with [`Error::Connection`].
     pub async fn close(&self) {
-        let _ = self
-            .inner
-            .connection
-            .close(200, "client closed".into())
-            .await;
-        self.inner.pending.close();
+        self.inner.supervisor.abort();
+        if let Some(link) = self.inner.shared.take_link() {
+            link.close().await;
+        }
     }
 
-    async fn round_trip(&self, function: &str, args: &impl Serialize) -> Result<Delivery, Error> {
-        let inner = &*self.inner;
+    /// One round trip, and as many more as the retry policy allows.
+    async fn round_trips(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+        idempotency: Idempotency,
+    ) -> Result<Delivery, Error> {
         let body = self.codec.encode(args).map_err(|source| Error::Encode {
             function: function.to_owned(),
             source,
         })?;
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let reply = inner.pending.insert(id).ok_or_else(|| self.lost())?;
+        let retries = if idempotency == Idempotency::Idempotent {
+            self.retries
+        } else {
+            0
+        };
+        let mut attempt = 0;
+        loop {
+            match self.round_trip(function, &body).await {
+                Err(err) if err.is_retriable() && attempt < retries => {
+                    attempt += 1;
+                    debug!(function, attempt, "retrying an idempotent call: {err}");
+                    // A lost link takes a moment to come back; do not spend the retries on it.
+                    self.wait_connected(self.timeout).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn round_trip(&self, function: &str, body: &[u8]) -> Result<Delivery, Error> {
+        let shared = &*self.inner.shared;
+        let link = shared.link().ok_or_else(|| self.not_connected())?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let reply = link
+            .pending
+            .insert(id)
+            .ok_or_else(|| self.not_connected())?;
         let _waiting = Waiting {
-            pending: &inner.pending,
+            pending: &link.pending,
             id,
         };
         let deadline = Instant::now() + self.timeout;
         let properties =
             protocol::request_properties(function, self.codec, id.to_string().into(), self.timeout);
-        let publish = inner.channel.basic_publish(
-            inner.exchange.clone(),
+        let publish = link.channel.basic_publish(
+            shared.exchange.clone(),
             self.queue.clone(),
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
             },
-            &body,
+            body,
             properties,
         );
         let mut confirm = match tokio::time::timeout_at(deadline, publish).await {
             Ok(Ok(confirm)) => confirm,
-            Ok(Err(err)) => return Err(Error::connection(&inner.masked_uri, err)),
+            Ok(Err(err)) => return Err(Error::connection(&shared.masked_uri, err)),
             Err(_) => return Err(self.timed_out(function)),
         };
         match tokio::time::timeout_at(deadline, &mut confirm).await {
@@ -426,17 +670,17 @@ impl Client {
                 return Err(Error::NoRoute {
                     function: function.to_owned(),
                     queue: self.queue.to_string(),
-                    exchange: inner.exchange.to_string(),
+                    exchange: shared.exchange.to_string(),
                 });
             }
             Ok(Ok(Confirmation::Nack(None))) => {
                 return Err(Error::connection(
-                    &inner.masked_uri,
+                    &shared.masked_uri,
                     "the broker refused the request (negative publisher confirm)",
                 ));
             }
             Ok(Ok(Confirmation::NotRequested)) => unreachable!("the channel is in confirm mode"),
-            Ok(Err(err)) => return Err(Error::connection(&inner.masked_uri, err)),
+            Ok(Err(err)) => return Err(Error::connection(&shared.masked_uri, err)),
             Err(_) => {
                 // Let the confirm resolve off the call's path: a confirm dropped unresolved
                 // would be kept by lapin until somebody waits for all confirms.
@@ -446,7 +690,10 @@ impl Client {
         }
         match tokio::time::timeout_at(deadline, reply).await {
             Ok(Ok(delivery)) => Ok(delivery),
-            Ok(Err(_)) => Err(self.lost()),
+            Ok(Err(_)) => Err(Error::connection(
+                &shared.masked_uri,
+                "the connection to the broker was lost before the reply arrived (the call may have run)",
+            )),
             Err(_) => Err(self.timed_out(function)),
         }
     }
@@ -471,17 +718,23 @@ impl Client {
     }
 
     fn timed_out<E>(&self, function: &str) -> Error<E> {
-        Error::Timeout {
-            function: function.to_owned(),
-            queue: self.queue.to_string(),
-            timeout: self.timeout,
+        match self.inner.shared.blocked() {
+            Some(reason) => Error::Blocked {
+                function: function.to_owned(),
+                reason,
+            },
+            None => Error::Timeout {
+                function: function.to_owned(),
+                queue: self.queue.to_string(),
+                timeout: self.timeout,
+            },
         }
     }
 
-    fn lost(&self) -> Error {
+    fn not_connected(&self) -> Error {
         Error::connection(
-            &self.inner.masked_uri,
-            "the connection to the broker was lost before the reply arrived",
+            &self.inner.shared.masked_uri,
+            "not connected to the broker (reconnecting); the call was not sent",
         )
     }
 }

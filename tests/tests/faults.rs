@@ -1,0 +1,232 @@
+//! Broker faults: each test breaks a private RabbitMQ node of its own (never the shared
+//! one) and proves that no call is lost and no caller hangs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use guirpc_core::{Client, Error, Server};
+use guirpc_tests::broker::PrivateBroker;
+use guirpc_tests::{add, nap, slow_square};
+
+/// One private node at a time: booting Erlang VMs side by side on two cores makes every
+/// timing in these tests meaningless.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn server(broker: &PrivateBroker, queue: &str, concurrency: usize) -> Server {
+    Server::builder()
+        .uri(broker.uri())
+        .queue(queue)
+        .concurrency(concurrency)
+        .prefetch(32)
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn client(broker: &PrivateBroker, queue: &str, timeout: Duration) -> Client {
+    Client::builder()
+        .uri(broker.uri())
+        .queue(queue)
+        .timeout(timeout)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Calls `f` until it succeeds or `limit` passes; the last result.
+async fn eventually<T, E, F: std::future::Future<Output = Result<T, E>>>(
+    limit: Duration,
+    mut f: impl FnMut() -> F,
+) -> Result<T, E> {
+    let started = Instant::now();
+    loop {
+        let result = f().await;
+        if result.is_ok() || started.elapsed() > limit {
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_whose_connection_drops_mid_load_reconnects_and_loses_no_call() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let broker = tokio::task::spawn_blocking(|| PrivateBroker::start("server-drop"))
+        .await
+        .unwrap();
+    let _server = server(&broker, "load", 16).await;
+    let client = client(&broker, "load", Duration::from_secs(60)).await;
+
+    let done = std::sync::Arc::new(AtomicUsize::new(0));
+    let calls: Vec<_> = (0..3000i64)
+        .map(|i| {
+            let (client, done) = (client.clone(), done.clone());
+            tokio::spawn(async move {
+                let result = add::call(&client, i, i).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                (i, result)
+            })
+        })
+        .collect();
+    // Drop the server's connection once the load is well under way.
+    while done.load(Ordering::Relaxed) < 500 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let closed = tokio::task::spawn_blocking(move || {
+        let closed = broker.close_connections_named("guirpc server load");
+        (broker, closed)
+    })
+    .await
+    .unwrap();
+    let (broker, closed) = closed;
+    assert_eq!(closed, 1, "the server's connection was not found");
+    for call in calls {
+        let (i, result) = call.await.unwrap();
+        assert_eq!(result.unwrap(), 2 * i, "call {i}");
+    }
+    // The server is connected again (a new connection of the same name).
+    assert!(
+        broker
+            .connection_names()
+            .iter()
+            .any(|n| n == "guirpc server load")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_whose_connection_drops_fails_its_pending_calls_at_once_and_recovers() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let broker = tokio::task::spawn_blocking(|| PrivateBroker::start("client-drop"))
+        .await
+        .unwrap();
+    let _server = server(&broker, "drop", 64).await;
+    let client = client(&broker, "drop", Duration::from_secs(30)).await;
+    let retrying = client.with_retries(3);
+
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { nap::call(&client, 5000).await })
+        })
+        .collect();
+    // An idempotent call in flight across the drop is sent again and succeeds.
+    let idempotent = {
+        let retrying = retrying.clone();
+        tokio::spawn(async move { slow_square::call(&retrying, 7, 3000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dropped_at = Instant::now();
+    let broker = tokio::task::spawn_blocking(move || {
+        assert_eq!(broker.close_connections_named("guirpc client"), 1);
+        broker
+    })
+    .await
+    .unwrap();
+    for call in slow {
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+        assert!(err.is_retriable());
+    }
+    assert!(
+        dropped_at.elapsed() < Duration::from_secs(3),
+        "pending calls failed only after {:?}, not at once",
+        dropped_at.elapsed()
+    );
+    assert!(
+        client.wait_connected(Duration::from_secs(5)).await,
+        "the client did not reconnect"
+    );
+    assert_eq!(add::call(&client, 2, 3).await.unwrap(), 5);
+    assert_eq!(idempotent.await.unwrap().unwrap(), 49);
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_and_clients_come_back_after_a_broker_restart() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let broker = tokio::task::spawn_blocking(|| PrivateBroker::start("restart"))
+        .await
+        .unwrap();
+    let _server = server(&broker, "restart", 8).await;
+    let client = client(&broker, "restart", Duration::from_secs(2)).await;
+    assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.stop_app();
+        broker
+    })
+    .await
+    .unwrap();
+    // While the broker is down, calls fail fast or by their deadline; none hangs.
+    for _ in 0..5 {
+        let started = Instant::now();
+        let err = add::call(&client, 1, 1).await.unwrap_err();
+        assert!(err.is_retriable(), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a call took {:?}",
+            started.elapsed()
+        );
+    }
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.start_app();
+        broker
+    })
+    .await
+    .unwrap();
+    let back = Instant::now();
+    let result = eventually(Duration::from_secs(30), || add::call(&client, 20, 22)).await;
+    assert_eq!(result.unwrap(), 42, "no answer within 30 s of the restart");
+    eprintln!(
+        "answered again {:?} after the broker came back",
+        back.elapsed()
+    );
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_alarm_is_surfaced_calls_end_by_their_deadline_and_all_is_well_after() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let broker = tokio::task::spawn_blocking(|| PrivateBroker::start("alarm"))
+        .await
+        .unwrap();
+    let _server = server(&broker, "alarm", 8).await;
+    let client = client(&broker, "alarm", Duration::from_secs(2)).await;
+    assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.memory_alarm(true);
+        broker
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let err = add::call(&client, 1, 2).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "the call ended only after {elapsed:?}"
+    );
+    assert!(
+        matches!(err, Error::Blocked { .. } | Error::Timeout { .. }),
+        "{err:?}"
+    );
+    assert!(
+        client.blocked().is_some(),
+        "the blocked state is not surfaced"
+    );
+    if let Error::Blocked { reason, .. } = &err {
+        assert!(!reason.is_empty());
+    }
+
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.memory_alarm(false);
+        broker
+    })
+    .await
+    .unwrap();
+    let result = eventually(Duration::from_secs(20), || add::call(&client, 3, 4)).await;
+    assert_eq!(result.unwrap(), 7);
+    assert!(client.blocked().is_none());
+    drop(broker);
+}
