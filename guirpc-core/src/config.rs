@@ -222,6 +222,8 @@ settings! {
         "The broker to connect to, `amqp://user:password@host:port/vhost` (`amqps://` with the `tls` feature).";
     exchange: String = crate::protocol::DEFAULT_EXCHANGE.to_owned(), ["broker"."exchange"], env ["GUIRPC_EXCHANGE"],
         "The direct exchange requests are published to.";
+    tls_ca_file: String = String::new(), ["broker"."tls_ca_file"], env ["GUIRPC_TLS_CA_FILE"],
+        "For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.";
     queue: String = crate::protocol::DEFAULT_QUEUE.to_owned(), ["service"."queue"], env ["GUIRPC_QUEUE"],
         "The service's request queue: the name callers address.";
     prefetch: u16 = 128, ["service"."prefetch"], env ["GUIRPC_PREFETCH"],
@@ -443,6 +445,7 @@ impl Settings {
     pub fn service(&self) -> ServiceSettings {
         ServiceSettings {
             uri: self.uri.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
             exchange: self.exchange.clone(),
             queue: self.queue.clone(),
             prefetch: self.prefetch,
@@ -496,6 +499,8 @@ fn find_line(text: &str, section: Option<&str>, name: &str) -> Option<usize> {
 pub struct ServiceSettings {
     /// The broker URI.
     pub uri: String,
+    /// For `amqps://`: the CA certificates to trust (PEM file); empty for the system's.
+    pub tls_ca_file: String,
     /// The exchange requests arrive through.
     pub exchange: String,
     /// The request queue.
@@ -595,14 +600,19 @@ pub fn mask_uri(uri: &str) -> String {
 
 /// Checks that a URI is one the AMQP client can use; the error masks the password.
 pub fn validate_uri(uri: &str) -> Result<(), String> {
-    uri.parse::<lapin::uri::AMQPUri>()
-        .map(|_| ())
-        .map_err(|err| {
-            format!(
-                "invalid broker URI `{}`: {err} (expected amqp://user:password@host:port/vhost)",
-                mask_uri(uri)
-            )
-        })
+    uri.parse::<lapin::uri::AMQPUri>().map_err(|err| {
+        format!(
+            "invalid broker URI `{}`: {err} (expected amqp://user:password@host:port/vhost)",
+            mask_uri(uri)
+        )
+    })?;
+    if cfg!(not(feature = "tls")) && uri.starts_with("amqps://") {
+        return Err(format!(
+            "`{}` asks for TLS, but this program was built without guirpc-core's `tls` feature",
+            mask_uri(uri)
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

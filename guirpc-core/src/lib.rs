@@ -32,6 +32,7 @@ extern crate self as guirpc_core;
 pub(crate) mod client;
 pub mod codec;
 pub mod config;
+mod connection;
 mod error;
 pub mod protocol;
 pub mod registry;

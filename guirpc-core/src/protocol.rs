@@ -321,6 +321,90 @@ mod tests {
         assert!(!reply_is_ok(&reply_properties(Codec::MsgPack, None, false)));
     }
 
+    /// A small deterministic generator, so that a failure reproduces.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn value(&mut self, depth: u32) -> AMQPValue {
+            let n = self.next();
+            match n % if depth > 2 { 14 } else { 16 } {
+                0 => AMQPValue::Boolean(n & 1 == 0),
+                1 => AMQPValue::ShortShortInt(n as i8),
+                2 => AMQPValue::ShortShortUInt(n as u8),
+                3 => AMQPValue::ShortInt(n as i16),
+                4 => AMQPValue::ShortUInt(n as u16),
+                5 => AMQPValue::LongInt(n as i32),
+                6 => AMQPValue::LongUInt(n as u32),
+                7 => AMQPValue::LongLongInt(n as i64),
+                8 => AMQPValue::Float(f32::from_bits(n as u32)),
+                9 => AMQPValue::Double(f64::from_bits(n)),
+                10 => AMQPValue::LongString(self.bytes().into()),
+                11 => AMQPValue::ShortString(
+                    String::from_utf8_lossy(&self.bytes())
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                        .into(),
+                ),
+                12 => AMQPValue::Timestamp(n),
+                13 => AMQPValue::Void,
+                14 => AMQPValue::FieldArray(
+                    (0..n % 4)
+                        .map(|_| self.value(depth + 1))
+                        .collect::<Vec<_>>()
+                        .into(),
+                ),
+                _ => AMQPValue::FieldTable(self.table(depth + 1)),
+            }
+        }
+
+        fn bytes(&mut self) -> Vec<u8> {
+            let len = self.next() % 24;
+            (0..len).map(|_| self.next() as u8).collect()
+        }
+
+        fn table(&mut self, depth: u32) -> FieldTable {
+            let mut table = FieldTable::default();
+            for _ in 0..self.next() % 4 {
+                let key = match self.next() % 3 {
+                    0 => HEADER_FUNCTION.to_owned(),
+                    1 => HEADER_DEADLINE.to_owned(),
+                    _ => format!("k{}", self.next() % 5),
+                };
+                table.insert(key.into(), self.value(depth));
+            }
+            table
+        }
+    }
+
+    #[test]
+    fn fuzzed_request_properties_never_panic() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let mut props = BasicProperties::default().with_headers(rng.table(0));
+            if rng.next().is_multiple_of(2) {
+                let ct = String::from_utf8_lossy(&rng.bytes()).into_owned();
+                props = props.with_content_type(ct.into());
+            }
+            if rng.next().is_multiple_of(2) {
+                props = props.with_reply_to("".into());
+            }
+            let meta = RequestMeta::read(&props);
+            // A deadline, when read, is a real instant.
+            if let Some(deadline) = meta.deadline {
+                let _ = deadline.duration_since(UNIX_EPOCH).unwrap();
+            }
+            let _ = reply_is_ok(&props);
+        }
+    }
+
     #[test]
     fn error_codes_round_trip() {
         for code in [

@@ -122,6 +122,13 @@ impl Function {
         self.handler
     }
 
+    /// Runs the function on an encoded request body, as a server does (for fuzzing and
+    /// tests; not a stable interface).
+    #[doc(hidden)]
+    pub fn __invoke(&self, codec: Codec, body: Vec<u8>) -> HandlerFuture {
+        (self.handler)(Invocation { codec, body })
+    }
+
     /// The signature, as a person reads it: `add(a: i64, b: i64) -> i64`.
     pub fn signature(&self) -> String {
         let params: Vec<String> = self

@@ -22,12 +22,13 @@ use lapin::options::{
     BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::codec::Codec;
 use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
+use crate::connection;
 use crate::protocol::{
     self, Description, Envelope, ErrorCode, FunctionDescription, ParamDescription, Pong,
     RequestMeta,
@@ -313,9 +314,8 @@ impl Session {
 
     async fn open(shared: &Shared) -> Result<Session, SessionError> {
         let settings = &shared.settings;
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("guirpc server {}", settings.queue).into());
-        let connection = Connection::connect(&settings.uri, properties)
+        let name = format!("guirpc server {}", settings.queue);
+        let connection = connection::connect(&settings.uri, &settings.tls_ca_file, &name)
             .await
             .map_err(SessionError::Connect)?;
         tokio::spawn(log_blocking(
@@ -325,7 +325,7 @@ impl Session {
         let channel = connection
             .create_channel()
             .await
-            .map_err(SessionError::Connect)?;
+            .map_err(|err| SessionError::Connect(err.into()))?;
         let topology = async {
             channel
                 .exchange_declare(
@@ -399,7 +399,7 @@ fn queue_arguments(shared: &Shared) -> FieldTable {
 }
 
 enum SessionError {
-    Connect(lapin::Error),
+    Connect(connection::ConnectError),
     Topology(lapin::Error),
 }
 

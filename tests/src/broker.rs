@@ -16,6 +16,7 @@ pub struct PrivateBroker {
     dir: PathBuf,
     port: u16,
     dist_port: u16,
+    tls_port: Option<u16>,
 }
 
 /// Where the installed RabbitMQ keeps its scripts, bypassing the wrapper that would switch
@@ -40,6 +41,16 @@ fn free_port() -> u16 {
 impl PrivateBroker {
     /// Starts a node and waits until it accepts AMQP connections.
     pub fn start(test: &str) -> PrivateBroker {
+        PrivateBroker::start_with(test, false)
+    }
+
+    /// Starts a node that also accepts `amqps://` connections, with a certificate for
+    /// 127.0.0.1 signed by a CA of its own ([`PrivateBroker::ca_file`]).
+    pub fn start_with_tls(test: &str) -> PrivateBroker {
+        PrivateBroker::start_with(test, true)
+    }
+
+    fn start_with(test: &str, tls: bool) -> PrivateBroker {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let id = format!(
             "{}-{}",
@@ -53,16 +64,26 @@ impl PrivateBroker {
             node: format!("guirpc-{test}-{id}@localhost"),
             port: free_port(),
             dist_port: free_port(),
+            tls_port: tls.then(free_port),
             dir,
         };
-        std::fs::write(
-            broker.dir.join("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n",
-                broker.port
-            ),
-        )
-        .unwrap();
+        let mut conf = format!(
+            "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n",
+            broker.port
+        );
+        if let Some(tls_port) = broker.tls_port {
+            broker.make_certificates();
+            let dir = broker.dir.display();
+            conf.push_str(&format!(
+                "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {dir}/ca.pem\n\
+                 ssl_options.certfile = {dir}/server.pem\n\
+                 ssl_options.keyfile = {dir}/server.key\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n"
+            ));
+        }
+        std::fs::write(broker.dir.join("rabbitmq.conf"), conf).unwrap();
         std::fs::write(broker.dir.join("env.conf"), "").unwrap();
         std::fs::write(broker.dir.join("enabled_plugins"), "[].\n").unwrap();
         let status = broker
@@ -99,6 +120,82 @@ impl PrivateBroker {
     /// The node's AMQP URI.
     pub fn uri(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The node's `amqps://` URI, when started with TLS.
+    pub fn tls_uri(&self) -> String {
+        let port = self.tls_port.expect("the broker was started without TLS");
+        format!("amqps://guest:guest@127.0.0.1:{port}/%2f")
+    }
+
+    /// The PEM file of the CA that signed the node's certificate.
+    pub fn ca_file(&self) -> String {
+        self.dir.join("ca.pem").display().to_string()
+    }
+
+    /// A CA, and a certificate for 127.0.0.1 it signs, made with the `openssl` command.
+    fn make_certificates(&self) {
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(&self.dir)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        std::fs::write(
+            self.dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=guirpc test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
     }
 
     /// Runs `rabbitmqctl` against this node.

@@ -28,7 +28,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind};
+use lapin::{Channel, Confirmation, Connection, Event, ExchangeKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, oneshot};
@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::Codec;
 use crate::config::{Settings, mask_uri, validate_uri};
+use crate::connection;
 use crate::error::{Error, RemoteError};
 use crate::protocol::{self, ErrorCode};
 
@@ -64,6 +65,7 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 #[must_use]
 pub struct ClientBuilder {
     uri: String,
+    tls_ca_file: String,
     exchange: String,
     queue: String,
     timeout: Duration,
@@ -82,6 +84,7 @@ impl ClientBuilder {
     pub fn from_settings(settings: &Settings) -> Self {
         ClientBuilder {
             uri: settings.uri.clone(),
+            tls_ca_file: settings.tls_ca_file.clone(),
             exchange: settings.exchange.clone(),
             queue: settings.queue.clone(),
             timeout: settings.timeout,
@@ -93,6 +96,12 @@ impl ClientBuilder {
     /// The broker URI.
     pub fn uri(mut self, uri: impl Into<String>) -> Self {
         self.uri = uri.into();
+        self
+    }
+
+    /// For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.
+    pub fn tls_ca_file(mut self, path: impl Into<String>) -> Self {
+        self.tls_ca_file = path.into();
         self
     }
 
@@ -138,10 +147,14 @@ impl ClientBuilder {
             blocked: Mutex::new(None),
             linked: Notify::new(),
         });
-        let (link, replies) = Link::open(&self.uri, &shared).await?;
+        let target = Target {
+            uri: self.uri.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+        };
+        let (link, replies) = Link::open(&target, &shared).await?;
         let link = Arc::new(link);
         *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
-        let supervisor = tokio::spawn(supervise(self.uri.clone(), shared.clone(), link, replies));
+        let supervisor = tokio::spawn(supervise(target, shared.clone(), link, replies));
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
@@ -205,6 +218,13 @@ impl Drop for Inner {
     }
 }
 
+/// Where a client connects.
+#[derive(Debug, Clone)]
+struct Target {
+    uri: String,
+    tls_ca_file: String,
+}
+
 /// What the client and its supervisor share.
 #[derive(Debug)]
 struct Shared {
@@ -244,11 +264,11 @@ struct Link {
 }
 
 impl Link {
-    async fn open(uri: &str, shared: &Arc<Shared>) -> Result<(Link, lapin::Consumer), Error> {
+    async fn open(target: &Target, shared: &Arc<Shared>) -> Result<(Link, lapin::Consumer), Error> {
         let failed = |err: lapin::Error| Error::connection(&shared.masked_uri, err);
-        let properties =
-            ConnectionProperties::default().with_connection_name("guirpc client".into());
-        let connection = Connection::connect(uri, properties).await.map_err(failed)?;
+        let connection = connection::connect(&target.uri, &target.tls_ca_file, "guirpc client")
+            .await
+            .map_err(|err| Error::connection(&shared.masked_uri, err))?;
         tokio::spawn(watch_events(connection.events_listener(), shared.clone()));
         let channel = connection.create_channel().await.map_err(failed)?;
         channel
@@ -321,7 +341,7 @@ async fn watch_events(events: impl futures_lite::Stream<Item = Event>, shared: A
 
 /// Routes replies while the link lives; then fails its calls and reconnects, forever.
 async fn supervise(
-    uri: String,
+    target: Target,
     shared: Arc<Shared>,
     mut link: Arc<Link>,
     mut replies: lapin::Consumer,
@@ -336,7 +356,7 @@ async fn supervise(
         let mut delay = Duration::from_millis(100);
         (link, replies) = loop {
             tokio::time::sleep(delay).await;
-            match Link::open(&uri, &shared).await {
+            match Link::open(&target, &shared).await {
                 Ok((new, replies)) => break (Arc::new(new), replies),
                 Err(err) => {
                     debug!("reconnecting: {err}");

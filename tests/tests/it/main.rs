@@ -4,5 +4,7 @@
 mod calls;
 mod clients;
 mod errors;
+mod fuzz;
+mod hostile;
 mod plain_amqp;
 mod serving;

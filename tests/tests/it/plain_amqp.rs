@@ -12,14 +12,14 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use serde_json::{Value, json};
 
 /// A bare AMQP caller on direct reply-to.
-struct Plain {
-    _connection: Connection,
-    channel: Channel,
+pub(crate) struct Plain {
+    pub(crate) connection: Connection,
+    pub(crate) channel: Channel,
     replies: Consumer,
 }
 
 impl Plain {
-    async fn connect() -> Plain {
+    pub(crate) async fn connect() -> Plain {
         let connection = Connection::connect(&uri(), ConnectionProperties::default())
             .await
             .unwrap();
@@ -37,13 +37,13 @@ impl Plain {
             .await
             .unwrap();
         Plain {
-            _connection: connection,
+            connection,
             channel,
             replies,
         }
     }
 
-    async fn publish(&self, queue: &str, properties: BasicProperties, body: &[u8]) {
+    pub(crate) async fn publish(&self, queue: &str, properties: BasicProperties, body: &[u8]) {
         self.channel
             .basic_publish(
                 "guirpc".into(),
@@ -59,7 +59,7 @@ impl Plain {
             .unwrap();
     }
 
-    async fn reply(&mut self) -> Delivery {
+    pub(crate) async fn reply(&mut self) -> Delivery {
         tokio::time::timeout(Duration::from_secs(10), self.replies.next())
             .await
             .expect("a reply within 10 s")
@@ -68,7 +68,7 @@ impl Plain {
     }
 }
 
-fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+pub(crate) fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     let mut table = FieldTable::default();
     for (key, value) in pairs {
         table.insert((*key).into(), value.clone());
@@ -76,11 +76,11 @@ fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     table
 }
 
-fn function(name: &str) -> (&'static str, AMQPValue) {
+pub(crate) fn function(name: &str) -> (&'static str, AMQPValue) {
     ("guirpc-function", AMQPValue::LongString(name.into()))
 }
 
-fn json_request(correlation_id: &str, headers: FieldTable) -> BasicProperties {
+pub(crate) fn json_request(correlation_id: &str, headers: FieldTable) -> BasicProperties {
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_correlation_id(correlation_id.into())
@@ -88,7 +88,7 @@ fn json_request(correlation_id: &str, headers: FieldTable) -> BasicProperties {
         .with_headers(headers)
 }
 
-fn status(reply: &Delivery) -> String {
+pub(crate) fn status(reply: &Delivery) -> String {
     match reply
         .properties
         .headers()
@@ -102,7 +102,7 @@ fn status(reply: &Delivery) -> String {
     }
 }
 
-fn body(reply: &Delivery) -> Value {
+pub(crate) fn body(reply: &Delivery) -> Value {
     assert_eq!(
         reply.properties.content_type().as_ref().unwrap().as_str(),
         "application/json"
