@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec::Codec;
 use crate::protocol::{Envelope, ErrorCode};
 
 pub use crate::client::Idempotency;
@@ -17,7 +18,13 @@ pub fn decode_args<A: DeserializeOwned>(
     function: &str,
     invocation: &Invocation,
 ) -> Result<A, Reply> {
-    invocation.codec.decode(&invocation.body).map_err(|err| {
+    // `null` stands for "no arguments" (what `()` encodes to): decoded as an empty map.
+    let body: &[u8] = match (invocation.codec, invocation.body.as_slice()) {
+        (Codec::MsgPack, [0xc0]) => &[0x80],
+        (Codec::Json, body) if body.trim_ascii() == b"null" => b"{}",
+        (_, body) => body,
+    };
+    invocation.codec.decode(body).map_err(|err| {
         error_reply(
             invocation,
             ErrorCode::BadRequest,

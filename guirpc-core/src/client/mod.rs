@@ -607,13 +607,12 @@ impl Client {
 
     /// Asks the service what it serves (the built-in `guirpc.describe`).
     pub async fn describe(&self) -> Result<protocol::Description, Error> {
-        self.call_idempotent(protocol::FUNCTION_DESCRIBE, [(); 0])
-            .await
+        self.call_idempotent(protocol::FUNCTION_DESCRIBE, ()).await
     }
 
     /// Asks one server of the service how it is (the built-in `guirpc.ping`).
     pub async fn ping(&self) -> Result<protocol::Pong, Error> {
-        self.call(protocol::FUNCTION_PING, [(); 0]).await
+        self.call(protocol::FUNCTION_PING, ()).await
     }
 
     /// Closes the connection; calls still waiting fail with [`Error::Connection`].

@@ -98,6 +98,14 @@ async fn dynamic_calls_take_arguments_by_name_or_in_order() {
         assert_eq!(none, None);
         let answer: u32 = client.call("answer", json!({})).await.unwrap();
         assert_eq!(answer, 42);
+        let answer: u32 = client.call("answer", ()).await.unwrap();
+        assert_eq!(answer, 42);
+        let err = client.call::<i64>("add", ()).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(guirpc_core::ErrorCode::BadRequest),
+            "{err:?}"
+        );
         let moved: serde_json::Value = client
             .call(
                 "shift",
