@@ -23,11 +23,10 @@ pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 pub const HEADER_FUNCTION: &str = "guirpc-function";
 /// Request header with the absolute deadline, milliseconds since the Unix epoch.
 pub const HEADER_DEADLINE: &str = "guirpc-deadline";
-/// Reply header: [`STATUS_OK`] or [`STATUS_ERROR`].
-pub const HEADER_STATUS: &str = "guirpc-status";
-/// The reply body is the return value.
+
+/// The `type` of a reply whose body is the return value.
 pub const STATUS_OK: &str = "ok";
-/// The reply body is an error envelope.
+/// The `type` of a reply whose body is an error envelope.
 pub const STATUS_ERROR: &str = "error";
 
 /// The built-in function every server answers with a [`Description`] of what it serves.
@@ -229,12 +228,12 @@ pub(crate) fn reply_properties(
     correlation_id: Option<ShortString>,
     ok: bool,
 ) -> BasicProperties {
-    let mut headers = FieldTable::default();
+    // The status travels in the `type` property: a reply carries no header table to
+    // encode and parse.
     let status = if ok { STATUS_OK } else { STATUS_ERROR };
-    headers.insert(HEADER_STATUS.into(), AMQPValue::LongString(status.into()));
     let props = BasicProperties::default()
         .with_content_type(codec.content_type().into())
-        .with_headers(headers);
+        .with_type(status.into());
     match correlation_id {
         Some(id) => props.with_correlation_id(id),
         None => props,
@@ -242,15 +241,13 @@ pub(crate) fn reply_properties(
 }
 
 /// Whether a reply carries a return value (`true`) or an error envelope (`false`).
-/// A reply without a status header is read as an error, so that a foreign or broken
-/// server's body is never mistaken for a return value.
+/// A reply without a status is read as an error, so that a foreign or broken server's
+/// body is never mistaken for a return value.
 pub(crate) fn reply_is_ok(props: &BasicProperties) -> bool {
     props
-        .headers()
+        .kind()
         .as_ref()
-        .and_then(|h| h.inner().get(HEADER_STATUS))
-        .and_then(value_as_str)
-        .is_some_and(|s| s == STATUS_OK)
+        .is_some_and(|status| status.as_str() == STATUS_OK)
 }
 
 fn value_as_str(value: &AMQPValue) -> Option<Cow<'_, str>> {

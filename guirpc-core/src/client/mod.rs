@@ -24,15 +24,12 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, Event, ExchangeKind};
+use lapin::{Channel, Connection, Event, ExchangeKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, oneshot};
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::codec::Codec;
@@ -271,10 +268,6 @@ impl Link {
             .map_err(|err| Error::connection(&shared.masked_uri, err))?;
         tokio::spawn(watch_events(connection.events_listener(), shared.clone()));
         let channel = connection.create_channel().await.map_err(failed)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(failed)?;
         // Declared so that a publish never meets a missing exchange, which would close
         // the channel; the service queues are the servers' to declare.
         channel
@@ -347,7 +340,7 @@ async fn supervise(
     mut replies: lapin::Consumer,
 ) {
     loop {
-        route_replies(&mut replies, &link.pending).await;
+        route_replies(&mut replies, &link).await;
         link.pending.close();
         let lost = shared.take_link();
         drop(lost);
@@ -374,32 +367,46 @@ async fn supervise(
 #[derive(Debug, Default)]
 struct Pending {
     calls: Mutex<PendingCalls>,
+    /// Wakes the reply router when a call starts waiting after none did.
+    busy: Notify,
 }
 
 #[derive(Debug, Default)]
 struct PendingCalls {
-    waiting: HashMap<u64, oneshot::Sender<Delivery>>,
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
     /// Set once replies can no longer arrive; no call may wait after that.
     closed: bool,
 }
 
 impl Pending {
-    fn insert(&self, id: u64) -> Option<oneshot::Receiver<Delivery>> {
+    fn insert(&self, id: u64) -> Option<oneshot::Receiver<Answer>> {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         if calls.closed {
             return None;
         }
         let (tx, rx) = oneshot::channel();
+        if calls.waiting.is_empty() {
+            self.busy.notify_one();
+        }
         calls.waiting.insert(id, tx);
         Some(rx)
     }
 
-    fn remove(&self, id: u64) -> Option<oneshot::Sender<Delivery>> {
+    fn remove(&self, id: u64) -> Option<oneshot::Sender<Answer>> {
         self.calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .waiting
             .remove(&id)
+    }
+
+    fn has_waiting(&self) -> bool {
+        !self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .is_empty()
     }
 
     /// Fails every waiting call at once: their senders drop.
@@ -422,28 +429,76 @@ impl Drop for Waiting<'_> {
     }
 }
 
-async fn route_replies(replies: &mut lapin::Consumer, pending: &Pending) {
-    while let Some(delivery) = replies.next().await {
+/// How often returned (unroutable) requests are collected. A call to a queue that does not
+/// exist fails within about this long, instead of running into its timeout.
+const RETURNS_EVERY: Duration = Duration::from_millis(10);
+
+/// Hands each reply to the call waiting for it, and fails calls whose request the broker
+/// returned as unroutable, until the reply consumer ends.
+async fn route_replies(replies: &mut lapin::Consumer, link: &Link) {
+    let mut returns = tokio::time::interval(RETURNS_EVERY);
+    returns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Guards are read once per turn: a call that starts waiting wakes this loop up,
+        // so that returns are collected while (and only while) calls wait.
+        let waiting = link.pending.has_waiting();
+        let delivery = tokio::select! {
+            delivery = replies.next() => delivery,
+            () = link.pending.busy.notified(), if !waiting => continue,
+            _ = returns.tick(), if waiting => {
+                // Publisher confirms would report returns per message, at the price of one
+                // more frame per call: the channel is not in confirm mode, and lapin keeps
+                // the returned messages until they are collected here.
+                match link.channel.wait_for_confirms().await {
+                    Ok(returned) => {
+                        for message in returned {
+                            if let Some(waiting) = correlation(&message.delivery).and_then(|id| link.pending.remove(id)) {
+                                let _ = waiting.send(Answer::Returned);
+                            }
+                        }
+                    }
+                    Err(err) => debug!("collecting returned requests: {err}"),
+                }
+                continue;
+            }
+        };
         match delivery {
-            Ok(delivery) => {
-                let id = delivery
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .and_then(|id| id.as_str().parse::<u64>().ok());
-                match id.and_then(|id| pending.remove(id)) {
+            Some(Ok(delivery)) => {
+                match correlation(&delivery).and_then(|id| link.pending.remove(id)) {
                     Some(waiting) => {
-                        let _ = waiting.send(delivery);
+                        let _ = waiting.send(Answer::Reply(delivery));
                     }
                     None => debug!("dropping a reply no call waits for (late, or a duplicate)"),
                 }
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 debug!("the reply consumer ended: {err}");
-                break;
+                return;
             }
+            None => return,
         }
     }
+}
+
+fn correlation(delivery: &Delivery) -> Option<u64> {
+    delivery
+        .properties
+        .correlation_id()
+        .as_ref()?
+        .as_str()
+        .parse()
+        .ok()
+}
+
+/// What a waiting call receives.
+// Moved once, through a oneshot: boxing the reply would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Answer {
+    /// The reply.
+    Reply(Delivery),
+    /// The broker returned the request: no queue is bound for it.
+    Returned,
 }
 
 /// Whether a call may be sent again after a retriable failure.
@@ -665,7 +720,9 @@ impl Client {
             pending: &link.pending,
             id,
         };
-        let deadline = Instant::now() + self.timeout;
+        // One timer for the whole call.
+        let expired = tokio::time::sleep(self.timeout);
+        tokio::pin!(expired);
         let properties =
             protocol::request_properties(function, self.codec, id.to_string().into(), self.timeout);
         let publish = link.channel.basic_publish(
@@ -678,42 +735,29 @@ impl Client {
             body,
             properties,
         );
-        let mut confirm = match tokio::time::timeout_at(deadline, publish).await {
-            Ok(Ok(confirm)) => confirm,
-            Ok(Err(err)) => return Err(Error::connection(&shared.masked_uri, err)),
-            Err(_) => return Err(self.timed_out(function)),
-        };
-        match tokio::time::timeout_at(deadline, &mut confirm).await {
-            Ok(Ok(Confirmation::Ack(None))) => {}
-            Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)))) => {
-                return Err(Error::NoRoute {
-                    function: function.to_owned(),
-                    queue: self.queue.to_string(),
-                    exchange: shared.exchange.to_string(),
-                });
+        tokio::select! {
+            published = publish => {
+                if let Err(err) = published {
+                    return Err(Error::connection(&shared.masked_uri, err));
+                }
             }
-            Ok(Ok(Confirmation::Nack(None))) => {
-                return Err(Error::connection(
-                    &shared.masked_uri,
-                    "the broker refused the request (negative publisher confirm)",
-                ));
-            }
-            Ok(Ok(Confirmation::NotRequested)) => unreachable!("the channel is in confirm mode"),
-            Ok(Err(err)) => return Err(Error::connection(&shared.masked_uri, err)),
-            Err(_) => {
-                // Let the confirm resolve off the call's path: a confirm dropped unresolved
-                // would be kept by lapin until somebody waits for all confirms.
-                tokio::spawn(confirm);
-                return Err(self.timed_out(function));
-            }
+            () = &mut expired => return Err(self.timed_out(function)),
         }
-        match tokio::time::timeout_at(deadline, reply).await {
-            Ok(Ok(delivery)) => Ok(delivery),
-            Ok(Err(_)) => Err(Error::connection(
+        let answer = tokio::select! {
+            answer = reply => answer,
+            () = &mut expired => return Err(self.timed_out(function)),
+        };
+        match answer {
+            Ok(Answer::Reply(delivery)) => Ok(delivery),
+            Ok(Answer::Returned) => Err(Error::NoRoute {
+                function: function.to_owned(),
+                queue: self.queue.to_string(),
+                exchange: shared.exchange.to_string(),
+            }),
+            Err(_) => Err(Error::connection(
                 &shared.masked_uri,
                 "the connection to the broker was lost before the reply arrived (the call may have run)",
             )),
-            Err(_) => Err(self.timed_out(function)),
         }
     }
 

@@ -89,16 +89,9 @@ pub(crate) fn json_request(correlation_id: &str, headers: FieldTable) -> BasicPr
 }
 
 pub(crate) fn status(reply: &Delivery) -> String {
-    match reply
-        .properties
-        .headers()
-        .as_ref()
-        .unwrap()
-        .inner()
-        .get("guirpc-status")
-    {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        other => panic!("no status header: {other:?}"),
+    match reply.properties.kind() {
+        Some(status) => status.to_string(),
+        None => panic!("a reply without a status (`type`): {:?}", reply.properties),
     }
 }
 

@@ -1,0 +1,595 @@
+//! guirpc against the least an RPC call can cost on RabbitMQ, in one run on one broker.
+//!
+//! The baseline is a minimal request/reply written directly on lapin, in its strongest
+//! form: one consumer that echoes each request to its `reply_to` (every reply published
+//! from its own task, acknowledged after it), and a client on direct reply-to matching
+//! replies by correlation ID, every request published from the task of its own call, so
+//! lapin batches the frames of concurrent calls. Against it: a `#[rpc]` echo function served
+//! by the guirpc server, called through the async client and through the blocking client.
+//!
+//! Arms alternate round by round so that machine noise hits all alike.
+//!
+//! ```text
+//! cargo bench -p guirpc-tests --bench rpc                         # the comparison table
+//! cargo bench -p guirpc-tests --bench rpc -- --json results.json  # ... also as JSON
+//! cargo bench -p guirpc-tests --bench rpc -- --duration 2s --rounds 5
+//! cargo bench -p guirpc-tests --bench rpc -- --memory 1000000     # steady memory
+//! cargo bench -p guirpc-tests --bench rpc -- --scale-out          # 1, 2, 4 servers
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use guirpc_core::config::parse_duration;
+use guirpc_core::{BlockingClient, Client, Server, rpc};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
+
+/// Echoes its payload.
+#[rpc(name = "bench.echo")]
+async fn echo(data: ByteBuf) -> ByteBuf {
+    data
+}
+
+/// Echoes its payload after `stall_ms`: the calls the memory run lets time out.
+#[rpc(name = "bench.echo_later")]
+async fn echo_later(data: ByteBuf, stall_ms: u64) -> ByteBuf {
+    tokio::time::sleep(Duration::from_millis(stall_ms)).await;
+    data
+}
+
+fn broker() -> String {
+    std::env::var("GUIRPC_TEST_URI").unwrap_or_else(|_| guirpc_core::config::DEFAULT_URI.to_owned())
+}
+
+struct Options {
+    duration: Duration,
+    rounds: usize,
+    json: Option<String>,
+    memory: Option<u64>,
+    scale_out: bool,
+    serve: Option<String>,
+    inflight: Vec<usize>,
+    payloads: Vec<usize>,
+    arms: Vec<Arm>,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        duration: Duration::from_secs(1),
+        rounds: 3,
+        json: None,
+        memory: None,
+        scale_out: false,
+        serve: None,
+        inflight: vec![1, 16, 64],
+        payloads: vec![16, 64 * 1024],
+        arms: ARMS.to_vec(),
+    };
+    let mut args = std::env::args().skip(1);
+    let list = |text: String| -> Vec<usize> {
+        text.split(',')
+            .map(|n| n.parse().expect("a number"))
+            .collect()
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--duration" => {
+                options.duration = parse_duration(&args.next().expect("--duration 1s")).unwrap()
+            }
+            "--rounds" => options.rounds = args.next().expect("--rounds N").parse().unwrap(),
+            "--json" => options.json = args.next(),
+            "--memory" => {
+                options.memory = Some(args.next().expect("--memory CALLS").parse().unwrap())
+            }
+            "--scale-out" => options.scale_out = true,
+            "--serve" => options.serve = args.next(),
+            "--inflight" => options.inflight = list(args.next().expect("--inflight 1,16,64")),
+            "--payloads" => options.payloads = list(args.next().expect("--payloads 16,65536")),
+            "--arms" => {
+                let names = args.next().expect("--arms raw,async,blocking");
+                options.arms = ARMS
+                    .into_iter()
+                    .filter(|arm| names.contains(arm.flag()))
+                    .collect();
+            }
+            // `cargo bench` passes `--bench`.
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    options
+}
+
+fn main() {
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Some(queue) = &options.serve {
+        runtime.block_on(serve_until_stdin_closes(queue));
+    } else if let Some(calls) = options.memory {
+        runtime.block_on(memory(calls));
+    } else if options.scale_out {
+        runtime.block_on(scale_out(&options));
+    } else {
+        compare(&runtime, &options);
+    }
+}
+
+/// Per-call latencies of one measurement, in microseconds.
+#[derive(Default, Clone)]
+struct Samples {
+    latencies: Vec<u32>,
+    elapsed: Duration,
+    /// CPU time of this process (client and server) and of the broker.
+    own_cpu: Duration,
+    broker_cpu: Duration,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+        self.own_cpu += other.own_cpu;
+        self.broker_cpu += other.broker_cpu;
+    }
+
+    fn cpu_per_call(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&mut self, p: f64) -> u32 {
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(i).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Arm {
+    Raw,
+    Async,
+    Blocking,
+}
+
+impl Arm {
+    fn flag(self) -> &'static str {
+        match self {
+            Arm::Raw => "raw",
+            Arm::Async => "async",
+            Arm::Blocking => "blocking",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Raw => "raw lapin",
+            Arm::Async => "guirpc async",
+            Arm::Blocking => "guirpc blocking",
+        }
+    }
+}
+
+const ARMS: [Arm; 3] = [Arm::Raw, Arm::Async, Arm::Blocking];
+
+struct Contenders {
+    raw: Arc<raw::Client>,
+    client: Client,
+    blocking: BlockingClient,
+}
+
+fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
+    let pid = std::process::id();
+    let (raw_queue, queue) = (format!("bench.raw.{pid}"), format!("bench.guirpc.{pid}"));
+    let max_inflight = options.inflight.iter().copied().max().unwrap_or(1);
+    let prefetch = u16::try_from(max_inflight * 2).unwrap_or(u16::MAX);
+    let (_raw_server, raw, _server, client) = runtime.block_on(async {
+        let raw_server = raw::serve(&broker(), &raw_queue, prefetch).await;
+        let raw = Arc::new(raw::Client::connect(&broker(), &raw_queue).await);
+        let server = Server::builder()
+            .uri(broker())
+            .queue(&queue)
+            .queue_arguments(guirpc_tests::expiring())
+            .prefetch(prefetch)
+            .concurrency(max_inflight * 2)
+            .start()
+            .await
+            .unwrap();
+        let client = Client::builder()
+            .uri(broker())
+            .queue(&queue)
+            .connect()
+            .await
+            .unwrap();
+        (raw_server, raw, server, client)
+    });
+    let blocking = Client::builder()
+        .uri(broker())
+        .queue(&queue)
+        .connect_blocking()
+        .unwrap();
+    let contenders = Contenders {
+        raw,
+        client,
+        blocking,
+    };
+
+    println!(
+        "guirpc vs raw lapin: {} round(s) of {:?} per arm, arms alternating; broker {}",
+        options.rounds,
+        options.duration,
+        guirpc_core::config::mask_uri(&broker())
+    );
+    println!(
+        "{:>8} {:>9}  {:<16} {:>10} {:>9} {:>9}  {:>8} {:>9} {:>9} {:>9}",
+        "payload",
+        "in flight",
+        "arm",
+        "calls/s",
+        "p50 µs",
+        "p99 µs",
+        "vs raw",
+        "p50 +µs",
+        "cpu µs",
+        "broker µs"
+    );
+    let mut rows = Vec::new();
+    for &payload in &options.payloads {
+        let data: Arc<Vec<u8>> = Arc::new((0..payload).map(|i| i as u8).collect());
+        for &inflight in &options.inflight {
+            let arms = &options.arms;
+            for &arm in arms {
+                run(
+                    runtime,
+                    &contenders,
+                    arm,
+                    inflight,
+                    &data,
+                    Duration::from_millis(300),
+                );
+            }
+            let mut samples: HashMap<Arm, Samples> = HashMap::new();
+            for round in 0..options.rounds {
+                for k in 0..arms.len() {
+                    let arm = arms[(round + k) % arms.len()];
+                    let measured =
+                        run(runtime, &contenders, arm, inflight, &data, options.duration);
+                    samples.entry(arm).or_default().merge(measured);
+                }
+            }
+            let mut base = samples.get(&Arm::Raw).cloned().unwrap_or_default();
+            let (base_rate, base_p50) = (base.rate(), base.percentile(0.5));
+            for arm in arms {
+                let s = samples.get_mut(arm).unwrap();
+                let (rate, p50, p99) = (s.rate(), s.percentile(0.5), s.percentile(0.99));
+                let ratio = rate / base_rate;
+                let (own, broker) = (s.cpu_per_call(s.own_cpu), s.cpu_per_call(s.broker_cpu));
+                println!(
+                    "{:>8} {:>9}  {:<16} {:>10.0} {:>9} {:>9}  {:>7.1}% {:>+9} {:>9.1} {:>9.1}",
+                    human_bytes(payload),
+                    inflight,
+                    arm.name(),
+                    rate,
+                    p50,
+                    p99,
+                    ratio * 100.0,
+                    i64::from(p50) - i64::from(base_p50),
+                    own,
+                    broker
+                );
+                rows.push(serde_json::json!({
+                    "payload_bytes": payload, "in_flight": inflight, "arm": arm.name(),
+                    "calls_per_second": rate, "p50_us": p50, "p99_us": p99,
+                    "ratio_to_raw": ratio, "p50_over_raw_us": i64::from(p50) - i64::from(base_p50),
+                    "process_cpu_us_per_call": own, "broker_cpu_us_per_call": broker,
+                }));
+            }
+        }
+    }
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+        println!("wrote {path}");
+    }
+}
+
+/// CPU time (user + system) a process has used, from /proc.
+fn cpu_time(pid: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The fields after the command name, which may hold spaces, closed by ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// The broker's process, when exactly one RabbitMQ node runs here.
+fn broker_pid() -> Option<String> {
+    let nodes: Vec<String> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| {
+            let pid = entry.ok()?.file_name().into_string().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == "beam.smp").then_some(pid)
+        })
+        .collect();
+    (nodes.len() == 1).then(|| nodes[0].clone())
+}
+
+fn human_bytes(n: usize) -> String {
+    if n >= 1024 && n.is_multiple_of(1024) {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// Keeps `inflight` calls of one arm going for `duration`.
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    contenders: &Contenders,
+    arm: Arm,
+    inflight: usize,
+    data: &Arc<Vec<u8>>,
+    duration: Duration,
+) -> Samples {
+    let broker = broker_pid();
+    let (own_before, broker_before) = (
+        cpu_time("self"),
+        broker.as_deref().map(cpu_time).unwrap_or_default(),
+    );
+    let started = Instant::now();
+    let end = started + duration;
+    let latencies: Vec<u32> = match arm {
+        Arm::Raw | Arm::Async => runtime.block_on(async {
+            let workers: Vec<_> = (0..inflight)
+                .map(|_| {
+                    let (raw, client, data) = (
+                        contenders.raw.clone(),
+                        contenders.client.clone(),
+                        data.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::new();
+                        while Instant::now() < end {
+                            let call = Instant::now();
+                            if arm == Arm::Raw {
+                                raw.call(&data).await;
+                            } else {
+                                echo::call(&client, ByteBuf::from(data.to_vec()))
+                                    .await
+                                    .unwrap();
+                            }
+                            latencies.push(call.elapsed().as_micros() as u32);
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for worker in workers {
+                all.extend(worker.await.unwrap());
+            }
+            all
+        }),
+        Arm::Blocking => std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..inflight)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut latencies = Vec::new();
+                        while Instant::now() < end {
+                            let call = Instant::now();
+                            echo::call_blocking(&contenders.blocking, ByteBuf::from(data.to_vec()))
+                                .unwrap();
+                            latencies.push(call.elapsed().as_micros() as u32);
+                        }
+                        latencies
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        }),
+    };
+    Samples {
+        latencies,
+        elapsed: started.elapsed(),
+        own_cpu: cpu_time("self") - own_before,
+        broker_cpu: broker.as_deref().map(cpu_time).unwrap_or_default() - broker_before,
+    }
+}
+
+async fn serve_until_stdin_closes(_queue: &str) {
+    unimplemented!()
+}
+
+async fn memory(_calls: u64) {
+    unimplemented!()
+}
+
+async fn scale_out(_options: &Options) {
+    unimplemented!()
+}
+
+mod raw {
+    //! The baseline: request/reply written directly on lapin, and nothing more.
+
+    use super::*;
+
+    /// Echoes every request to its `reply_to`, each reply published (then acknowledged)
+    /// from a task of its own.
+    pub async fn serve(uri: &str, queue: &str, prefetch: u16) -> Connection {
+        let connection = Connection::connect(uri, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .unwrap();
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut requests = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            while let Some(Ok(request)) = requests.next().await {
+                let channel = channel.clone();
+                tokio::spawn(async move {
+                    let (Some(reply_to), Some(id)) = (
+                        request.properties.reply_to().clone(),
+                        request.properties.correlation_id().clone(),
+                    ) else {
+                        return;
+                    };
+                    let properties = BasicProperties::default().with_correlation_id(id);
+                    channel
+                        .basic_publish(
+                            "".into(),
+                            reply_to,
+                            BasicPublishOptions::default(),
+                            &request.data,
+                            properties,
+                        )
+                        .await
+                        .unwrap();
+                    request.acker.ack(BasicAckOptions::default()).await.unwrap();
+                });
+            }
+        });
+        connection
+    }
+
+    /// Publishes requests to a queue and matches replies on direct reply-to.
+    pub struct Client {
+        _connection: Connection,
+        channel: Channel,
+        queue: String,
+        next: AtomicU64,
+        pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>,
+    }
+
+    impl Client {
+        pub async fn connect(uri: &str, queue: &str) -> Client {
+            let connection = Connection::connect(uri, ConnectionProperties::default())
+                .await
+                .unwrap();
+            let channel = connection.create_channel().await.unwrap();
+            let mut replies = channel
+                .basic_consume(
+                    "amq.rabbitmq.reply-to".into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            if std::env::var_os("RAW_CONFIRM").is_some() {
+                channel.confirm_select(Default::default()).await.unwrap();
+            }
+            let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>> = Arc::default();
+            let routes = pending.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(reply)) = replies.next().await {
+                    let id = reply
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .and_then(|id| id.as_str().parse::<u64>().ok());
+                    if let Some(waiting) = id.and_then(|id| routes.lock().unwrap().remove(&id)) {
+                        let _ = waiting.send(reply.data);
+                    }
+                }
+            });
+            Client {
+                _connection: connection,
+                channel,
+                queue: queue.to_owned(),
+                next: AtomicU64::new(0),
+                pending,
+            }
+        }
+
+        pub async fn call(&self, payload: &[u8]) -> Vec<u8> {
+            let id = self.next.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            self.pending.lock().unwrap().insert(id, tx);
+            let mut properties = BasicProperties::default()
+                .with_correlation_id(id.to_string().into())
+                .with_reply_to("amq.rabbitmq.reply-to".into());
+            if std::env::var_os("RAW_HEADERS").is_some() {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    "guirpc-function".into(),
+                    lapin::types::AMQPValue::LongString("bench.echo".into()),
+                );
+                headers.insert(
+                    "guirpc-deadline".into(),
+                    lapin::types::AMQPValue::LongLongInt(1 << 50),
+                );
+                properties = properties.with_headers(headers);
+            }
+            if std::env::var_os("RAW_EXPIRATION").is_some() {
+                properties = properties.with_expiration("30000".into());
+            }
+            let confirm = std::env::var_os("RAW_CONFIRM").is_some();
+            let options = BasicPublishOptions {
+                mandatory: confirm,
+                ..Default::default()
+            };
+            let confirmation = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    self.queue.as_str().into(),
+                    options,
+                    payload,
+                    properties,
+                )
+                .await
+                .unwrap();
+            if confirm {
+                confirmation.await.unwrap();
+            }
+            rx.await.unwrap()
+        }
+    }
+}
