@@ -419,16 +419,213 @@ fn run(
     }
 }
 
-async fn serve_until_stdin_closes(_queue: &str) {
-    unimplemented!()
+/// Serves the echo functions on `queue` until standard input closes: one server process
+/// of the scale-out run.
+async fn serve_until_stdin_closes(queue: &str) {
+    let server = Server::builder()
+        .uri(broker())
+        .queue(queue)
+        .queue_arguments(guirpc_tests::expiring())
+        .concurrency(64)
+        .prefetch(128)
+        .start()
+        .await
+        .unwrap();
+    println!("ready");
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+        .await
+        .unwrap()
+        .unwrap();
+    server.shutdown().await;
 }
 
-async fn memory(_calls: u64) {
-    unimplemented!()
+/// The same load against 1, 2 and 4 server processes on one queue.
+async fn scale_out(options: &Options) {
+    let queue = format!("bench.scale.{}", std::process::id());
+    let inflight = options.inflight.iter().copied().max().unwrap_or(64);
+    let payload = options.payloads.first().copied().unwrap_or(16);
+    let client = Client::builder()
+        .uri(broker())
+        .queue(&queue)
+        .connect()
+        .await
+        .unwrap();
+    let data = ByteBuf::from(vec![7u8; payload]);
+    println!(
+        "scale-out: {inflight} calls in flight, {} payload, {:?} per step",
+        human_bytes(payload),
+        options.duration * options.rounds as u32
+    );
+    println!(
+        "{:>8} {:>10} {:>9} {:>9} {:>10}",
+        "servers", "calls/s", "p50 µs", "p99 µs", "vs 1"
+    );
+    let mut first = None;
+    let mut rows = Vec::new();
+    for servers in [1usize, 2, 4] {
+        let mut children: Vec<std::process::Child> = (0..servers)
+            .map(|_| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args(["--serve", &queue])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in &mut children {
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            assert_eq!(line.trim(), "ready");
+        }
+        let mut samples = Samples::default();
+        for _ in 0..options.rounds {
+            samples.merge(load(&client, &data, inflight, options.duration).await);
+        }
+        let rate = samples.rate();
+        let base = *first.get_or_insert(rate);
+        println!(
+            "{servers:>8} {rate:>10.0} {:>9} {:>9} {:>9.2}x",
+            samples.percentile(0.5),
+            samples.percentile(0.99),
+            rate / base
+        );
+        rows.push(serde_json::json!({"servers": servers, "calls_per_second": rate, "ratio_to_one": rate / base}));
+        for mut child in children {
+            drop(child.stdin.take());
+            child.wait().unwrap();
+        }
+    }
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    }
 }
 
-async fn scale_out(_options: &Options) {
-    unimplemented!()
+/// `inflight` async callers of `bench.echo` for `duration`.
+async fn load(client: &Client, data: &ByteBuf, inflight: usize, duration: Duration) -> Samples {
+    let started = Instant::now();
+    let end = started + duration;
+    let workers: Vec<_> = (0..inflight)
+        .map(|_| {
+            let (client, data) = (client.clone(), data.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < end {
+                    let call = Instant::now();
+                    echo::call(&client, data.clone()).await.unwrap();
+                    latencies.push(call.elapsed().as_micros() as u32);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.unwrap());
+    }
+    Samples {
+        latencies,
+        elapsed: started.elapsed(),
+        ..Samples::default()
+    }
+}
+
+/// Resident memory of this process, from /proc.
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A server and a client in this process complete `calls` calls, 1% of which time out;
+/// resident memory after the first ten thousand and at the end.
+async fn memory(calls: u64) {
+    let queue = format!("bench.memory.{}", std::process::id());
+    let _server = Server::builder()
+        .uri(broker())
+        .queue(&queue)
+        .queue_arguments(guirpc_tests::expiring())
+        .concurrency(256)
+        .prefetch(512)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder()
+        .uri(broker())
+        .queue(&queue)
+        .timeout(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    let timeouts = Arc::new(AtomicU64::new(0));
+    let checkpoints: Vec<u64> = std::iter::once(10_000)
+        .chain((1..=10).map(|k| calls * k / 10))
+        .filter(|&c| c <= calls)
+        .collect();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, next, timeouts) = (client.clone(), next.clone(), timeouts.clone());
+            tokio::spawn(async move {
+                let data = ByteBuf::from(vec![7u8; 16]);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= calls {
+                        return;
+                    }
+                    if i % 100 == 99 {
+                        // Answers after the client has given up.
+                        let late = echo_later::call(&client, data.clone(), 300).await;
+                        assert!(
+                            matches!(late, Err(guirpc_core::Error::Timeout { .. })),
+                            "{late:?}"
+                        );
+                        timeouts.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        echo::call(&client, data.clone()).await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    println!(
+        "{:>10} {:>10} {:>12} {:>10}",
+        "calls", "timed out", "resident KiB", "calls/s"
+    );
+    let mut at_ten_thousand = 0;
+    for checkpoint in checkpoints {
+        while next.load(Ordering::Relaxed) < checkpoint {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rss = resident_kib();
+        if checkpoint == 10_000 {
+            at_ten_thousand = rss;
+        }
+        println!(
+            "{checkpoint:>10} {:>10} {rss:>12} {:>10.0}",
+            timeouts.load(Ordering::Relaxed),
+            checkpoint as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    // Let the late replies of the last timed-out calls arrive and be dropped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let end = resident_kib();
+    println!(
+        "resident memory after 10 000 calls: {at_ten_thousand} KiB; after {calls}: {end} KiB ({:+.1}%)",
+        (end as f64 / at_ten_thousand as f64 - 1.0) * 100.0
+    );
 }
 
 mod raw {
