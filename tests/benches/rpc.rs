@@ -359,37 +359,24 @@ fn run(
     let started = Instant::now();
     let end = started + duration;
     let latencies: Vec<u32> = match arm {
-        Arm::Raw | Arm::Async => runtime.block_on(async {
-            let workers: Vec<_> = (0..inflight)
-                .map(|_| {
-                    let (raw, client, data) = (
-                        contenders.raw.clone(),
-                        contenders.client.clone(),
-                        data.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::new();
-                        while Instant::now() < end {
-                            let call = Instant::now();
-                            if arm == Arm::Raw {
-                                raw.call(&data).await;
-                            } else {
-                                echo::call(&client, ByteBuf::from(data.to_vec()))
-                                    .await
-                                    .unwrap();
-                            }
-                            latencies.push(call.elapsed().as_micros() as u32);
-                        }
-                        latencies
-                    })
-                })
-                .collect();
-            let mut all = Vec::new();
-            for worker in workers {
-                all.extend(worker.await.unwrap());
-            }
-            all
-        }),
+        Arm::Raw => {
+            let (raw, data) = (contenders.raw.clone(), data.clone());
+            runtime.block_on(keep_calling(inflight, end, move || {
+                let (raw, data) = (raw.clone(), data.clone());
+                async move {
+                    raw.call(&data).await;
+                }
+            }))
+        }
+        Arm::Async => {
+            let (client, data) = (contenders.client.clone(), data.clone());
+            runtime.block_on(keep_calling(inflight, end, move || {
+                let (client, data) = (client.clone(), ByteBuf::from(data.to_vec()));
+                async move {
+                    echo::call(&client, data).await.unwrap();
+                }
+            }))
+        }
         Arm::Blocking => std::thread::scope(|scope| {
             let workers: Vec<_> = (0..inflight)
                 .map(|_| {
@@ -508,16 +495,37 @@ async fn scale_out(options: &Options) {
 /// `inflight` async callers of `bench.echo` for `duration`.
 async fn load(client: &Client, data: &ByteBuf, inflight: usize, duration: Duration) -> Samples {
     let started = Instant::now();
-    let end = started + duration;
+    let (client, data) = (client.clone(), data.clone());
+    let latencies = keep_calling(inflight, started + duration, move || {
+        let (client, data) = (client.clone(), data.clone());
+        async move {
+            echo::call(&client, data).await.unwrap();
+        }
+    })
+    .await;
+    Samples {
+        latencies,
+        elapsed: started.elapsed(),
+        ..Samples::default()
+    }
+}
+
+/// Keeps `inflight` calls going, each from a task of its own, until `end`: every call's
+/// latency in microseconds.
+async fn keep_calling<F, C>(inflight: usize, end: Instant, call: C) -> Vec<u32>
+where
+    C: Fn() -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = ()> + Send,
+{
     let workers: Vec<_> = (0..inflight)
         .map(|_| {
-            let (client, data) = (client.clone(), data.clone());
+            let call = call.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while Instant::now() < end {
-                    let call = Instant::now();
-                    echo::call(&client, data.clone()).await.unwrap();
-                    latencies.push(call.elapsed().as_micros() as u32);
+                    let started = Instant::now();
+                    call().await;
+                    latencies.push(started.elapsed().as_micros() as u32);
                 }
                 latencies
             })
@@ -527,11 +535,7 @@ async fn load(client: &Client, data: &ByteBuf, inflight: usize, duration: Durati
     for worker in workers {
         latencies.extend(worker.await.unwrap());
     }
-    Samples {
-        latencies,
-        elapsed: started.elapsed(),
-        ..Samples::default()
-    }
+    latencies
 }
 
 /// Resident memory of this process, from /proc.

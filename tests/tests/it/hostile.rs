@@ -136,18 +136,7 @@ async fn invalid_utf8_a_missing_correlation_id_and_dead_reply_addresses_disturb_
 async fn stale_reply_address() -> String {
     let plain = Plain::connect().await;
     let capture = unique_queue("capture");
-    plain
-        .channel
-        .queue_declare(
-            capture.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_private_queue(&plain, &capture).await;
     // The broker rewrites `amq.rabbitmq.reply-to` into this connection's own address.
     let props = BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into());
     plain
@@ -244,18 +233,7 @@ async fn rejected_requests_are_dead_lettered_where_configured_and_answered() {
         )
         .await
         .unwrap();
-    plain
-        .channel
-        .queue_declare(
-            letters.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_private_queue(&plain, &letters).await;
     plain
         .channel
         .queue_bind(
@@ -347,4 +325,17 @@ async fn calls_queued_while_no_server_runs_are_not_run_after_their_deadline() {
         !wait_recorded(&token, 1, Duration::from_millis(500)).await,
         "a call ran after its deadline"
     );
+}
+
+/// A queue only this connection uses, gone with it.
+async fn declare_private_queue(plain: &Plain, queue: &str) {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    plain
+        .channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .unwrap();
 }

@@ -243,25 +243,11 @@ async fn a_request_past_its_deadline_is_not_run() {
     let (server, _) = serve("deadline").await;
     let mut plain = Plain::connect().await;
     let token = format!("late-{}", std::process::id());
-    let past = SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_millis() as i64
-        - 1000;
-    let props = json_request(
-        "late",
-        headers(&[
-            function("record"),
-            ("guirpc-deadline", AMQPValue::LongLongInt(past)),
-        ]),
-    );
-    plain
-        .publish(
-            server.queue(),
-            props,
-            json!({"token": token}).to_string().as_bytes(),
-        )
-        .await;
+        .as_millis() as i64;
+    record_by(&plain, server.queue(), &token, now - 1000, "late").await;
     let reply = plain.reply().await;
     assert_eq!(status(&reply), "error");
     assert_eq!(body(&reply)["code"], "deadline_exceeded");
@@ -270,21 +256,25 @@ async fn a_request_past_its_deadline_is_not_run() {
         "a late request ran"
     );
     // A deadline in the future runs.
-    let future = past + 60_000;
+    record_by(&plain, server.queue(), &token, now + 60_000, "on-time").await;
+    assert_eq!(status(&plain.reply().await), "ok");
+    assert!(wait_recorded(&token, 1, Duration::from_secs(1)).await);
+}
+
+/// Asks `record` to record `token`, with a deadline (milliseconds since the epoch).
+async fn record_by(plain: &Plain, queue: &str, token: &str, deadline: i64, id: &str) {
     let props = json_request(
-        "on-time",
+        id,
         headers(&[
             function("record"),
-            ("guirpc-deadline", AMQPValue::LongLongInt(future)),
+            ("guirpc-deadline", AMQPValue::LongLongInt(deadline)),
         ]),
     );
     plain
         .publish(
-            server.queue(),
+            queue,
             props,
-            json!({"token": token}).to_string().as_bytes(),
+            json!({ "token": token }).to_string().as_bytes(),
         )
         .await;
-    assert_eq!(status(&plain.reply().await), "ok");
-    assert!(wait_recorded(&token, 1, Duration::from_secs(1)).await);
 }
