@@ -104,23 +104,40 @@ fn delegate_to_crate() -> Result<(), Failure> {
             "run `guirpc serve` in your service crate's directory, or call `guirpc_cli::main()` from your service's main and run `cargo run -- serve`",
         ));
     }
-    let forwarded: Vec<String> = std::env::args().skip_while(|a| a != "serve").collect();
+    // Everything after the program name: `serve`, its flags and the global ones.
+    let forwarded: Vec<String> = std::env::args().skip(1).collect();
     eprintln!(
         "no #[rpc] functions are linked into `guirpc` itself; running this crate: cargo run -- {}",
         forwarded.join(" ")
     );
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
         .args(["run", "--quiet", "--"])
         .args(&forwarded)
-        .env(DELEGATED, "1")
-        .status()
-        .map_err(|err| Failure::new(Exit::Usage, format!("cannot run `cargo run`: {err}")))?;
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(code) => std::process::exit(code),
-        None => Err(Failure::new(
+        .env(DELEGATED, "1");
+    #[cfg(unix)]
+    {
+        // Become `cargo run` (which execs the service in turn): the service keeps this
+        // process's PID, so Ctrl-C and SIGTERM reach it, and nothing is left orphaned.
+        use std::os::unix::process::CommandExt;
+        let err = command.exec();
+        Err(Failure::new(
             Exit::Usage,
-            "the service was killed by a signal",
-        )),
+            format!("cannot run `cargo run`: {err}"),
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = command
+            .status()
+            .map_err(|err| Failure::new(Exit::Usage, format!("cannot run `cargo run`: {err}")))?;
+        match status.code() {
+            Some(0) => Ok(()),
+            Some(code) => std::process::exit(code),
+            None => Err(Failure::new(
+                Exit::Usage,
+                "the service was killed by a signal",
+            )),
+        }
     }
 }

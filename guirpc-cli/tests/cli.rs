@@ -479,10 +479,13 @@ fn a_new_service_builds_serves_and_answers_at_once() {
     );
 
     let queue = unique_queue("scaffold");
-    let mut service = Command::new(target.join("debug/greeter"))
+    // The standalone `guirpc serve`, run in the crate's directory, serves the crate's functions.
+    let mut service = Command::new(env!("CARGO_BIN_EXE_guirpc"))
         .args(["serve", "--queue", &queue])
         .current_dir(&crate_dir)
         .env("GUIRPC_URI", broker())
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO", env!("CARGO"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -341,9 +341,10 @@ async fn supervise(
 ) {
     loop {
         route_replies(&mut replies, &link).await;
+        // Unpublished first: a call failed below and retried must find no link, and wait
+        // for the next one rather than try the dead one again.
+        drop(shared.take_link());
         link.pending.close();
-        let lost = shared.take_link();
-        drop(lost);
         *shared.blocked.lock().unwrap_or_else(|e| e.into_inner()) = None;
         warn!("lost the connection to {}; reconnecting", shared.masked_uri);
         let mut delay = Duration::from_millis(100);
