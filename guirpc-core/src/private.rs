@@ -25,8 +25,8 @@ pub fn decode_args<A: DeserializeOwned>(
         (_, body) => body,
     };
     invocation.codec.decode(body).map_err(|err| {
-        error_reply(
-            invocation,
+        Reply::error(
+            invocation.codec,
             ErrorCode::BadRequest,
             &format!("invalid arguments for `{function}`: {err}"),
         )
@@ -49,8 +49,8 @@ pub async fn run_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'sta
 pub fn value_reply<T: Serialize>(function: &str, invocation: &Invocation, value: &T) -> Reply {
     match invocation.codec.encode(value) {
         Ok(body) => Reply { ok: true, body },
-        Err(err) => error_reply(
-            invocation,
+        Err(err) => Reply::error(
+            invocation.codec,
             ErrorCode::Internal,
             &format!(
                 "`{function}` returned a value that cannot be encoded in {}: {err}",
@@ -79,20 +79,12 @@ pub fn result_reply<T: Serialize, E: Serialize>(
             };
             match invocation.codec.encode(&envelope) {
                 Ok(body) => Reply { ok: false, body },
-                Err(err) => error_reply(
-                    invocation,
+                Err(err) => Reply::error(
+                    invocation.codec,
                     ErrorCode::Internal,
                     &format!("`{function}` returned an error that cannot be encoded: {err}"),
                 ),
             }
         }
-    }
-}
-
-/// An error reply without detail, in the invocation's codec.
-pub(crate) fn error_reply(invocation: &Invocation, code: ErrorCode, message: &str) -> Reply {
-    Reply {
-        ok: false,
-        body: crate::server::encode_error(invocation.codec, &code, message),
     }
 }

@@ -158,6 +158,18 @@ fn none<D>() -> Option<D> {
     None
 }
 
+/// An error envelope without detail, encoded.
+pub(crate) fn encode_error(codec: Codec, code: &ErrorCode, message: &str) -> Vec<u8> {
+    let envelope: Envelope<'_, ()> = Envelope {
+        code: code.as_str().into(),
+        message: message.into(),
+        detail: None,
+    };
+    codec
+        .encode(&envelope)
+        .expect("an envelope of strings always encodes")
+}
+
 /// What a server reads from a request's properties before dispatching it.
 #[derive(Debug)]
 pub(crate) struct RequestMeta {

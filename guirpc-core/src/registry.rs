@@ -33,6 +33,16 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+impl Reply {
+    /// An error reply without detail, in `codec`.
+    pub(crate) fn error(codec: Codec, code: crate::protocol::ErrorCode, message: &str) -> Reply {
+        Reply {
+            ok: false,
+            body: crate::protocol::encode_error(codec, &code, message),
+        }
+    }
+}
+
 /// One parameter of a registered function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Param {

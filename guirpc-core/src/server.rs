@@ -530,14 +530,20 @@ async fn handle(
             "a redelivered request: it may have run before"
         );
     }
-    let function = meta.function.as_deref();
     let (codec, reply, verdict) = dispatch(&shared, &meta, data).await;
-    if let Some(reply_to) = &meta.reply_to {
-        let properties = protocol::reply_properties(codec, meta.correlation_id.clone(), reply.ok);
+    let RequestMeta {
+        function,
+        correlation_id,
+        reply_to,
+        ..
+    } = meta;
+    let function = function.as_deref();
+    if let Some(reply_to) = reply_to {
+        let properties = protocol::reply_properties(codec, correlation_id, reply.ok);
         let published = channel
             .basic_publish(
                 "".into(),
-                reply_to.clone(),
+                reply_to,
                 BasicPublishOptions::default(),
                 &reply.body,
                 properties,
@@ -595,7 +601,7 @@ async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec,
             function = meta.function.as_deref(),
             "rejected a request ({code}): {message}"
         );
-        (codec, error(codec, code, message), Verdict::Rejected)
+        (codec, Reply::error(codec, code, message), Verdict::Rejected)
     };
     let codec = match &meta.codec {
         Ok(codec) => *codec,
@@ -635,7 +641,7 @@ async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec,
         debug!("{message}");
         return (
             codec,
-            error(codec, ErrorCode::DeadlineExceeded, &message),
+            Reply::error(codec, ErrorCode::DeadlineExceeded, &message),
             Verdict::Served,
         );
     }
@@ -645,7 +651,7 @@ async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec,
         Err(panic) => {
             let what = panic_message(panic.as_ref());
             error!(function = name, "handler panicked: {what}");
-            let reply = error(
+            let reply = Reply::error(
                 codec,
                 ErrorCode::Internal,
                 &format!("`{name}` panicked: {what}"),
@@ -696,12 +702,12 @@ fn builtin(shared: &Shared, name: &str, codec: Codec) -> Reply {
             let message = format!(
                 "no built-in function `{name}` (names starting with `guirpc.` are reserved)"
             );
-            return error(codec, ErrorCode::NotFound, &message);
+            return Reply::error(codec, ErrorCode::NotFound, &message);
         }
     };
     match encoded {
         Ok(body) => Reply { ok: true, body },
-        Err(err) => error(codec, ErrorCode::Internal, &err.to_string()),
+        Err(err) => Reply::error(codec, ErrorCode::Internal, &err.to_string()),
     }
 }
 
@@ -714,25 +720,6 @@ fn instance_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{host}:{}", std::process::id())
-}
-
-fn error(codec: Codec, code: ErrorCode, message: &str) -> Reply {
-    Reply {
-        ok: false,
-        body: encode_error(codec, &code, message),
-    }
-}
-
-/// An error envelope without detail.
-pub(crate) fn encode_error(codec: Codec, code: &ErrorCode, message: &str) -> Vec<u8> {
-    let envelope: Envelope<'_, ()> = Envelope {
-        code: code.as_str().into(),
-        message: message.into(),
-        detail: None,
-    };
-    codec
-        .encode(&envelope)
-        .expect("an envelope of strings always encodes")
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
