@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use clap::Args as ClapArgs;
+use guirpc_core::protocol::ExchangeName;
 use guirpc_core::{Registry, ServeError, Server};
 
 use crate::exit::{Exit, Failure};
@@ -54,10 +55,10 @@ pub(crate) async fn run(
     }
 
     println!(
-        "guirpc {} serving queue `{}` (exchange `{}`) at {}",
+        "guirpc {} serving queue `{}` ({}) at {}",
         env!("CARGO_PKG_VERSION"),
         settings.queue,
-        settings.exchange,
+        ExchangeName(&settings.exchange),
         settings.masked_uri()
     );
     let width = registry

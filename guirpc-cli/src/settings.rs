@@ -23,7 +23,7 @@ pub(crate) struct BrokerArgs {
     /// Broker URI [env: GUIRPC_URI, AMQP_URI] [default: amqp://guest:guest@127.0.0.1:5672/%2f]
     #[arg(long, value_name = "URI")]
     pub uri: Option<String>,
-    /// Exchange requests are published to [env: GUIRPC_EXCHANGE] [default: guirpc]
+    /// Exchange requests are published to [env: GUIRPC_EXCHANGE] [default: "", the default exchange]
     #[arg(long, value_name = "NAME")]
     pub exchange: Option<String>,
     /// Service queue [env: GUIRPC_QUEUE] [default: guirpc]

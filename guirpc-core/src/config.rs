@@ -221,7 +221,7 @@ settings! {
     uri: String = DEFAULT_URI.to_owned(), ["broker"."uri"], env ["GUIRPC_URI", "AMQP_URI"],
         "The broker to connect to, `amqp://user:password@host:port/vhost` (`amqps://` with the `tls` feature).";
     exchange: String = crate::protocol::DEFAULT_EXCHANGE.to_owned(), ["broker"."exchange"], env ["GUIRPC_EXCHANGE"],
-        "The direct exchange requests are published to.";
+        "The direct exchange requests are published to; \"\" (the default) is the broker's default exchange, which routes by queue name with no declaration or binding.";
     tls_ca_file: String = String::new(), ["broker"."tls_ca_file"], env ["GUIRPC_TLS_CA_FILE"],
         "For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.";
     queue: String = crate::protocol::DEFAULT_QUEUE.to_owned(), ["service"."queue"], env ["GUIRPC_QUEUE"],
@@ -661,7 +661,7 @@ mod tests {
         assert_eq!(settings.queue, "from-flag");
         assert_eq!(settings.prefetch, 9);
         assert_eq!(settings.concurrency, 3);
-        assert_eq!(settings.exchange, "guirpc");
+        assert_eq!(settings.exchange, "");
         assert_eq!(settings.timeout, Duration::from_secs(5));
         assert_eq!(settings.source("client.timeout"), Some(&Source::Default));
         assert_eq!(settings.source("service.queue"), Some(&Source::Flag));

@@ -49,14 +49,15 @@ pub enum Error<E = Infallible> {
     },
     /// The broker could not route the request: no queue is bound for that service.
     #[error(
-        "no route to service `{queue}` on exchange `{exchange}` for `{function}`: no such queue is bound (is the service running?)"
+        "no route to service `{queue}` on {} for `{function}`: no such queue is bound (is the service running?)",
+        crate::protocol::ExchangeName(.exchange)
     )]
     NoRoute {
         /// The function called.
         function: String,
         /// The service queue the request was addressed to.
         queue: String,
-        /// The exchange it was published to.
+        /// The exchange it was published to; empty for the default exchange.
         exchange: String,
     },
     /// The server answered with an error: unknown function, bad request, panic, ...

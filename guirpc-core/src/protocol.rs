@@ -12,8 +12,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::Codec;
 
-/// The exchange requests are published to, unless configured otherwise.
-pub const DEFAULT_EXCHANGE: &str = "guirpc";
+/// The exchange requests are published to, unless configured otherwise: RabbitMQ's default
+/// exchange, which routes a message to the queue its routing key names, with no declaration
+/// or binding, and the least work per message for the broker.
+pub const DEFAULT_EXCHANGE: &str = "";
+/// Names an exchange in messages: `exchange `name``, or `the default exchange`.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeName<'a>(pub &'a str);
+
+impl std::fmt::Display for ExchangeName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            "" => f.write_str("the default exchange"),
+            name => write!(f, "exchange `{name}`"),
+        }
+    }
+}
+
 /// The service queue, unless configured otherwise.
 pub const DEFAULT_QUEUE: &str = "guirpc";
 /// RabbitMQ's direct reply-to pseudo-queue.
@@ -202,6 +217,25 @@ impl RequestMeta {
     }
 }
 
+/// Declares a named exchange as the protocol specifies (direct, durable); the default
+/// exchange (`""`) always exists and cannot be declared.
+pub(crate) async fn declare_exchange(channel: &lapin::Channel, name: &str) -> lapin::Result<()> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    channel
+        .exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// The properties of a request from a guirpc client.
 pub(crate) fn request_properties(
     function: &str,
@@ -225,12 +259,12 @@ pub(crate) fn request_properties(
     );
     // A timeout under a millisecond would round to an expiration of 0: "expire at once".
     let expiration = timeout.as_millis().max(1);
+    // No `delivery_mode`: absent means transient, and costs nothing to parse.
     BasicProperties::default()
         .with_content_type(codec.content_type().into())
         .with_correlation_id(correlation_id)
         .with_reply_to(DIRECT_REPLY_TO.into())
-        .with_expiration(expiration.to_string().into())
-        .with_delivery_mode(1)
+        .with_expiration(itoa::Buffer::new().format(expiration).into())
         .with_headers(headers)
 }
 

@@ -259,12 +259,21 @@ impl PrivateBroker {
         pids.len()
     }
 
-    /// Messages ready in a queue.
+    /// Messages in a queue, ready or delivered and not yet acknowledged.
     pub fn queue_depth(&self, queue: &str) -> Option<u64> {
+        self.queue_count(queue, "messages")
+    }
+
+    /// Messages of a queue delivered to a consumer and not yet acknowledged.
+    pub fn unacknowledged(&self, queue: &str) -> Option<u64> {
+        self.queue_count(queue, "messages_unacknowledged")
+    }
+
+    fn queue_count(&self, queue: &str, column: &str) -> Option<u64> {
         let output = self.ctl(&[
             "list_queues",
             "name",
-            "messages",
+            column,
             "--no-table-headers",
             "--quiet",
         ]);

@@ -6,11 +6,22 @@ use std::time::{Duration, Instant};
 
 use guirpc_core::{Client, Error, Server};
 use guirpc_tests::broker::PrivateBroker;
-use guirpc_tests::{add, nap, slow_square};
+use guirpc_tests::{add, nap, record, recorded, slow_square};
 
 /// One private node at a time: booting Erlang VMs side by side on two cores makes every
 /// timing in these tests meaningless.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for its turn, then starts a private node.
+async fn private_broker(
+    name: &'static str,
+) -> (tokio::sync::MutexGuard<'static, ()>, PrivateBroker) {
+    let turn = ONE_AT_A_TIME.lock().await;
+    let broker = tokio::task::spawn_blocking(move || PrivateBroker::start(name))
+        .await
+        .unwrap();
+    (turn, broker)
+}
 
 async fn server(broker: &PrivateBroker, queue: &str, concurrency: usize) -> Server {
     Server::builder()
@@ -50,10 +61,7 @@ async fn eventually<T, E, F: std::future::Future<Output = Result<T, E>>>(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_whose_connection_drops_mid_load_reconnects_and_loses_no_call() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let broker = tokio::task::spawn_blocking(|| PrivateBroker::start("server-drop"))
-        .await
-        .unwrap();
+    let (_one, broker) = private_broker("server-drop").await;
     let _server = server(&broker, "load", 16).await;
     let client = client(&broker, "load", Duration::from_secs(60)).await;
 
@@ -93,12 +101,72 @@ async fn a_server_whose_connection_drops_mid_load_reconnects_and_loses_no_call()
     );
 }
 
+/// Acknowledgements are coalesced, but never held back by an older call still running: a
+/// crash redelivers exactly the calls that had not finished.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_that_finish_behind_a_slow_one_are_acknowledged_at_once() {
+    let (_one, broker) = private_broker("settle").await;
+    let _server = server(&broker, "settle", 16).await;
+    let client = client(&broker, "settle", Duration::from_secs(60)).await;
+
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { nap::call(&client, 4000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tokens: Vec<String> = (0..40).map(|i| format!("settle-{i}")).collect();
+    let fast: Vec<_> = tokens
+        .iter()
+        .map(|token| {
+            let (client, token) = (client.clone(), token.clone());
+            tokio::spawn(async move { record::call(&client, token).await })
+        })
+        .collect();
+    for call in fast {
+        call.await.unwrap().unwrap();
+    }
+    // A reply is published before its request is acknowledged: give the last
+    // acknowledgements a moment to reach the broker.
+    let broker = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        while broker.unacknowledged("settle") != Some(1)
+            && started.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            broker.unacknowledged("settle"),
+            Some(1),
+            "only the slow call may be unacknowledged"
+        );
+        // Crash the server: only the slow call comes back, and runs again.
+        assert_eq!(broker.close_connections_named("guirpc server settle"), 1);
+        broker
+    })
+    .await
+    .unwrap();
+    assert_eq!(slow.await.unwrap().unwrap(), 4000);
+    let runs: Vec<_> = {
+        let calls = recorded().0.lock().unwrap();
+        tokens
+            .iter()
+            .map(|token| calls.get(token).copied())
+            .collect()
+    };
+    for (token, runs) in tokens.iter().zip(runs) {
+        assert_eq!(runs, Some(1), "{token} ran again after the crash");
+    }
+    assert_eq!(
+        tokio::task::spawn_blocking(move || broker.unacknowledged("settle"))
+            .await
+            .unwrap(),
+        Some(0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_whose_connection_drops_fails_its_pending_calls_at_once_and_recovers() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let broker = tokio::task::spawn_blocking(|| PrivateBroker::start("client-drop"))
-        .await
-        .unwrap();
+    let (_one, broker) = private_broker("client-drop").await;
     let _server = server(&broker, "drop", 64).await;
     let client = client(&broker, "drop", Duration::from_secs(30)).await;
     let retrying = client.with_retries(3);
@@ -143,10 +211,7 @@ async fn a_client_whose_connection_drops_fails_its_pending_calls_at_once_and_rec
 
 #[tokio::test(flavor = "multi_thread")]
 async fn servers_and_clients_come_back_after_a_broker_restart() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let broker = tokio::task::spawn_blocking(|| PrivateBroker::start("restart"))
-        .await
-        .unwrap();
+    let (_one, broker) = private_broker("restart").await;
     let _server = server(&broker, "restart", 8).await;
     let client = client(&broker, "restart", Duration::from_secs(2)).await;
     assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
@@ -186,10 +251,7 @@ async fn servers_and_clients_come_back_after_a_broker_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_alarm_is_surfaced_calls_end_by_their_deadline_and_all_is_well_after() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let broker = tokio::task::spawn_blocking(|| PrivateBroker::start("alarm"))
-        .await
-        .unwrap();
+    let (_one, broker) = private_broker("alarm").await;
     let _server = server(&broker, "alarm", 8).await;
     let client = client(&broker, "alarm", Duration::from_secs(2)).await;
     assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);

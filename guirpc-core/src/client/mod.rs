@@ -18,15 +18,16 @@ pub use blocking::BlockingClient;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, Event, ExchangeKind};
+use lapin::{Channel, Connection, Event};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, oneshot};
@@ -270,16 +271,7 @@ impl Link {
         let channel = connection.create_channel().await.map_err(failed)?;
         // Declared so that a publish never meets a missing exchange, which would close
         // the channel; the service queues are the servers' to declare.
-        channel
-            .exchange_declare(
-                shared.exchange.clone(),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        protocol::declare_exchange(&channel, shared.exchange.as_str())
             .await
             .map_err(failed)?;
         let replies = channel
@@ -374,7 +366,7 @@ struct Pending {
 
 #[derive(Debug, Default)]
 struct PendingCalls {
-    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    waiting: HashMap<u64, oneshot::Sender<Answer>, BuildHasherDefault<IdHasher>>,
     /// Set once replies can no longer arrive; no call may wait after that.
     closed: bool,
 }
@@ -418,15 +410,40 @@ impl Pending {
     }
 }
 
-/// Removes a call's entry however the call ends, cancellation included.
+/// Hashes call IDs, which are distinct counters: one multiplication spreads them over the
+/// table, where SipHash would cost more than the rest of a lookup.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Removes a call's entry however the call ends, cancellation included, unless an
+/// answer came (whoever sent it removed the entry).
 struct Waiting<'a> {
     pending: &'a Pending,
     id: u64,
+    answered: bool,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.pending.remove(self.id);
+        if !self.answered {
+            self.pending.remove(self.id);
+        }
     }
 }
 
@@ -717,15 +734,20 @@ impl Client {
             .pending
             .insert(id)
             .ok_or_else(|| self.not_connected())?;
-        let _waiting = Waiting {
+        let mut waiting = Waiting {
             pending: &link.pending,
             id,
+            answered: false,
         };
         // One timer for the whole call.
         let expired = tokio::time::sleep(self.timeout);
         tokio::pin!(expired);
-        let properties =
-            protocol::request_properties(function, self.codec, id.to_string().into(), self.timeout);
+        let properties = protocol::request_properties(
+            function,
+            self.codec,
+            itoa::Buffer::new().format(id).into(),
+            self.timeout,
+        );
         let publish = link.channel.basic_publish(
             shared.exchange.clone(),
             self.queue.clone(),
@@ -748,6 +770,8 @@ impl Client {
             answer = reply => answer,
             () = &mut expired => return Err(self.timed_out(function)),
         };
+        // Whatever came, the router (or the link's end) took the entry out.
+        waiting.answered = true;
         match answer {
             Ok(Answer::Reply(delivery)) => Ok(delivery),
             Ok(Answer::Returned) => Err(Error::NoRoute {

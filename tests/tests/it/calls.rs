@@ -135,3 +135,50 @@ async fn declared_stubs_call_functions_served_elsewhere() {
     );
     assert_eq!(api::missing::NAME, "missing.function");
 }
+
+/// Requests go through the default exchange unless one is named; a named exchange is
+/// declared and bound by the server, and the queue stays reachable by name as well.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_exchange_carries_calls_too() {
+    let queue = guirpc_tests::unique_queue("named-exchange");
+    let exchange = format!("{queue}.x");
+    let _server = guirpc_core::Server::builder()
+        .uri(guirpc_tests::uri())
+        .exchange(&exchange)
+        .queue(&queue)
+        .queue_arguments(guirpc_tests::expiring())
+        .start()
+        .await
+        .unwrap();
+    let through = |exchange: &str, queue: &str| {
+        guirpc_core::Client::builder()
+            .uri(guirpc_tests::uri())
+            .exchange(exchange)
+            .queue(queue)
+            .connect()
+    };
+    let named = through(&exchange, &queue).await.unwrap();
+    assert_eq!(add::call(&named, 2, 3).await.unwrap(), 5);
+    let default = through("", &queue).await.unwrap();
+    assert_eq!(add::call(&default, 4, 5).await.unwrap(), 9);
+
+    let elsewhere = through(&exchange, "guirpc-test.not-bound-here")
+        .await
+        .unwrap();
+    let err = add::call(&elsewhere, 1, 1).await.unwrap_err();
+    assert!(
+        matches!(&err, guirpc_core::Error::NoRoute { .. })
+            && err.to_string().contains(&format!("exchange `{exchange}`")),
+        "{err}"
+    );
+    // The exchange is the test's own: leave nothing behind on the shared broker.
+    let connection = lapin::Connection::connect(&guirpc_tests::uri(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+}

@@ -159,7 +159,8 @@ async fn a_call_to_a_service_that_does_not_exist_fails_at_once_with_no_route() {
         "no route must not wait for the timeout"
     );
     assert!(
-        err.to_string().contains("guirpc-test.no-such-service"),
+        err.to_string().contains("guirpc-test.no-such-service")
+            && err.to_string().contains("the default exchange"),
         "{err}"
     );
 }

@@ -46,7 +46,8 @@ impl Plain {
     pub(crate) async fn publish(&self, queue: &str, properties: BasicProperties, body: &[u8]) {
         self.channel
             .basic_publish(
-                "guirpc".into(),
+                // The default exchange, routing key = the service's queue.
+                "".into(),
                 queue.into(),
                 BasicPublishOptions {
                     mandatory: true,

@@ -18,11 +18,11 @@ use std::time::{Duration, SystemTime};
 use futures_lite::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
@@ -30,10 +30,14 @@ use crate::codec::Codec;
 use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
 use crate::connection;
 use crate::protocol::{
-    self, Description, Envelope, ErrorCode, FunctionDescription, ParamDescription, Pong,
-    RequestMeta,
+    self, Description, Envelope, ErrorCode, ExchangeName, FunctionDescription, ParamDescription,
+    Pong, RequestMeta,
 };
 use crate::registry::{Invocation, Registry, Reply};
+
+mod settle;
+
+use settle::{Settler, Verdict};
 
 /// The most a server waits between two attempts to connect.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
@@ -284,6 +288,7 @@ struct Session {
     connection: Connection,
     channel: Channel,
     consumer: lapin::Consumer,
+    settler: Arc<Settler>,
 }
 
 impl Session {
@@ -327,17 +332,7 @@ impl Session {
             .await
             .map_err(|err| SessionError::Connect(err.into()))?;
         let topology = async {
-            channel
-                .exchange_declare(
-                    settings.exchange.as_str().into(),
-                    ExchangeKind::Direct,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            protocol::declare_exchange(&channel, &settings.exchange).await?;
             channel
                 .queue_declare(
                     settings.queue.as_str().into(),
@@ -348,15 +343,18 @@ impl Session {
                     queue_arguments(shared),
                 )
                 .await?;
-            channel
-                .queue_bind(
-                    settings.queue.as_str().into(),
-                    settings.exchange.as_str().into(),
-                    settings.queue.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            // The default exchange routes to every queue by its name, and takes no bindings.
+            if !settings.exchange.is_empty() {
+                channel
+                    .queue_bind(
+                        settings.queue.as_str().into(),
+                        settings.exchange.as_str().into(),
+                        settings.queue.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
             channel
                 .basic_qos(settings.prefetch, BasicQosOptions::default())
                 .await?;
@@ -371,13 +369,15 @@ impl Session {
         };
         let consumer = topology.await.map_err(SessionError::Topology)?;
         info!(
-            "serving {} function(s) on queue `{}` (exchange `{}`) at {}",
+            "serving {} function(s) on queue `{}` ({}) at {}",
             shared.registry.len(),
             settings.queue,
-            settings.exchange,
+            ExchangeName(&settings.exchange),
             shared.masked_uri
         );
+        let dead_letter = !settings.dead_letter_exchange.is_empty();
         Ok(Session {
+            settler: Arc::new(Settler::new(channel.clone(), dead_letter)),
             connection,
             channel,
             consumer,
@@ -466,9 +466,11 @@ async fn consume(
         };
         match delivery {
             Some(Ok(delivery)) => {
+                session.settler.received(delivery.delivery_tag);
                 tokio::spawn(handle(
                     shared.clone(),
                     session.channel.clone(),
+                    session.settler.clone(),
                     delivery,
                     permit,
                 ));
@@ -507,22 +509,23 @@ async fn drain(shared: &Shared, session: &Session) {
 async fn handle(
     shared: Arc<Shared>,
     channel: Channel,
+    settler: Arc<Settler>,
     delivery: Delivery,
     _permit: OwnedSemaphorePermit,
 ) {
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     let _running = InFlight(&shared.in_flight);
     let Delivery {
+        delivery_tag,
         data,
         properties,
-        acker,
         redelivered,
         ..
     } = delivery;
     let meta = RequestMeta::read(&properties);
     let at_most_once = shared.settings.delivery == DeliveryGuarantee::AtMostOnce;
     if at_most_once {
-        settle(&acker, Verdict::Served, false).await;
+        settler.finished(delivery_tag, Verdict::Served).await;
     }
     if redelivered {
         debug!(
@@ -559,19 +562,8 @@ async fn handle(
         warn!(function, "one-way call failed: {message}");
     }
     if !at_most_once {
-        let dead_letter = !shared.settings.dead_letter_exchange.is_empty();
-        settle(&acker, verdict, dead_letter).await;
+        settler.finished(delivery_tag, verdict).await;
     }
-}
-
-/// What became of a request, for its acknowledgement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// Run (or refused for lateness): acknowledged.
-    Served,
-    /// Malformed, unknown, too large, or its function panicked: dead-lettered where
-    /// configured, acknowledged otherwise. Never requeued: it would fail again.
-    Rejected,
 }
 
 /// Counts a call as running until dropped.
@@ -580,17 +572,6 @@ struct InFlight<'a>(&'a AtomicUsize);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn settle(acker: &lapin::Acker, verdict: Verdict, dead_letter: bool) {
-    let settled = if verdict == Verdict::Rejected && dead_letter {
-        acker.reject(BasicRejectOptions { requeue: false }).await
-    } else {
-        acker.ack(BasicAckOptions::default()).await
-    };
-    if let Err(err) = settled {
-        warn!("cannot settle a request: {err}; the broker will redeliver it");
     }
 }
 
