@@ -3,9 +3,9 @@
 //! One connection and one channel (a *link*) carry every call. Replies come back over
 //! RabbitMQ's direct reply-to, consumed by one task that hands each reply to the call
 //! waiting for its correlation ID, so any number of calls can be in flight at once on one
-//! [`Client`]. Requests are published `mandatory` on a channel in confirm mode: a request no
-//! queue is bound for comes back at once as [`Error::NoRoute`] instead of running into its
-//! timeout.
+//! [`Client`]. Requests are published `mandatory`: a request no queue is bound for comes
+//! back from the broker, and its call fails within milliseconds with [`Error::NoRoute`]
+//! instead of running into its timeout.
 //!
 //! When the link fails, every call waiting on it fails at once with a retriable
 //! [`Error::Connection`] (its reply can no longer arrive: the reply-to address died with
@@ -19,7 +19,7 @@ pub use blocking::BlockingClient;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -360,7 +360,9 @@ async fn supervise(
 #[derive(Debug, Default)]
 struct Pending {
     calls: Mutex<PendingCalls>,
-    /// Wakes the reply router when a call starts waiting after none did.
+    /// Set while the reply router sleeps without collecting returns (no call for a while).
+    router_parked: AtomicBool,
+    /// Wakes a parked reply router when a call starts waiting.
     busy: Notify,
 }
 
@@ -378,11 +380,22 @@ impl Pending {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        if calls.waiting.is_empty() {
+        calls.waiting.insert(id, tx);
+        drop(calls);
+        if self.router_parked.swap(false, Ordering::SeqCst) {
             self.busy.notify_one();
         }
-        calls.waiting.insert(id, tx);
         Some(rx)
+    }
+
+    /// Parks the router unless a call waits (then it must go on collecting returns).
+    fn park_router(&self) -> bool {
+        self.router_parked.store(true, Ordering::SeqCst);
+        if self.has_waiting() {
+            self.router_parked.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     fn remove(&self, id: u64) -> Option<oneshot::Sender<Answer>> {
@@ -451,19 +464,33 @@ impl Drop for Waiting<'_> {
 /// exist fails within about this long, instead of running into its timeout.
 const RETURNS_EVERY: Duration = Duration::from_millis(10);
 
+/// How many collections without a waiting call before the router parks. A client that
+/// calls now and then keeps its router awake, so that no call has to wake it; an idle
+/// client costs no wake-ups.
+const PARK_AFTER_QUIET_TICKS: u32 = 100;
+
 /// Hands each reply to the call waiting for it, and fails calls whose request the broker
 /// returned as unroutable, until the reply consumer ends.
 async fn route_replies(replies: &mut lapin::Consumer, link: &Link) {
     let mut returns = tokio::time::interval(RETURNS_EVERY);
     returns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut parked, mut quiet_ticks) = (false, 0);
     loop {
-        // Guards are read once per turn: a call that starts waiting wakes this loop up,
-        // so that returns are collected while (and only while) calls wait.
-        let waiting = link.pending.has_waiting();
         let delivery = tokio::select! {
             delivery = replies.next() => delivery,
-            () = link.pending.busy.notified(), if !waiting => continue,
-            _ = returns.tick(), if waiting => {
+            () = link.pending.busy.notified(), if parked => {
+                (parked, quiet_ticks) = (false, 0);
+                continue;
+            }
+            _ = returns.tick(), if !parked => {
+                if link.pending.has_waiting() {
+                    quiet_ticks = 0;
+                } else {
+                    quiet_ticks += 1;
+                    if quiet_ticks >= PARK_AFTER_QUIET_TICKS {
+                        parked = link.pending.park_router();
+                    }
+                }
                 // Publisher confirms would report returns per message, at the price of one
                 // more frame per call: the channel is not in confirm mode, and lapin keeps
                 // the returned messages until they are collected here.

@@ -146,8 +146,9 @@ async fn a_call_to_a_service_that_does_not_exist_fails_at_once_with_no_route() {
         .connect()
         .await
         .unwrap();
-    // Let the client's reply router park with no call waiting: the call must wake it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Let the client's reply router park (after a second without calls): the call must
+    // wake it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let started = tokio::time::Instant::now();
     let err = add::call(&client, 1, 2).await.unwrap_err();
     assert!(
