@@ -17,8 +17,9 @@
 //! cargo bench -p guirpc-tests --bench rpc -- --scale-out          # 1, 2, 4 servers
 //! ```
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,55 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
+
+/// The system allocator, counting the bytes the program holds while `COUNTING` is set (the
+/// memory mode): resident memory also moves with the allocator's arenas, live bytes only
+/// with what the program keeps.
+struct CountingAllocator;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+fn count(bytes: isize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let block = unsafe { System.alloc(layout) };
+        if !block.is_null() {
+            count(layout.size() as isize);
+        }
+        block
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let block = unsafe { System.alloc_zeroed(layout) };
+        if !block.is_null() {
+            count(layout.size() as isize);
+        }
+        block
+    }
+
+    unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(block, layout) };
+        count(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, block: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        let moved = unsafe { System.realloc(block, layout, size) };
+        if !moved.is_null() {
+            count(size as isize - layout.size() as isize);
+        }
+        moved
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 /// Echoes its payload.
 #[rpc(name = "bench.echo")]
@@ -552,6 +602,8 @@ fn resident_kib() -> u64 {
 /// A server and a client in this process complete `calls` calls, 1% of which time out;
 /// resident memory after the first ten thousand and at the end.
 async fn memory(calls: u64) {
+    // Counted from before anything is set up: the figure is everything the program holds.
+    COUNTING.store(true, Ordering::Relaxed);
     let queue = format!("bench.memory.{}", std::process::id());
     let _server = Server::builder()
         .uri(broker())
@@ -602,20 +654,21 @@ async fn memory(calls: u64) {
         })
         .collect();
     println!(
-        "{:>10} {:>10} {:>12} {:>10}",
-        "calls", "timed out", "resident KiB", "calls/s"
+        "{:>10} {:>10} {:>12} {:>10} {:>10}",
+        "calls", "timed out", "resident KiB", "heap KiB", "calls/s"
     );
-    let mut at_ten_thousand = 0;
+    let heap_kib = || LIVE_BYTES.load(Ordering::Relaxed) / 1024;
+    let (mut at_ten_thousand, mut heap_at_ten_thousand) = (0, 0);
     for checkpoint in checkpoints {
         while next.load(Ordering::Relaxed) < checkpoint {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let rss = resident_kib();
+        let (rss, heap) = (resident_kib(), heap_kib());
         if checkpoint == 10_000 {
-            at_ten_thousand = rss;
+            (at_ten_thousand, heap_at_ten_thousand) = (rss, heap);
         }
         println!(
-            "{checkpoint:>10} {:>10} {rss:>12} {:>10.0}",
+            "{checkpoint:>10} {:>10} {rss:>12} {heap:>10} {:>10.0}",
             timeouts.load(Ordering::Relaxed),
             checkpoint as f64 / started.elapsed().as_secs_f64()
         );
@@ -625,10 +678,14 @@ async fn memory(calls: u64) {
     }
     // Let the late replies of the last timed-out calls arrive and be dropped.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let end = resident_kib();
+    let (end, heap) = (resident_kib(), heap_kib());
     println!(
         "resident memory after 10 000 calls: {at_ten_thousand} KiB; after {calls}: {end} KiB ({:+.1}%)",
         (end as f64 / at_ten_thousand as f64 - 1.0) * 100.0
+    );
+    println!(
+        "heap held after 10 000 calls: {heap_at_ten_thousand} KiB; after {calls}: {heap} KiB ({:+} KiB)",
+        heap - heap_at_ten_thousand
     );
 }
 
