@@ -103,7 +103,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The exchange the services listen on.
+    /// The exchange the services listen on: `""`, the default, is the broker's default
+    /// exchange; a name makes the client declare that direct exchange.
     pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
         self.exchange = exchange.into();
         self

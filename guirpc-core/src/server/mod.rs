@@ -94,7 +94,8 @@ impl ServerBuilder {
         self
     }
 
-    /// The exchange requests arrive through.
+    /// The exchange requests arrive through: `""`, the default, is the broker's default
+    /// exchange; a name makes the server declare that direct exchange and bind its queue.
     pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
         self.settings.exchange = exchange.into();
         self
