@@ -760,6 +760,26 @@ mod raw {
         queue: String,
         next: AtomicU64,
         pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>,
+        adds: Adds,
+    }
+
+    /// Protocol features added to the baseline, one at a time, to measure what each costs:
+    /// `RAW_CONFIRM`, `RAW_HEADERS`, `RAW_EXPIRATION` in the environment. Read once.
+    struct Adds {
+        confirm: bool,
+        headers: bool,
+        expiration: bool,
+    }
+
+    impl Adds {
+        fn from_env() -> Adds {
+            let set = |name: &str| std::env::var_os(name).is_some();
+            Adds {
+                confirm: set("RAW_CONFIRM"),
+                headers: set("RAW_HEADERS"),
+                expiration: set("RAW_EXPIRATION"),
+            }
+        }
     }
 
     impl Client {
@@ -780,7 +800,8 @@ mod raw {
                 )
                 .await
                 .unwrap();
-            if std::env::var_os("RAW_CONFIRM").is_some() {
+            let adds = Adds::from_env();
+            if adds.confirm {
                 channel.confirm_select(Default::default()).await.unwrap();
             }
             let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>> = Arc::default();
@@ -803,6 +824,7 @@ mod raw {
                 queue: queue.to_owned(),
                 next: AtomicU64::new(0),
                 pending,
+                adds,
             }
         }
 
@@ -813,7 +835,7 @@ mod raw {
             let mut properties = BasicProperties::default()
                 .with_correlation_id(id.to_string().into())
                 .with_reply_to("amq.rabbitmq.reply-to".into());
-            if std::env::var_os("RAW_HEADERS").is_some() {
+            if self.adds.headers {
                 let mut headers = FieldTable::default();
                 headers.insert(
                     "guirpc-function".into(),
@@ -825,10 +847,10 @@ mod raw {
                 );
                 properties = properties.with_headers(headers);
             }
-            if std::env::var_os("RAW_EXPIRATION").is_some() {
+            if self.adds.expiration {
                 properties = properties.with_expiration("30000".into());
             }
-            let confirm = std::env::var_os("RAW_CONFIRM").is_some();
+            let confirm = self.adds.confirm;
             let options = BasicPublishOptions {
                 mandatory: confirm,
                 ..Default::default()
