@@ -470,7 +470,6 @@ async fn consume(
                 session.settler.received(delivery.delivery_tag);
                 tokio::spawn(handle(
                     shared.clone(),
-                    session.channel.clone(),
                     session.settler.clone(),
                     delivery,
                     permit,
@@ -509,7 +508,6 @@ async fn drain(shared: &Shared, session: &Session) {
 
 async fn handle(
     shared: Arc<Shared>,
-    channel: Channel,
     settler: Arc<Settler>,
     delivery: Delivery,
     _permit: OwnedSemaphorePermit,
@@ -544,7 +542,8 @@ async fn handle(
     let function = function.as_deref();
     if let Some(reply_to) = reply_to {
         let properties = protocol::reply_properties(codec, correlation_id, reply.ok);
-        let published = channel
+        let published = settler
+            .channel()
             .basic_publish(
                 "".into(),
                 reply_to,
