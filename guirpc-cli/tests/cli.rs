@@ -344,7 +344,7 @@ async fn ping_answers_only_when_a_server_does() {
     assert!(pong["latency_ms"].as_f64().unwrap() > 0.0);
 
     // The queue outlives its server: a ping then times out.
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
     let out = guirpc(&["ping", "-q", &q, "--timeout", "300ms"], None).await;
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     let out = guirpc(&["ping", "-q", "guirpc-test.cli.nobody-home"], None).await;

@@ -565,35 +565,32 @@ pub fn format_duration(duration: Duration) -> String {
     }
 }
 
-/// Masks the password of a URI: `amqp://guest:****@host/vhost`.
+/// Masks the password of a URI: `amqp://guest:****@host/vhost`. Everything from the
+/// first `:` after the scheme to the last `@` is the password, whatever it holds (a raw
+/// `/`, `?`, `#` or `@` included), so that no part of it is ever shown.
 ///
 /// ```
-/// assert_eq!(
-///     guirpc_core::config::mask_uri("amqp://app:s3cret@rabbit:5672/%2f"),
-///     "amqp://app:****@rabbit:5672/%2f"
-/// );
-/// assert_eq!(guirpc_core::config::mask_uri("amqp://rabbit"), "amqp://rabbit");
+/// use guirpc_core::config::mask_uri;
+///
+/// assert_eq!(mask_uri("amqp://app:s3cret@rabbit:5672/%2f"), "amqp://app:****@rabbit:5672/%2f");
+/// assert_eq!(mask_uri("amqp://app:pa/ss?#@rabbit/%2f"), "amqp://app:****@rabbit/%2f");
+/// assert_eq!(mask_uri("amqp://rabbit"), "amqp://rabbit");
 /// ```
 pub fn mask_uri(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
         return uri.to_owned();
     };
     let rest = &uri[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:****{}",
-                    &uri[..scheme_end],
-                    &userinfo[..colon],
-                    &rest[at..]
-                ),
-                None => uri.to_owned(),
-            }
-        }
+    let Some(at) = rest.rfind('@') else {
+        return uri.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:****{}",
+            &uri[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
         None => uri.to_owned(),
     }
 }
@@ -738,6 +735,24 @@ mod tests {
             err.contains("invalid broker URI") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn passwords_with_delimiters_are_masked_everywhere() {
+        for (uri, secret) in [
+            ("amqp://app:pa/ss@rabbit", "pa/ss"),
+            ("amqp://app:p?a#s@s@rabbit:5672/%2f", "p?a#s@s"),
+            ("amqps://app:a:b@host/vh", "a:b"),
+        ] {
+            let masked = mask_uri(uri);
+            assert!(!masked.contains(secret), "{masked}");
+            assert!(
+                masked.starts_with("amqp") && masked.contains("app:****@"),
+                "{masked}"
+            );
+        }
+        let err = validate_uri("amqp://app:pa/ss@rab bit:x").unwrap_err();
+        assert!(!err.contains("pa/ss") && !err.contains("ss@"), "{err}");
     }
 
     #[test]

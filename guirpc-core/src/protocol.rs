@@ -210,9 +210,7 @@ impl RequestMeta {
             }),
             correlation_id: props.correlation_id().clone(),
             reply_to: props.reply_to().clone().filter(|r| !r.as_str().is_empty()),
-            deadline: header(HEADER_DEADLINE)
-                .and_then(value_as_u64)
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+            deadline: header(HEADER_DEADLINE).and_then(deadline_of),
         }
     }
 }
@@ -305,20 +303,35 @@ fn value_as_str(value: &AMQPValue) -> Option<Cow<'_, str>> {
     }
 }
 
-fn value_as_u64(value: &AMQPValue) -> Option<u64> {
-    match *value {
-        AMQPValue::ShortShortInt(v) => u64::try_from(v).ok(),
-        AMQPValue::ShortShortUInt(v) => Some(v.into()),
-        AMQPValue::ShortInt(v) => u64::try_from(v).ok(),
-        AMQPValue::ShortUInt(v) => Some(v.into()),
-        AMQPValue::LongInt(v) => u64::try_from(v).ok(),
-        AMQPValue::LongUInt(v) => Some(v.into()),
-        AMQPValue::LongLongInt(v) => u64::try_from(v).ok(),
-        AMQPValue::Timestamp(v) => Some(v),
-        AMQPValue::Double(v) if v >= 0.0 => Some(v as u64),
-        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
-        _ => None,
-    }
+/// A deadline header's instant. Milliseconds before the epoch (a negative number) are a
+/// deadline in the past, not the absence of one.
+fn deadline_of(value: &AMQPValue) -> Option<SystemTime> {
+    let ms: i128 = match *value {
+        AMQPValue::ShortShortInt(v) => v.into(),
+        AMQPValue::ShortShortUInt(v) => v.into(),
+        AMQPValue::ShortInt(v) => v.into(),
+        AMQPValue::ShortUInt(v) => v.into(),
+        AMQPValue::LongInt(v) => v.into(),
+        AMQPValue::LongUInt(v) => v.into(),
+        AMQPValue::LongLongInt(v) => v.into(),
+        AMQPValue::Timestamp(v) => v.into(),
+        // `as` saturates, and a NaN becomes 0: the epoch, long past.
+        AMQPValue::Double(v) => v as i128,
+        AMQPValue::Float(v) => v as i128,
+        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        _ => return None,
+    };
+    let ms = u64::try_from(ms.max(0)).unwrap_or(u64::MAX);
+    // Far enough in the future to be no deadline at all, where the clock cannot go.
+    Some(
+        UNIX_EPOCH
+            .checked_add(Duration::from_millis(ms))
+            .unwrap_or(UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2)),
+    )
 }
 
 #[cfg(test)]
@@ -355,6 +368,27 @@ mod tests {
         assert_eq!(meta.deadline, Some(UNIX_EPOCH + Duration::from_secs(1)));
         assert!(meta.codec.unwrap_err().contains("text/csv"));
         assert!(meta.reply_to.is_none());
+    }
+
+    #[test]
+    fn a_negative_deadline_is_in_the_past() {
+        for value in [
+            AMQPValue::LongLongInt(-5),
+            AMQPValue::LongInt(-1),
+            AMQPValue::ShortShortInt(-1),
+            AMQPValue::LongString("-1000".into()),
+            AMQPValue::Double(-0.5),
+            AMQPValue::Double(f64::NAN),
+        ] {
+            let mut headers = FieldTable::default();
+            headers.insert(HEADER_DEADLINE.into(), value.clone());
+            let meta = RequestMeta::read(&BasicProperties::default().with_headers(headers));
+            assert_eq!(meta.deadline, Some(UNIX_EPOCH), "{value:?}");
+        }
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_DEADLINE.into(), AMQPValue::LongLongInt(i64::MAX));
+        let meta = RequestMeta::read(&BasicProperties::default().with_headers(headers));
+        assert!(meta.deadline.unwrap() > SystemTime::now());
     }
 
     #[test]

@@ -473,7 +473,7 @@ async fn serve_until_stdin_closes(queue: &str) {
         .await
         .unwrap()
         .unwrap();
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
 }
 
 /// The same load against 1, 2 and 4 server processes on one queue.

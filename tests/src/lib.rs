@@ -181,6 +181,19 @@ pub async fn slow_square(x: i64, ms: u64) -> i64 {
     x * x
 }
 
+/// Counts the values in any JSON-like argument: decodes whatever nesting a caller sends.
+#[rpc]
+pub async fn count_values(value: serde_json::Value) -> usize {
+    fn count(value: &serde_json::Value) -> usize {
+        1 + match value {
+            serde_json::Value::Array(items) => items.iter().map(count).sum(),
+            serde_json::Value::Object(map) => map.values().map(count).sum(),
+            _ => 0,
+        }
+    }
+    count(&value)
+}
+
 /// Takes and returns bytes.
 #[rpc]
 pub async fn echo(data: Vec<u8>) -> Vec<u8> {

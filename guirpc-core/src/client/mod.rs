@@ -9,8 +9,9 @@
 //!
 //! When the link fails, every call waiting on it fails at once with a retriable
 //! [`Error::Connection`] (its reply can no longer arrive: the reply-to address died with
-//! the channel), and a supervisor task reconnects with backoff. Calls made while there is
-//! no link fail the same way, at once.
+//! the channel), and a supervisor task reconnects with backoff. A call made while there is
+//! no link has not been sent: it waits for the next link until its timeout, and fails with
+//! [`Error::Connection`] only if none comes in time.
 
 mod blocking;
 
@@ -38,9 +39,6 @@ use crate::config::{Settings, mask_uri, validate_uri};
 use crate::connection;
 use crate::error::{Error, RemoteError};
 use crate::protocol::{self, ErrorCode};
-
-/// The most a client waits between two attempts to reconnect.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 /// Configures a client.
 ///
@@ -340,15 +338,12 @@ async fn supervise(
         link.pending.close();
         *shared.blocked.lock().unwrap_or_else(|e| e.into_inner()) = None;
         warn!("lost the connection to {}; reconnecting", shared.masked_uri);
-        let mut delay = Duration::from_millis(100);
+        let mut delays = connection::reconnect_delays();
         (link, replies) = loop {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(4))).await;
             match Link::open(&target, &shared).await {
                 Ok((new, replies)) => break (Arc::new(new), replies),
-                Err(err) => {
-                    debug!("reconnecting: {err}");
-                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-                }
+                Err(err) => warn!("cannot reconnect to {}: {err}", shared.masked_uri),
             }
         };
         *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
@@ -447,16 +442,16 @@ impl Hasher for IdHasher {
 
 /// Removes a call's entry however the call ends, cancellation included, unless an
 /// answer came (whoever sent it removed the entry).
-struct Waiting<'a> {
-    pending: &'a Pending,
+struct Waiting {
+    link: Arc<Link>,
     id: u64,
     answered: bool,
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiting {
     fn drop(&mut self) {
         if !self.answered {
-            self.pending.remove(self.id);
+            self.link.pending.remove(self.id);
         }
     }
 }
@@ -756,44 +751,52 @@ impl Client {
 
     async fn round_trip(&self, function: &str, body: &[u8]) -> Result<Delivery, Error> {
         let shared = &*self.inner.shared;
-        let link = shared.link().ok_or_else(|| self.not_connected())?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let reply = link
-            .pending
-            .insert(id)
-            .ok_or_else(|| self.not_connected())?;
-        let mut waiting = Waiting {
-            pending: &link.pending,
-            id,
-            answered: false,
-        };
-        // One timer for the whole call.
+        // One timer for the whole call, the wait for a connection included.
         let expired = tokio::time::sleep(self.timeout);
         tokio::pin!(expired);
-        let properties = protocol::request_properties(
-            function,
-            self.codec,
-            itoa::Buffer::new().format(id).into(),
-            self.timeout,
-        );
-        let publish = link.channel.basic_publish(
-            shared.exchange.clone(),
-            self.queue.clone(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            properties,
-        );
-        tokio::select! {
-            published = publish => {
-                if let Err(err) = published {
-                    return Err(Error::connection(&shared.masked_uri, err));
+        // A call that has not been sent waits for a connection until its deadline; only a
+        // call in flight when its connection drops fails at once.
+        let (mut waiting, reply) = loop {
+            let linked = shared.linked.notified();
+            if let Some(link) = shared.link() {
+                let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+                if let Some(reply) = link.pending.insert(id) {
+                    let waiting = Waiting {
+                        link,
+                        id,
+                        answered: false,
+                    };
+                    let properties = protocol::request_properties(
+                        function,
+                        self.codec,
+                        itoa::Buffer::new().format(id).into(),
+                        self.timeout,
+                    );
+                    let publish = waiting.link.channel.basic_publish(
+                        shared.exchange.clone(),
+                        self.queue.clone(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        body,
+                        properties,
+                    );
+                    tokio::select! {
+                        published = publish => match published {
+                            Ok(_) => break (waiting, reply),
+                            // Not sent: the link is dying; wait for the next.
+                            Err(err) => debug!(function, "the request was not sent: {err}"),
+                        },
+                        () = &mut expired => return Err(self.timed_out(function)),
+                    }
                 }
             }
-            () = &mut expired => return Err(self.timed_out(function)),
-        }
+            tokio::select! {
+                () = linked => {}
+                () = &mut expired => return Err(self.not_connected()),
+            }
+        };
         let answer = tokio::select! {
             answer = reply => answer,
             () = &mut expired => return Err(self.timed_out(function)),
@@ -850,7 +853,10 @@ impl Client {
     fn not_connected(&self) -> Error {
         Error::connection(
             &self.inner.shared.masked_uri,
-            "not connected to the broker (reconnecting); the call was not sent",
+            format!(
+                "not connected to the broker for the whole timeout of {:?} (reconnecting); the call was not sent",
+                self.timeout
+            ),
         )
     }
 }

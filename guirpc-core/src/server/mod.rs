@@ -5,42 +5,26 @@
 //! `reply_to`, acknowledge. Handlers run concurrently, at most `concurrency` at a time;
 //! the broker sends at most `prefetch` unacknowledged requests ahead.
 //!
-//! A server owns its connection: when the connection drops it reconnects with backoff,
-//! declares its topology again and resumes consuming. Requests it had not acknowledged are
-//! redelivered by the broker.
+//! The walk, file by file: [`session`] owns the connections (consume, reconnect,
+//! drain), [`dispatch`] turns one delivery into a reply, [`reply`] publishes it on a
+//! connection of its own, and [`settle`] acknowledges.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
-use futures_lite::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tracing::{debug, error, info, warn};
+use tokio::sync::{Semaphore, watch};
+use tracing::{error, info, warn};
 
-use crate::codec::Codec;
 use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
-use crate::connection;
-use crate::protocol::{
-    self, Description, Envelope, ErrorCode, ExchangeName, FunctionDescription, ParamDescription,
-    Pong, RequestMeta,
-};
-use crate::registry::{Invocation, Registry, Reply};
+use crate::registry::Registry;
 
+mod dispatch;
+mod reply;
+mod session;
 mod settle;
-
-use settle::{Settler, Verdict};
-
-/// The most a server waits between two attempts to connect.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// A server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +46,18 @@ pub enum ServeError {
         /// What the broker said.
         source: lapin::Error,
     },
+    /// A second Ctrl-C or SIGTERM came while the server was stopping: it stopped at once,
+    /// without waiting for running calls (the broker redelivers them).
+    #[error(
+        "interrupted while stopping: {running} running call(s) abandoned; the broker redelivers them"
+    )]
+    Interrupted {
+        /// Calls that were still running.
+        running: usize,
+    },
+    /// The server's task failed (a bug: it panicked).
+    #[error("the server task failed: {0}")]
+    Task(String),
 }
 
 /// Configures and starts a [`Server`].
@@ -174,9 +170,9 @@ impl ServerBuilder {
             settings,
             registry,
         });
-        let session = Session::open_with_retry(&shared).await?;
+        let session = session::Session::open_with_retry(&shared).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(supervise(shared.clone(), session, stop_rx));
+        let task = tokio::spawn(session::supervise(shared.clone(), session, stop_rx));
         Ok(Server {
             shared,
             stop: stop_tx,
@@ -187,11 +183,18 @@ impl ServerBuilder {
 
 /// A running server. Dropping it stops consuming at once; [`Server::shutdown`] stops
 /// gracefully.
+///
+/// A server rides out a lost connection by itself: it reconnects with backoff, logging
+/// each failed attempt, for as long as it takes. It ends on its own only when the broker
+/// refuses its topology on a reconnection (the queue was declared again with other
+/// arguments, say, or permissions were taken away): then [`Server::run_until`] and
+/// [`Server::run_until_signal`] return that error at once, instead of waiting for a signal
+/// with nothing served.
 #[derive(Debug)]
 pub struct Server {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
 impl Server {
@@ -220,29 +223,68 @@ impl Server {
         &self.shared.registry
     }
 
+    /// Whether the server has stopped serving (it failed, or was shut down).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops taking requests, lets running handlers finish (within the grace period),
     /// publishes and acknowledges their replies, and returns requests not yet started to
-    /// the queue.
-    pub async fn shutdown(mut self) {
+    /// the queue. The error, if the server had already stopped with one.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
-        if let Err(err) = (&mut self.task).await {
-            error!("server task failed: {err}");
+        join(&mut self.task).await
+    }
+
+    /// Serves until Ctrl-C (SIGINT) or SIGTERM, then shuts down gracefully. A second
+    /// signal during the shutdown stops at once with [`ServeError::Interrupted`]; a server
+    /// that stops serving on its own returns its error without waiting for a signal.
+    pub async fn run_until_signal(mut self) -> Result<(), ServeError> {
+        let mut signals = Signals::new();
+        tokio::select! {
+            () = signals.next() => {}
+            ended = &mut self.task => return stopped_on_its_own(ended),
+        }
+        info!("shutting down: finishing running calls (a second Ctrl-C stops at once)");
+        let _ = self.stop.send(true);
+        tokio::select! {
+            result = join(&mut self.task) => {
+                info!("stopped");
+                result
+            }
+            () = signals.next() => {
+                let running = self.shared.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+                warn!("second signal: stopping at once");
+                Err(ServeError::Interrupted { running })
+            }
         }
     }
 
-    /// Serves until Ctrl-C (SIGINT) or SIGTERM, then shuts down gracefully.
-    pub async fn run_until_signal(self) -> Result<(), ServeError> {
-        self.run_until(shutdown_signal()).await;
-        Ok(())
-    }
-
-    /// Serves until `signal` completes, then shuts down gracefully.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) {
-        signal.await;
+    /// Serves until `signal` completes, then shuts down gracefully; returns at once with
+    /// the server's error if it stops serving on its own before that.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
+        tokio::select! {
+            () = signal => {}
+            ended = &mut self.task => return stopped_on_its_own(ended),
+        }
         info!("shutting down: finishing running calls");
-        self.shutdown().await;
+        let result = self.shutdown().await;
         info!("stopped");
+        result
     }
+}
+
+/// The server task's result, in the shape its callers return: `ServeError` is as large as
+/// the lapin error it carries, which these private steps only pass on.
+type Ended = Result<Result<(), ServeError>, tokio::task::JoinError>;
+
+#[allow(clippy::result_large_err)]
+fn stopped_on_its_own(ended: Ended) -> Result<(), ServeError> {
+    let result = flatten(ended);
+    if let Err(err) = &result {
+        error!("the server stopped serving: {err}");
+    }
+    result
 }
 
 impl Drop for Server {
@@ -251,27 +293,65 @@ impl Drop for Server {
     }
 }
 
-/// Completes on Ctrl-C, or on SIGTERM on Unix.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut term) => {
-                    term.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        ctrl_c.or(term).await;
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await;
+#[allow(clippy::result_large_err)]
+async fn join(
+    task: &mut tokio::task::JoinHandle<Result<(), ServeError>>,
+) -> Result<(), ServeError> {
+    flatten(task.await)
 }
 
+#[allow(clippy::result_large_err)]
+fn flatten(ended: Ended) -> Result<(), ServeError> {
+    ended.unwrap_or_else(|err| Err(ServeError::Task(err.to_string())))
+}
+
+/// Completes on Ctrl-C, or on SIGTERM on Unix.
+pub async fn shutdown_signal() {
+    Signals::new().next().await;
+}
+
+/// Ctrl-C and SIGTERM, listened to from the first wait on, so that a second signal is not
+/// missed between two waits.
+struct Signals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = signal(SignalKind::interrupt())
+                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                .inspect_err(|err| warn!("cannot listen for signals: {err}"))
+                .ok();
+            Signals { streams }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for the next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        match &mut self.streams {
+            Some((int, term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The state every part of a server shares.
 #[derive(Debug)]
 struct Shared {
     settings: ServiceSettings,
@@ -284,414 +364,6 @@ struct Shared {
     semaphore: Arc<Semaphore>,
 }
 
-/// One connection's worth of serving.
-struct Session {
-    connection: Connection,
-    channel: Channel,
-    consumer: lapin::Consumer,
-    settler: Arc<Settler>,
-}
-
-impl Session {
-    async fn open_with_retry(shared: &Shared) -> Result<Session, ServeError> {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match Session::open(shared).await {
-                Ok(session) => return Ok(session),
-                Err(SessionError::Connect(err)) => {
-                    warn!(
-                        "broker unreachable at {}: {err}; retrying in {:.1}s",
-                        shared.masked_uri,
-                        delay.as_secs_f64()
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-                }
-                Err(SessionError::Topology(source)) => {
-                    return Err(ServeError::Topology {
-                        uri: shared.masked_uri.clone(),
-                        queue: shared.settings.queue.clone(),
-                        source,
-                    });
-                }
-            }
-        }
-    }
-
-    async fn open(shared: &Shared) -> Result<Session, SessionError> {
-        let settings = &shared.settings;
-        let name = format!("guirpc server {}", settings.queue);
-        let connection = connection::connect(&settings.uri, &settings.tls_ca_file, &name)
-            .await
-            .map_err(SessionError::Connect)?;
-        tokio::spawn(log_blocking(
-            connection.events_listener(),
-            shared.masked_uri.clone(),
-        ));
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|err| SessionError::Connect(err.into()))?;
-        let topology = async {
-            protocol::declare_exchange(&channel, &settings.exchange).await?;
-            channel
-                .queue_declare(
-                    settings.queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    queue_arguments(shared),
-                )
-                .await?;
-            // The default exchange routes to every queue by its name, and takes no bindings.
-            if !settings.exchange.is_empty() {
-                channel
-                    .queue_bind(
-                        settings.queue.as_str().into(),
-                        settings.exchange.as_str().into(),
-                        settings.queue.as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
-            channel
-                .basic_qos(settings.prefetch, BasicQosOptions::default())
-                .await?;
-            channel
-                .basic_consume(
-                    settings.queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        };
-        let consumer = topology.await.map_err(SessionError::Topology)?;
-        info!(
-            "serving {} function(s) on queue `{}` ({}) at {}",
-            shared.registry.len(),
-            settings.queue,
-            ExchangeName(&settings.exchange),
-            shared.masked_uri
-        );
-        let dead_letter = !settings.dead_letter_exchange.is_empty();
-        Ok(Session {
-            settler: Arc::new(Settler::new(channel.clone(), dead_letter)),
-            connection,
-            channel,
-            consumer,
-        })
-    }
-}
-
-/// The queue's declaration arguments: the configured ones, and dead-lettering if set.
-fn queue_arguments(shared: &Shared) -> FieldTable {
-    let mut arguments = shared.queue_arguments.clone();
-    let exchange = &shared.settings.dead_letter_exchange;
-    if !exchange.is_empty() {
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            lapin::types::AMQPValue::LongString(exchange.as_str().into()),
-        );
-    }
-    arguments
-}
-
-enum SessionError {
-    Connect(connection::ConnectError),
-    Topology(lapin::Error),
-}
-
-/// Logs the broker blocking this connection's publishes (replies wait meanwhile).
-async fn log_blocking(events: impl futures_lite::Stream<Item = lapin::Event>, uri: String) {
-    futures_lite::pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            lapin::Event::ConnectionBlocked(reason) => {
-                warn!("the broker at {uri} blocks publishing, replies wait: {reason}");
-            }
-            lapin::Event::ConnectionUnblocked => {
-                info!("the broker at {uri} accepts publishing again")
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Serves session after session until told to stop.
-async fn supervise(shared: Arc<Shared>, mut session: Session, mut stop: watch::Receiver<bool>) {
-    loop {
-        match consume(&shared, &mut session, &mut stop).await {
-            Ok(()) => {
-                drain(&shared, &session).await;
-                return;
-            }
-            Err(err) => {
-                warn!(
-                    "lost the connection to {}: {err}; reconnecting",
-                    shared.masked_uri
-                );
-                session = tokio::select! {
-                    session = Session::open_with_retry(&shared) => match session {
-                        Ok(session) => session,
-                        Err(err) => {
-                            error!("cannot serve any longer: {err}");
-                            return;
-                        }
-                    },
-                    _ = stop.wait_for(|stop| *stop) => return,
-                };
-            }
-        }
-    }
-}
-
-/// Takes deliveries until told to stop (`Ok`) or the connection fails (`Err`).
-async fn consume(
-    shared: &Arc<Shared>,
-    session: &mut Session,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
-            permit = shared.semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let delivery = tokio::select! {
-            biased;
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
-            delivery = session.consumer.next() => delivery,
-        };
-        match delivery {
-            Some(Ok(delivery)) => {
-                session.settler.received(delivery.delivery_tag);
-                tokio::spawn(handle(
-                    shared.clone(),
-                    session.settler.clone(),
-                    delivery,
-                    permit,
-                ));
-            }
-            Some(Err(err)) => return Err(err.to_string()),
-            None => return Err("the broker cancelled the consumer".into()),
-        }
-    }
-}
-
-/// Graceful end of a session: no new deliveries, running handlers finish, the rest go back.
-async fn drain(shared: &Shared, session: &Session) {
-    let tag = session.consumer.tag();
-    if let Err(err) = session
-        .channel
-        .basic_cancel(tag, BasicCancelOptions::default())
-        .await
-    {
-        debug!("cancelling the consumer: {err}");
-    }
-    let all = u32::try_from(shared.settings.concurrency).unwrap_or(u32::MAX);
-    let grace = shared.settings.shutdown_grace;
-    if tokio::time::timeout(grace, shared.semaphore.acquire_many(all))
-        .await
-        .is_err()
-    {
-        warn!(
-            "calls still running after the {grace:?} grace period are abandoned; the broker will redeliver them"
-        );
-    }
-    // Closing returns every request delivered but not acknowledged to the queue.
-    let _ = session.channel.close(200, "shutdown".into()).await;
-    let _ = session.connection.close(200, "shutdown".into()).await;
-}
-
-async fn handle(
-    shared: Arc<Shared>,
-    settler: Arc<Settler>,
-    delivery: Delivery,
-    _permit: OwnedSemaphorePermit,
-) {
-    shared.in_flight.fetch_add(1, Ordering::Relaxed);
-    let _running = InFlight(&shared.in_flight);
-    let Delivery {
-        delivery_tag,
-        data,
-        properties,
-        redelivered,
-        ..
-    } = delivery;
-    let meta = RequestMeta::read(&properties);
-    let at_most_once = shared.settings.delivery == DeliveryGuarantee::AtMostOnce;
-    if at_most_once {
-        settler.finished(delivery_tag, Verdict::Served).await;
-    }
-    if redelivered {
-        debug!(
-            function = meta.function.as_deref(),
-            "a redelivered request: it may have run before"
-        );
-    }
-    let (codec, reply, verdict) = dispatch(&shared, &meta, data).await;
-    let RequestMeta {
-        function,
-        correlation_id,
-        reply_to,
-        ..
-    } = meta;
-    let function = function.as_deref();
-    if let Some(reply_to) = reply_to {
-        let properties = protocol::reply_properties(codec, correlation_id, reply.ok);
-        let published = settler
-            .channel()
-            .basic_publish(
-                "".into(),
-                reply_to,
-                BasicPublishOptions::default(),
-                &reply.body,
-                properties,
-            )
-            .await;
-        if let Err(err) = published {
-            // Not acknowledged: the broker redelivers the request once we reconnect.
-            warn!(function, "cannot publish the reply: {err}");
-            return;
-        }
-    } else if !reply.ok {
-        let message = RemoteMessage(codec, &reply.body);
-        warn!(function, "one-way call failed: {message}");
-    }
-    if !at_most_once {
-        settler.finished(delivery_tag, verdict).await;
-    }
-}
-
-/// Counts a call as running until dropped.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Finds and runs the function; every failure becomes an error reply.
-async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec, Reply, Verdict) {
-    let rejected = |codec: Codec, code: ErrorCode, message: &str| {
-        warn!(
-            function = meta.function.as_deref(),
-            "rejected a request ({code}): {message}"
-        );
-        (codec, Reply::error(codec, code, message), Verdict::Rejected)
-    };
-    let codec = match &meta.codec {
-        Ok(codec) => *codec,
-        Err(message) => return rejected(Codec::Json, ErrorCode::BadRequest, message),
-    };
-    // Checked before anything is decoded.
-    let limit = shared.settings.max_message_size;
-    if body.len() > limit {
-        let message = format!(
-            "the request body of {} bytes exceeds the maximum of {limit} bytes",
-            body.len()
-        );
-        return rejected(codec, ErrorCode::TooLarge, &message);
-    }
-    let Some(name) = meta.function.as_deref() else {
-        let message = format!(
-            "the request has no `{}` header naming the function",
-            protocol::HEADER_FUNCTION
-        );
-        return rejected(codec, ErrorCode::BadRequest, &message);
-    };
-    if name.starts_with(protocol::RESERVED_PREFIX) {
-        return (codec, builtin(shared, name, codec), Verdict::Served);
-    }
-    let Some(function) = shared.registry.get(name) else {
-        let message = format!(
-            "no function `{name}` is served on queue `{}`",
-            shared.settings.queue
-        );
-        return rejected(codec, ErrorCode::NotFound, &message);
-    };
-    if meta
-        .deadline
-        .is_some_and(|deadline| SystemTime::now() > deadline)
-    {
-        let message = format!("the deadline of this call to `{name}` passed before it could start");
-        debug!("{message}");
-        return (
-            codec,
-            Reply::error(codec, ErrorCode::DeadlineExceeded, &message),
-            Verdict::Served,
-        );
-    }
-    let future = (function.handler())(Invocation { codec, body });
-    match AssertUnwindSafe(future).catch_unwind().await {
-        Ok(reply) => (codec, reply, Verdict::Served),
-        Err(panic) => {
-            let what = panic_message(panic.as_ref());
-            error!(function = name, "handler panicked: {what}");
-            let reply = Reply::error(
-                codec,
-                ErrorCode::Internal,
-                &format!("`{name}` panicked: {what}"),
-            );
-            (codec, reply, Verdict::Rejected)
-        }
-    }
-}
-
-/// The functions every server answers from its own state.
-fn builtin(shared: &Shared, name: &str, codec: Codec) -> Reply {
-    let encoded = match name {
-        protocol::FUNCTION_DESCRIBE => codec.encode(&Description {
-            queue: shared.settings.queue.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            functions: shared
-                .registry
-                .iter()
-                .map(|f| FunctionDescription {
-                    name: f.name().to_owned(),
-                    doc: f.doc().to_owned(),
-                    params: f
-                        .params()
-                        .iter()
-                        .map(|p| ParamDescription {
-                            name: p.name.to_owned(),
-                            ty: p.ty.to_owned(),
-                        })
-                        .collect(),
-                    returns: f.returns().to_owned(),
-                    blocking: f.is_blocking(),
-                })
-                .collect(),
-        }),
-        protocol::FUNCTION_PING => {
-            codec.encode(&Pong {
-                instance: shared.instance.clone(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                queue: shared.settings.queue.clone(),
-                uptime_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                // This ping holds one of the permits.
-                in_flight: shared.in_flight.load(Ordering::Relaxed).saturating_sub(1),
-                concurrency: shared.settings.concurrency,
-                functions: shared.registry.len(),
-            })
-        }
-        _ => {
-            let message = format!(
-                "no built-in function `{name}` (names starting with `guirpc.` are reserved)"
-            );
-            return Reply::error(codec, ErrorCode::NotFound, &message);
-        }
-    };
-    match encoded {
-        Ok(body) => Reply { ok: true, body },
-        Err(err) => Reply::error(codec, ErrorCode::Internal, &err.to_string()),
-    }
-}
-
 /// `host:pid`, naming this server process in pings.
 fn instance_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -701,26 +373,4 @@ fn instance_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{host}:{}", std::process::id())
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "a non-string panic payload"
-    }
-}
-
-/// Shows an encoded error envelope's message in a log line.
-struct RemoteMessage<'a>(Codec, &'a [u8]);
-
-impl std::fmt::Display for RemoteMessage<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.decode::<Envelope<'_, serde::de::IgnoredAny>>(self.1) {
-            Ok(envelope) => write!(f, "{} ({})", envelope.message, envelope.code),
-            Err(_) => f.write_str("<undecodable error envelope>"),
-        }
-    }
 }

@@ -98,7 +98,7 @@ fn blocking_client_calls_from_plain_threads() {
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     drop(client);
-    runtime.block_on(server.shutdown());
+    runtime.block_on(server.shutdown()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -180,7 +180,7 @@ async fn a_redelivered_request_is_run_and_answered() {
     let queue = unique_queue("redelivered");
     // Declare the queue, then stop serving it.
     let (server, _) = start(&queue, |_| {}).await;
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
     let mut plain = Plain::connect().await;
     plain
         .publish(
@@ -298,7 +298,7 @@ async fn rejected_requests_are_dead_lettered_where_configured_and_answered() {
 async fn calls_queued_while_no_server_runs_are_not_run_after_their_deadline() {
     let queue = unique_queue("late");
     let (server, client) = start(&queue, |_| {}).await;
-    server.shutdown().await;
+    server.shutdown().await.unwrap();
     let token = format!("queued-while-down-{}", std::process::id());
     let short = client.with_timeout(Duration::from_millis(300));
     let calls: Vec<_> = (0..10)
@@ -325,6 +325,215 @@ async fn calls_queued_while_no_server_runs_are_not_run_after_their_deadline() {
         !wait_recorded(&token, 1, Duration::from_millis(500)).await,
         "a call ran after its deadline"
     );
+}
+
+/// Reply addresses the broker cannot route to, and answers by closing what carried the
+/// reply: a malformed direct reply-to address crashes the broker's channel, which closes
+/// the whole connection (541). Each request runs once and is settled; the server keeps its
+/// consuming connection and serves every other call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_address_that_makes_the_broker_close_the_connection_runs_once_and_disturbs_nothing()
+{
+    let queue = unique_queue("poison-reply");
+    let (_server, client) = start(&queue, |_| {}).await;
+    let plain = Plain::connect().await;
+    let token = format!("poison-{}", std::process::id());
+    let poison = [
+        "amq.rabbitmq.reply-to.AAAA.BBBB",
+        "amq.rabbitmq.reply-to.g2QADW5vbm9kZUBub3doZXJlAAAAAAAAAAAA.x",
+        "amq.rabbitmq.reply-to..",
+        "amq.rabbitmq.reply-to.a.b.c",
+    ];
+    for (i, reply_to) in poison.iter().enumerate() {
+        let props = json_request(&format!("p{i}"), headers(&[function("record")]))
+            .with_reply_to((*reply_to).into());
+        plain
+            .publish(&queue, props, format!(r#"["{token}"]"#).as_bytes())
+            .await;
+    }
+    // Every good call is answered while the poison is dealt with.
+    let calls: Vec<_> = (0..200i64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { add::call(&client, i, 1).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), i as i64 + 1, "call {i}");
+    }
+    assert!(wait_recorded(&token, poison.len() as u32, Duration::from_secs(10)).await);
+    // Run once each, never redelivered in a loop.
+    assert!(
+        !wait_recorded(&token, poison.len() as u32 + 1, Duration::from_secs(2)).await,
+        "a poisoned request ran again: {:?}",
+        guirpc_tests::recorded().0.lock().unwrap().get(&token)
+    );
+    for i in 0..20 {
+        assert_eq!(add::call(&client, i, 2).await.unwrap(), i + 2);
+    }
+}
+
+/// Nesting deep enough to exhaust a stack, in both codecs and at every depth up to
+/// 100,000, to a function with typed parameters and to one that takes any value: each is
+/// answered `bad_request`, and the server (a debug build here, as `cargo run` gives) lives.
+#[tokio::test(flavor = "multi_thread")]
+async fn deeply_nested_bodies_are_refused_and_the_server_survives() {
+    let queue = unique_queue("deep");
+    let (_server, client) = start(&queue, |_| {}).await;
+    let mut plain = Plain::connect().await;
+    for depth in [129usize, 1_000, 10_000, 100_000] {
+        let mut msgpack = vec![0x81, 0xa5];
+        msgpack.extend_from_slice(b"value");
+        msgpack.extend(std::iter::repeat_n(0x91u8, depth));
+        msgpack.push(0xc0);
+        let json = format!(
+            r#"{{"value": {}null{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        for name in ["count_values", "add"] {
+            for (content_type, body) in [
+                ("application/msgpack", msgpack.as_slice()),
+                ("application/json", json.as_bytes()),
+            ] {
+                let props = BasicProperties::default()
+                    .with_content_type(content_type.into())
+                    .with_correlation_id(format!("{depth}").into())
+                    .with_reply_to("amq.rabbitmq.reply-to".into())
+                    .with_headers(headers(&[function(name)]));
+                plain.publish(&queue, props, body).await;
+                let reply = plain.reply().await;
+                assert_eq!(status(&reply), "error", "{name} {content_type} {depth}");
+                let envelope: serde_json::Value = match content_type {
+                    "application/json" => serde_json::from_slice(&reply.data).unwrap(),
+                    _ => rmp_serde::from_slice(&reply.data).unwrap(),
+                };
+                assert_eq!(envelope["code"], "bad_request", "{envelope}");
+                assert!(
+                    envelope["message"].as_str().unwrap().contains(name),
+                    "{envelope}"
+                );
+            }
+        }
+    }
+    // Nesting within the limit is served.
+    let nested = (0..100).fold(json!(1), |inner, _| json!([inner]));
+    assert_eq!(
+        guirpc_tests::count_values::call(&client, nested)
+            .await
+            .unwrap(),
+        101
+    );
+}
+
+/// The built-in functions take no arguments, as PROTOCOL.md says, and the size and codec
+/// refusals name the function.
+#[tokio::test(flavor = "multi_thread")]
+async fn builtins_refuse_arguments_and_refusals_name_the_function() {
+    let queue = unique_queue("builtin-args");
+    let (_server, _client) = start(&queue, |s| s.max_message_size = 64).await;
+    let mut plain = Plain::connect().await;
+    for name in ["guirpc.ping", "guirpc.describe"] {
+        for (args, answer) in [
+            ("{}", "ok"),
+            ("[]", "ok"),
+            ("null", "ok"),
+            ("5", "error"),
+            (r#""s""#, "error"),
+            ("[1]", "error"),
+            (r#"{"a": 1}"#, "error"),
+        ] {
+            plain
+                .publish(
+                    &queue,
+                    json_request(args, headers(&[function(name)])),
+                    args.as_bytes(),
+                )
+                .await;
+            let reply = plain.reply().await;
+            assert_eq!(status(&reply), answer, "{name} {args}");
+            if answer == "ok" {
+                continue;
+            }
+            let envelope = body(&reply);
+            assert_eq!(envelope["code"], "bad_request", "{envelope}");
+            assert!(
+                envelope["message"].as_str().unwrap().contains(name),
+                "{envelope}"
+            );
+        }
+    }
+    let big = format!("[{}]", "1, ".repeat(40) + "1");
+    plain
+        .publish(
+            &queue,
+            json_request("big", headers(&[function("add")])),
+            big.as_bytes(),
+        )
+        .await;
+    let envelope = body(&plain.reply().await);
+    assert_eq!(envelope["code"], "too_large");
+    assert!(
+        envelope["message"].as_str().unwrap().contains("`add`"),
+        "{envelope}"
+    );
+    let props =
+        json_request("csv", headers(&[function("add")])).with_content_type("text/csv".into());
+    plain.publish(&queue, props, b"1,2").await;
+    let envelope = body(&plain.reply().await);
+    assert_eq!(envelope["code"], "bad_request");
+    let message = envelope["message"].as_str().unwrap();
+    assert!(
+        message.contains("`add`") && message.contains("text/csv"),
+        "{envelope}"
+    );
+}
+
+/// A server whose queue is deleted and declared again by someone else, with other
+/// arguments, cannot serve it any longer: it stops with the broker's refusal instead of
+/// living on with no consumer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_cannot_declare_its_queue_on_reconnection_stops_with_the_error() {
+    let queue = unique_queue("usurped");
+    let (server, client) = start(&queue, |_| {}).await;
+    assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+    let plain = Plain::connect().await;
+    plain
+        .channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let mut other = expiring();
+    other.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(10));
+    plain
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            other,
+        )
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(20),
+        server.run_until(std::future::pending()),
+    )
+    .await
+    .expect("the server went on running with nothing to serve");
+    let err = ended.unwrap_err();
+    assert!(
+        matches!(err, guirpc_core::ServeError::Topology { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&queue), "{err}");
+    plain
+        .channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
 }
 
 /// A queue only this connection uses, gone with it.

@@ -77,7 +77,7 @@ async fn shutdown_finishes_running_calls_and_a_second_server_takes_the_rest() {
         .collect();
     // Let the first server take its prefetch and start two calls, then stop it.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    first.shutdown().await;
+    first.shutdown().await.unwrap();
     let _second = start(&queue, |b| b.concurrency(8)).await;
     for call in calls {
         assert_eq!(call.await.unwrap().unwrap(), 400);

@@ -1,12 +1,20 @@
 //! Body encodings. A request names its codec in `content_type`; the server answers in the
 //! same one. MessagePack is the default: compact, and written with field names so that any
 //! MessagePack library can read what a Rust struct became.
+//!
+//! Both codecs read a body the same way, whoever sent it: one value and nothing after it,
+//! nested fewer than [`MAX_DEPTH`] levels (serde_json's own limit), so that no body can
+//! exhaust a stack, in a debug build either. Both refuse to write a float that is not
+//! finite in JSON, which has no way to carry it.
+
+mod extent;
+mod finite;
 
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// A body encoding.
 ///
@@ -27,6 +35,10 @@ pub enum Codec {
     /// JSON (`application/json`).
     Json,
 }
+
+/// The deepest nesting of arrays and maps a body may have: serde_json's limit, applied to
+/// MessagePack as well.
+pub const MAX_DEPTH: usize = 128;
 
 /// A value could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,14 +77,25 @@ impl Codec {
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, CodecError> {
         match self {
             Codec::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| CodecError(e.to_string())),
-            Codec::Json => serde_json::to_vec(value).map_err(|e| CodecError(e.to_string())),
+            Codec::Json => {
+                serde_json::to_vec(&finite::Finite(value)).map_err(|e| CodecError(e.to_string()))
+            }
         }
     }
 
     /// Decodes a value; the error says what did not fit, and where.
     pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, CodecError> {
         let decoded = match self {
-            Codec::MsgPack => rmp_serde::from_slice(body).map_err(|e| e.to_string()),
+            Codec::MsgPack => {
+                let end = extent::first_value_len(body).map_err(CodecError)?;
+                if end < body.len() {
+                    return Err(CodecError(format!(
+                        "trailing bytes: the value ends at byte {end} of {}",
+                        body.len()
+                    )));
+                }
+                T::deserialize(&mut msgpack_decoder(body)).map_err(|e| e.to_string())
+            }
             Codec::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
         };
         // Only a failure pays for the second, slower decode that explains it.
@@ -89,7 +112,7 @@ impl Codec {
                 serde_path_to_error::deserialize::<_, T>(&mut de).err()?
             }
             Codec::MsgPack => {
-                let value: serde_json::Value = rmp_serde::from_slice(body).ok()?;
+                let value = serde_json::Value::deserialize(&mut msgpack_decoder(body)).ok()?;
                 serde_path_to_error::deserialize::<_, T>(value).err()?
             }
         };
@@ -100,6 +123,15 @@ impl Codec {
             format!("{path}: {}", error.into_inner())
         })
     }
+}
+
+/// A MessagePack decoder of `body` that stops at [`MAX_DEPTH`].
+fn msgpack_decoder(
+    body: &[u8],
+) -> rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'_, [u8]>> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
+    de.set_max_depth(MAX_DEPTH);
+    de
 }
 
 impl fmt::Display for Codec {
@@ -222,5 +254,59 @@ mod tests {
             err.starts_with("y: invalid type: string \"two\", expected i32"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused_by_both_codecs() {
+        for depth in [MAX_DEPTH + 1, 1_000, 100_000] {
+            let mut msgpack = vec![0x91; depth];
+            msgpack.push(0xc0);
+            let json = format!("{}null{}", "[".repeat(depth), "]".repeat(depth));
+            for (codec, body) in [(Codec::MsgPack, msgpack), (Codec::Json, json.into_bytes())] {
+                let err = codec
+                    .decode::<serde_json::Value>(&body)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains("depth") || err.contains("recursion"),
+                    "{codec} {depth}: {err}"
+                );
+                // The explaining second decode must not recurse either.
+                assert!(codec.decode::<Point>(&body).is_err());
+            }
+        }
+        let mut shallow = vec![0x91; 100];
+        shallow.push(0xc0);
+        assert!(Codec::MsgPack.decode::<serde_json::Value>(&shallow).is_ok());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused_by_both_codecs() {
+        let mut msgpack = Codec::MsgPack.encode(&(1, 2)).unwrap();
+        msgpack.push(0x01);
+        let err = Codec::MsgPack.decode::<(i32, i32)>(&msgpack).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
+        assert!(Codec::Json.decode::<(i32, i32)>(b"[1, 2] 3").is_err());
+        assert!(Codec::Json.decode::<(i32, i32)>(b" [1, 2]\n").is_ok());
+        assert!(Codec::MsgPack.decode::<(i32, i32)>(&[0x92, 0x01]).is_err());
+    }
+
+    #[test]
+    fn non_finite_floats_are_refused_in_json_and_carried_in_msgpack() {
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = Codec::Json.encode(&Shape::Circle { r: value }).unwrap_err();
+            assert!(
+                err.to_string().contains("cannot be encoded in JSON"),
+                "{err}"
+            );
+            let err = Codec::Json.encode(&vec![Some(value as f32)]).unwrap_err();
+            assert!(err.to_string().contains("JSON"), "{err}");
+            let body = Codec::MsgPack.encode(&value).unwrap();
+            let back: f64 = Codec::MsgPack.decode(&body).unwrap();
+            assert_eq!(back.to_bits(), value.to_bits());
+        }
+        let mut map = std::collections::BTreeMap::new();
+        map.insert("x", vec![1.5f64, -0.0]);
+        assert_eq!(Codec::Json.encode(&map).unwrap(), br#"{"x":[1.5,-0.0]}"#);
     }
 }

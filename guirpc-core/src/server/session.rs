@@ -1,0 +1,268 @@
+//! A server's connections to the broker, one session at a time: the consuming connection
+//! (topology, consumer, acknowledgements) and the reply connection beside it. A session
+//! ends when the consuming connection fails; the supervisor opens the next one.
+//!
+//! Per class of failure: a broker that cannot be reached (refused, closed, timed out, an
+//! authentication the broker turned down) is retried for as long as it takes, logged at
+//! every attempt; a broker that refuses the topology (`PRECONDITION_FAILED`,
+//! `ACCESS_REFUSED`, ...) will refuse it again, so the server stops with that error.
+
+use std::sync::Arc;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::reply::Replier;
+use super::settle::Settler;
+use super::{ServeError, Shared};
+use crate::connection;
+use crate::protocol::{self, ExchangeName};
+
+/// One connection's worth of serving.
+pub(super) struct Session {
+    connection: Connection,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    settler: Arc<Settler>,
+    replier: Arc<Replier>,
+}
+
+enum SessionError {
+    Connect(connection::ConnectError),
+    Topology(lapin::Error),
+}
+
+impl Session {
+    pub(super) async fn open_with_retry(shared: &Shared) -> Result<Session, ServeError> {
+        let mut delays = connection::reconnect_delays();
+        loop {
+            match Session::open(shared).await {
+                Ok(session) => return Ok(session),
+                Err(SessionError::Connect(err)) => {
+                    let delay = delays.next().unwrap_or(std::time::Duration::from_secs(4));
+                    warn!(
+                        "broker unreachable at {}: {err}; retrying in {:.1}s",
+                        shared.masked_uri,
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(SessionError::Topology(source)) => {
+                    return Err(ServeError::Topology {
+                        uri: shared.masked_uri.clone(),
+                        queue: shared.settings.queue.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn open(shared: &Shared) -> Result<Session, SessionError> {
+        let settings = &shared.settings;
+        let name = format!("guirpc server {}", settings.queue);
+        let connection = connection::connect(&settings.uri, &settings.tls_ca_file, &name)
+            .await
+            .map_err(SessionError::Connect)?;
+        tokio::spawn(log_blocking(
+            connection.events_listener(),
+            shared.masked_uri.clone(),
+        ));
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|err| SessionError::Connect(err.into()))?;
+        let topology = async {
+            protocol::declare_exchange(&channel, &settings.exchange).await?;
+            channel
+                .queue_declare(
+                    settings.queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    queue_arguments(shared),
+                )
+                .await?;
+            // The default exchange routes to every queue by its name, and takes no bindings.
+            if !settings.exchange.is_empty() {
+                channel
+                    .queue_bind(
+                        settings.queue.as_str().into(),
+                        settings.exchange.as_str().into(),
+                        settings.queue.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            channel
+                .basic_qos(settings.prefetch, BasicQosOptions::default())
+                .await?;
+            channel
+                .basic_consume(
+                    settings.queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        };
+        let consumer = match topology.await {
+            Ok(consumer) => consumer,
+            // A channel error is the broker's answer to the topology; a connection that
+            // failed meanwhile is only a connection failure, retried.
+            Err(err) if connection.status().connected() => {
+                let _ = connection.close(200, "topology refused".into()).await;
+                return Err(SessionError::Topology(err));
+            }
+            Err(err) => return Err(SessionError::Connect(err.into())),
+        };
+        let replier = Replier::open(shared).await.map_err(SessionError::Connect)?;
+        info!(
+            "serving {} function(s) on queue `{}` ({}) at {}",
+            shared.registry.len(),
+            settings.queue,
+            ExchangeName(&settings.exchange),
+            shared.masked_uri
+        );
+        let dead_letter = !settings.dead_letter_exchange.is_empty();
+        Ok(Session {
+            settler: Arc::new(Settler::new(channel.clone(), dead_letter)),
+            replier: Arc::new(replier),
+            connection,
+            channel,
+            consumer,
+        })
+    }
+
+    async fn close(&self) {
+        let _ = self.channel.close(200, "shutdown".into()).await;
+        let _ = self.connection.close(200, "shutdown".into()).await;
+        self.replier.close().await;
+    }
+}
+
+/// The queue's declaration arguments: the configured ones, and dead-lettering if set.
+fn queue_arguments(shared: &Shared) -> FieldTable {
+    let mut arguments = shared.queue_arguments.clone();
+    let exchange = &shared.settings.dead_letter_exchange;
+    if !exchange.is_empty() {
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            lapin::types::AMQPValue::LongString(exchange.as_str().into()),
+        );
+    }
+    arguments
+}
+
+/// Logs the broker blocking this connection's publishes (replies wait meanwhile).
+pub(super) async fn log_blocking(
+    events: impl futures_lite::Stream<Item = lapin::Event>,
+    uri: String,
+) {
+    futures_lite::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::ConnectionBlocked(reason) => {
+                warn!("the broker at {uri} blocks publishing, replies wait: {reason}");
+            }
+            lapin::Event::ConnectionUnblocked => {
+                info!("the broker at {uri} accepts publishing again")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Serves session after session until told to stop (`Ok`), or until the broker refuses
+/// the topology on a reconnection (`Err`: the server cannot serve any longer).
+pub(super) async fn supervise(
+    shared: Arc<Shared>,
+    mut session: Session,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    loop {
+        match consume(&shared, &mut session, &mut stop).await {
+            Ok(()) => {
+                drain(&shared, &session).await;
+                return Ok(());
+            }
+            Err(err) => {
+                warn!(
+                    "lost the connection to {}: {err}; reconnecting",
+                    shared.masked_uri
+                );
+                session.replier.close().await;
+                session = tokio::select! {
+                    session = Session::open_with_retry(&shared) => session?,
+                    _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                };
+            }
+        }
+    }
+}
+
+/// Takes deliveries until told to stop (`Ok`) or the connection fails (`Err`).
+async fn consume(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            permit = shared.semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let delivery = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            delivery = session.consumer.next() => delivery,
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                session.settler.received(delivery.delivery_tag);
+                tokio::spawn(super::dispatch::handle(
+                    shared.clone(),
+                    session.settler.clone(),
+                    session.replier.clone(),
+                    delivery,
+                    permit,
+                ));
+            }
+            Some(Err(err)) => return Err(err.to_string()),
+            None => return Err("the broker cancelled the consumer".into()),
+        }
+    }
+}
+
+/// Graceful end of a session: no new deliveries, running handlers finish, the rest go back.
+async fn drain(shared: &Shared, session: &Session) {
+    let tag = session.consumer.tag();
+    if let Err(err) = session
+        .channel
+        .basic_cancel(tag, BasicCancelOptions::default())
+        .await
+    {
+        debug!("cancelling the consumer: {err}");
+    }
+    let all = u32::try_from(shared.settings.concurrency).unwrap_or(u32::MAX);
+    let grace = shared.settings.shutdown_grace;
+    if tokio::time::timeout(grace, shared.semaphore.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!(
+            "calls still running after the {grace:?} grace period are abandoned; the broker will redeliver them"
+        );
+    }
+    // Closing returns every request delivered but not acknowledged to the queue.
+    session.close().await;
+}
