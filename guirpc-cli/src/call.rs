@@ -4,12 +4,14 @@ use std::collections::VecDeque;
 
 use clap::Args as ClapArgs;
 use guirpc_core::{Client, Error};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::task::JoinHandle;
 
 use crate::exit::{Exit, Failure};
 use crate::logging::LogArgs;
+use crate::output::outln;
 use crate::settings::ClientArgs;
 
 /// Call a function by name with JSON arguments and print its result as JSON.
@@ -111,13 +113,13 @@ async fn call_once(
             } else {
                 serde_json::to_string(&result)
             };
-            println!("{}", text.expect("a JSON value always prints"));
+            outln!("{}", text.expect("a JSON value always prints"));
             Ok(())
         }
         Err(err) => {
             // The envelope goes to standard output for scripts; the sentence to standard error.
             if let Error::Remote(_) = &err {
-                println!("{}", error_line(&err));
+                outln!("{}", error_line(&err));
             }
             Err(err.into())
         }
@@ -139,14 +141,19 @@ async fn call_lines(client: Client, function: String, inflight: usize) -> Result
     let mut out = BufWriter::new(tokio::io::stdout());
     let mut window: VecDeque<Slot> = VecDeque::with_capacity(inflight);
     let (mut line_number, mut failed, mut eof) = (0usize, 0usize, false);
-    let write_error =
-        |err: std::io::Error| Failure::new(Exit::Usage, format!("cannot write the results: {err}"));
+    // A reader that went away ends the run quietly; nothing more can be delivered.
+    let write_error = |err: std::io::Error| -> Failure { crate::output::closed_or_failed(&err) };
+    let progress = progress_bar();
     loop {
         while let Some(Slot::Ready(..)) = window.front() {
             let Some(Slot::Ready(ok, line)) = window.pop_front() else {
                 unreachable!()
             };
             failed += usize::from(!ok);
+            progress.inc(1);
+            if !ok {
+                progress.set_message(format!("{failed} failed"));
+            }
             out.write_all(line.as_bytes()).await.map_err(write_error)?;
             out.write_all(b"\n").await.map_err(write_error)?;
         }
@@ -202,11 +209,25 @@ async fn call_lines(client: Client, function: String, inflight: usize) -> Result
             }
         }
     }
+    progress.finish_and_clear();
     if failed > 0 {
         eprintln!("{failed} of {line_number} calls failed");
         return Err(Failure::silent(Exit::Remote));
     }
     Ok(())
+}
+
+/// Lines done, their rate and failures, on standard error while it is a terminal (and
+/// not at all otherwise: a log file or a pipe gets no progress lines).
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {human_pos} lines done, {per_sec}, {msg}")
+            .expect("a valid template"),
+    );
+    bar.set_message("0 failed");
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
 }
 
 /// A failed call as one JSON line: `{"error": {"code", "message", "detail"}}`.

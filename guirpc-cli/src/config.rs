@@ -10,6 +10,7 @@ use guirpc_core::config::DEFAULT_CONFIG_FILE;
 use crate::exit::{Exit, Failure};
 use crate::list::print_table;
 use crate::logging::LogArgs;
+use crate::output::outln;
 use crate::settings::ClientArgs;
 
 /// Write a commented guirpc.toml, or show the effective settings and where each came from.
@@ -93,7 +94,7 @@ fn show(settings: &Settings, json: bool) -> Result<(), Failure> {
             .entries()
             .map(|(key, value, source)| serde_json::json!({"key": key.path(), "value": value, "source": source.to_string()}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&entries).expect("settings always print")
         );

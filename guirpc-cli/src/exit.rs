@@ -20,6 +20,9 @@ pub enum Exit {
     Timeout = 4,
     /// No service queue for the call.
     NoRoute = 5,
+    /// Stopped by a second Ctrl-C or SIGTERM without waiting for running calls (128 + SIGINT,
+    /// as shells report an interrupted program).
+    Interrupted = 130,
 }
 
 impl From<Exit> for ExitCode {

@@ -28,13 +28,14 @@ mod exit;
 mod list;
 mod logging;
 mod new;
+mod output;
 mod ping;
 mod serve;
 mod settings;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub use exit::Exit;
 
@@ -68,6 +69,12 @@ enum Command {
     },
 }
 
+/// Why the command line could not be read.
+enum Parse {
+    Clap(clap::Error),
+    Settings(exit::Failure),
+}
+
 /// Runs the command line with this process's arguments and returns its exit code.
 pub fn main() -> ExitCode {
     Main::new().run()
@@ -98,6 +105,13 @@ impl Main {
         self
     }
 
+    /// The command line, its help showing this program's defaults.
+    fn command(&self) -> Result<clap::Command, exit::Failure> {
+        let settings = guirpc_core::Settings::with_defaults(&self.defaults)
+            .map_err(|err| exit::Failure::new(Exit::Usage, err.to_string()))?;
+        Ok(settings::document_defaults(Cli::command(), &settings))
+    }
+
     /// Runs with this process's arguments and returns the exit code.
     pub fn run(self) -> ExitCode {
         self.run_with(std::env::args_os())
@@ -109,9 +123,16 @@ impl Main {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cli = match Cli::try_parse_from(args) {
+        let parsed = self.command().map_err(Parse::Settings).and_then(|command| {
+            command
+                .try_get_matches_from(args)
+                .and_then(|matches| Cli::from_arg_matches(&matches))
+                .map_err(Parse::Clap)
+        });
+        let cli = match parsed {
             Ok(cli) => cli,
-            Err(err) => {
+            Err(Parse::Settings(failure)) => return failure.report(),
+            Err(Parse::Clap(err)) => {
                 let _ = err.print();
                 return if err.use_stderr() {
                     Exit::Usage.into()
@@ -124,15 +145,11 @@ impl Main {
         let outcome = match cli.command {
             Command::New(args) => new::run(args),
             Command::Config(args) => config::run(args, &cli.log, defaults),
-            Command::Completions { shell } => {
-                clap_complete::generate(
-                    shell,
-                    &mut Cli::command(),
-                    "guirpc",
-                    &mut std::io::stdout(),
-                );
-                Ok(())
-            }
+            Command::Completions { shell } => self.command().map(|mut command| {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut command, "guirpc", &mut script);
+                output::write_bytes(&script);
+            }),
             command => match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -4,6 +4,7 @@ use clap::Args as ClapArgs;
 
 use crate::exit::Failure;
 use crate::logging::LogArgs;
+use crate::output::outln;
 use crate::settings::ClientArgs;
 
 /// List the functions a running service serves: name, parameters, return type, description.
@@ -26,7 +27,7 @@ pub(crate) async fn run(
     let client = args.client.connect(log, defaults).await?;
     let description = client.describe().await?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&description).expect("a description always prints")
         );
@@ -76,7 +77,7 @@ pub(crate) fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]
                 text.push_str(&format!("{cell:width$}  ", width = widths[i]));
             }
         }
-        println!("{}", text.trim_end());
+        outln!("{}", text.trim_end());
     };
     line(header.to_vec());
     for row in rows {

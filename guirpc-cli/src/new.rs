@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args as ClapArgs;
 
 use crate::exit::{Exit, Failure};
+use crate::output::outln;
 
 /// Create a ready-to-build service crate: an #[rpc] function, guirpc.toml, a client example
 /// and a README. Refuses to touch an existing directory; never deletes anything.
@@ -71,9 +72,9 @@ pub(crate) fn run(args: Args) -> Result<(), Failure> {
             .hint(format!("what was written so far is left in `{name}`")));
         }
     }
-    println!("created service crate `{name}`");
-    println!("  cd {name} && cargo run -- serve                  # serve it");
-    println!(
+    outln!("created service crate `{name}`");
+    outln!("  cd {name} && cargo run -- serve                  # serve it");
+    outln!(
         "  cd {name} && cargo run --example client          # call it (with the service running)"
     );
     Ok(())

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::exit::Failure;
 use crate::logging::LogArgs;
+use crate::output::outln;
 use crate::settings::ClientArgs;
 
 /// Round-trip to one server of a running service: instance, version, uptime, calls in flight,
@@ -34,9 +35,9 @@ pub(crate) async fn run(
     if args.json {
         let mut value = serde_json::to_value(&pong).expect("a pong always converts");
         value["latency_ms"] = json!(latency.as_secs_f64() * 1000.0);
-        println!("{value}");
+        outln!("{value}");
     } else {
-        println!(
+        outln!(
             "pong from {} (guirpc {}) on queue `{}`: up {}, {} of {} calls in flight, {} functions, {:.2} ms",
             pong.instance,
             pong.version,

@@ -3,13 +3,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use clap::Args as ClapArgs;
+use clap::{Args as ClapArgs, ValueEnum};
 use guirpc_core::protocol::ExchangeName;
 use guirpc_core::{Registry, ServeError, Server};
 
 use crate::exit::{Exit, Failure};
 use crate::logging::{self, LogArgs};
-use crate::settings::BrokerArgs;
+use crate::output::outln;
+use crate::settings::{BrokerArgs, value_name};
 
 /// Serve every #[rpc] function of this program on the service queue, until Ctrl-C or SIGTERM.
 ///
@@ -21,15 +22,24 @@ use crate::settings::BrokerArgs;
 pub(crate) struct Args {
     #[command(flatten)]
     broker: BrokerArgs,
-    /// Unacknowledged requests the broker sends ahead [env: GUIRPC_PREFETCH] [default: 128]
+    /// Unacknowledged requests the broker sends ahead
     #[arg(long, value_name = "N")]
     prefetch: Option<u16>,
-    /// Calls run at once [env: GUIRPC_CONCURRENCY] [default: 64]
+    /// Calls run at once
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
-    /// at-least-once (acknowledge after the reply) or at-most-once [env: GUIRPC_DELIVERY]
+    /// When a request is acknowledged
     #[arg(long, value_name = "MODE")]
-    delivery: Option<String>,
+    delivery: Option<DeliveryArg>,
+}
+
+/// When a request is acknowledged.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeliveryArg {
+    /// After its reply is published: a request in flight when a server dies runs again
+    AtLeastOnce,
+    /// On receipt: a request in flight when a server dies is lost
+    AtMostOnce,
 }
 
 pub(crate) async fn run(
@@ -44,8 +54,8 @@ pub(crate) async fn run(
     if let Some(concurrency) = args.concurrency {
         more.push(("service.concurrency", concurrency.to_string()));
     }
-    if let Some(delivery) = &args.delivery {
-        more.push(("service.delivery", delivery.clone()));
+    if let Some(delivery) = args.delivery {
+        more.push(("service.delivery", value_name(delivery)));
     }
     let settings = args.broker.load(log, more, defaults)?;
     logging::init(&settings)?;
@@ -54,7 +64,7 @@ pub(crate) async fn run(
         return delegate_to_crate();
     }
 
-    println!(
+    outln!(
         "guirpc {} serving queue `{}` ({}) at {}",
         env!("CARGO_PKG_VERSION"),
         settings.queue,
@@ -67,9 +77,9 @@ pub(crate) async fn run(
         .max()
         .unwrap_or(0);
     for function in registry.iter() {
-        println!("  {:width$}  {}", function.signature(), function.summary());
+        outln!("  {:width$}  {}", function.signature(), function.summary());
     }
-    println!(
+    outln!(
         "delivery {}, prefetch {}, concurrency {}; Ctrl-C to stop",
         settings
             .entries()
@@ -91,10 +101,11 @@ pub(crate) async fn run(
             }
             other => Failure::new(Exit::Connection, other.to_string()),
         })?;
-    server
-        .run_until_signal()
-        .await
-        .map_err(|err| Failure::new(Exit::Connection, err.to_string()))
+    server.run_until_signal().await.map_err(|err| match err {
+        ServeError::Interrupted { .. } => Failure::new(Exit::Interrupted, err.to_string()),
+        other => Failure::new(Exit::Connection, other.to_string())
+            .hint("the server stopped serving; `guirpc config show` prints the settings it used"),
+    })
 }
 
 /// The standalone `guirpc` links no functions: serve the crate in this directory instead.

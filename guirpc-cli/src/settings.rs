@@ -1,13 +1,63 @@
 //! Flags shared by every command that talks to a broker, and how they become [`Settings`].
+//! [`FLAGS`] maps each flag to its setting: the one table that loads a flag's value and
+//! writes the environment variables and default into its help.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Args;
-use guirpc_core::config::LoadOptions;
-use guirpc_core::{Client, ClientBuilder, Codec, Settings};
+use clap::{Args, ValueEnum};
+use guirpc_core::config::{KEYS, LoadOptions, format_duration, parse_duration};
+use guirpc_core::{Client, ClientBuilder, Settings};
 
 use crate::exit::{Exit, Failure};
 use crate::logging::LogArgs;
+
+/// Every flag that sets a setting: `(flag id, setting)`.
+pub(crate) const FLAGS: &[(&str, &str)] = &[
+    ("uri", "broker.uri"),
+    ("exchange", "broker.exchange"),
+    ("queue", "service.queue"),
+    ("prefetch", "service.prefetch"),
+    ("concurrency", "service.concurrency"),
+    ("delivery", "service.delivery"),
+    ("timeout", "client.timeout"),
+    ("codec", "client.codec"),
+    ("log_level", "log.level"),
+    ("log_format", "log.format"),
+];
+
+/// Adds `[env: ...] [default: ...]` to the help of every flag in [`FLAGS`], with the
+/// defaults in force for this program (a service's own default queue, say).
+pub(crate) fn document_defaults(command: clap::Command, settings: &Settings) -> clap::Command {
+    let command = FLAGS.iter().fold(command, |command, &(id, path)| {
+        if command.get_arguments().all(|arg| arg.get_id() != id) {
+            return command;
+        }
+        let Some((key, value, _)) = settings.entries().find(|(key, _, _)| key.path() == path)
+        else {
+            return command;
+        };
+        let shown = if value.is_empty() {
+            "\"\"".to_owned()
+        } else {
+            value
+        };
+        command.mut_arg(id, |arg| {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!(
+                "{help} [env: {}] [default: {shown}]",
+                key.env.join(", ")
+            ))
+        })
+    });
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    names.into_iter().fold(command, |command, name| {
+        command.mut_subcommand(name, |sub| document_defaults(sub, settings))
+    })
+}
 
 #[derive(Debug, Args)]
 pub(crate) struct BrokerArgs {
@@ -20,15 +70,24 @@ pub(crate) struct BrokerArgs {
         hide_env = true
     )]
     pub config: Option<PathBuf>,
-    /// Broker URI [env: GUIRPC_URI, AMQP_URI] [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    /// Broker URI
     #[arg(long, value_name = "URI")]
     pub uri: Option<String>,
-    /// Exchange requests are published to [env: GUIRPC_EXCHANGE] [default: "", the default exchange]
+    /// Exchange requests are published to ("" is the default exchange)
     #[arg(long, value_name = "NAME")]
     pub exchange: Option<String>,
-    /// Service queue [env: GUIRPC_QUEUE] [default: guirpc]
+    /// Service queue
     #[arg(long, short = 'q', value_name = "NAME")]
     pub queue: Option<String>,
+}
+
+/// How arguments are encoded.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum CodecArg {
+    /// MessagePack
+    Msgpack,
+    /// JSON
+    Json,
 }
 
 /// Flags of commands that call a service.
@@ -36,12 +95,21 @@ pub(crate) struct BrokerArgs {
 pub(crate) struct ClientArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
-    /// How long to wait for the reply, e.g. 500ms, 10s [env: GUIRPC_TIMEOUT] [default: 30s]
-    #[arg(long, short = 't', value_name = "DURATION")]
-    pub timeout: Option<String>,
-    /// How to encode arguments: msgpack or json [env: GUIRPC_CODEC] [default: msgpack]
+    /// How long to wait for the reply, e.g. 500ms, 10s
+    #[arg(long, short = 't', value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// How to encode arguments
     #[arg(long, value_name = "CODEC")]
-    pub codec: Option<Codec>,
+    pub codec: Option<CodecArg>,
+}
+
+/// A flag's value, as the setting reads it.
+pub(crate) fn value_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .expect("no value is skipped")
+        .get_name()
+        .to_owned()
 }
 
 impl BrokerArgs {
@@ -64,6 +132,11 @@ impl BrokerArgs {
                 .filter_map(|(key, value)| value.clone().map(|v| (key, v))),
         );
         flags.extend(more);
+        debug_assert!(
+            flags
+                .iter()
+                .all(|(path, _)| KEYS.iter().any(|k| k.path() == *path))
+        );
         Settings::load(LoadOptions {
             file: self.config.clone(),
             flags,
@@ -84,11 +157,11 @@ impl ClientArgs {
         defaults: &[(&'static str, String)],
     ) -> Result<Settings, Failure> {
         let mut more = Vec::new();
-        if let Some(timeout) = &self.timeout {
-            more.push(("client.timeout", timeout.clone()));
+        if let Some(timeout) = self.timeout {
+            more.push(("client.timeout", format_duration(timeout)));
         }
         if let Some(codec) = self.codec {
-            more.push(("client.codec", codec.to_string()));
+            more.push(("client.codec", value_name(codec)));
         }
         self.broker.load(log, more, defaults)
     }

@@ -590,3 +590,125 @@ fn completions_help_and_a_serve_without_functions() {
         text(&out.stderr)
     );
 }
+
+/// A reader that closes the pipe before the output comes (`guirpc list | head -1`) ends
+/// the command quietly, not with a panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_output_pipe_ends_quietly() {
+    let server = serve("closed-pipe").await;
+    let q = server.queue().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_guirpc"))
+            .args(["list", "-q", &q])
+            .env("GUIRPC_URI", broker())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before a line is written.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+}
+
+/// `call --stdin` shows its progress on a terminal (here a pseudo-terminal made by
+/// `script`), and writes nothing to standard error otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn call_stdin_shows_progress_only_on_a_terminal() {
+    let server = serve("progress").await;
+    let q = server.queue().to_owned();
+    let dir = std::env::temp_dir().join(format!("guirpc-progress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input: String = (0..3000).map(|i| format!("[{i}, 1]\n")).collect();
+    std::fs::write(dir.join("in.jsonl"), &input).unwrap();
+
+    let quiet = guirpc(&["call", "add", "--stdin", "-q", &q], Some(input)).await;
+    assert_eq!(quiet.status.code(), Some(0));
+    assert_eq!(text(&quiet.stderr), "", "progress on a pipe");
+    assert_eq!(text(&quiet.stdout).lines().count(), 3000);
+
+    let shell = format!(
+        "{} call add --stdin -q {q} < in.jsonl > out.jsonl",
+        env!("CARGO_BIN_EXE_guirpc")
+    );
+    let on_terminal = tokio::task::spawn_blocking(move || {
+        let out = Command::new("script")
+            .args(["-qec", &shell, "/dev/null"])
+            .current_dir(&dir)
+            .env("GUIRPC_URI", broker())
+            .stdin(Stdio::null())
+            .output()
+            .expect("`script` (util-linux) runs");
+        let results = std::fs::read_to_string(dir.join("out.jsonl")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (out, results)
+    })
+    .await
+    .unwrap();
+    let (out, results) = on_terminal;
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(results.lines().count(), 3000);
+    let screen = text(&out.stdout);
+    assert!(
+        screen.contains("lines done"),
+        "no progress shown: {screen:?}"
+    );
+}
+
+/// Flags take typed values, listed in help; the help shows the program's own defaults;
+/// `GUIRPC_LOG` takes `tracing`'s filter syntax and refuses a word that is no level.
+#[tokio::test(flavor = "multi_thread")]
+async fn flags_are_typed_and_log_filters_are_checked() {
+    let out = guirpc(&["call", "add", "[1, 2]", "--timeout", "soon"], None).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("30s"), "{}", text(&out.stderr));
+    let out = guirpc(&["serve", "--delivery", "twice"], None).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("at-least-once"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = guirpc(&["ping", "--log-level", "loud"], None).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = guirpc(&["serve", "--help"], None).await;
+    let help = text(&out.stdout);
+    for expected in [
+        "[default: guirpc]",
+        "[env: GUIRPC_PREFETCH] [default: 128]",
+        "at-most-once",
+        "[possible values: error, warn, info, debug, trace]",
+    ] {
+        assert!(help.contains(expected), "`{expected}` missing from {help}");
+    }
+
+    let server = serve("log-filter").await;
+    let q = server.queue().to_owned();
+    let log = |filter: &'static str| {
+        let q = q.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_guirpc"))
+                .args(["call", "add", "[1, 2]", "-q", &q])
+                .env("GUIRPC_URI", broker())
+                .env("GUIRPC_LOG", filter)
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = log("warn,guirpc_core=debug").await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "3\n");
+    let out = log("loud").await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("`loud` is not a level"),
+        "{}",
+        text(&out.stderr)
+    );
+}
