@@ -207,3 +207,76 @@ fn bad_configuration_is_a_usage_error_naming_file_line_and_key() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("GUIRPC_PREFETCH"), "{stderr}");
 }
+
+/// Whether `python3` with pika can run here. CI installs it (`.ci/run`); elsewhere the
+/// Python check is skipped with a note rather than failed.
+fn python_with_pika() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import pika"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have python3 with pika (apt-get install python3-pika)"
+        );
+        eprintln!("skipped: python3 with pika is not installed (apt-get install python3-pika)");
+    }
+    found
+}
+
+/// PROTOCOL.md's Python client, exactly as printed there, calls the calculator: a result,
+/// each kind of error with its exit code, and a missing service at once.
+#[test]
+fn the_python_client_of_the_protocol_document_works_as_printed() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let script = std::fs::read_to_string(format!("{root}/examples/python/call.py")).unwrap();
+    let protocol = std::fs::read_to_string(format!("{root}/docs/PROTOCOL.md")).unwrap();
+    let printed = protocol
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("PROTOCOL.md has a python block");
+    assert_eq!(
+        printed, script,
+        "PROTOCOL.md's example differs from examples/python/call.py"
+    );
+    if !python_with_pika() {
+        return;
+    }
+    let queue = queue("python");
+    let (child, lines) = serve(&["--queue", &queue]);
+    wait_for(&lines, "serving 3 function(s)");
+    let python = |function: &str, args: &str, queue: &str| {
+        let out = Command::new("python3")
+            .arg(format!("{root}/examples/python/call.py"))
+            .args([queue, function, args, "--uri", &broker(), "--timeout", "10"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = python("add", r#"{"a": 1, "b": 2}"#, &queue);
+    assert_eq!((code, stdout.as_str()), (Some(0), "3"), "{stderr}");
+    let (code, _, stderr) = python("divide", r#"{"dividend": 1, "divisor": 0}"#, &queue);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("handler_error"), "{stderr}");
+    let (code, _, stderr) = python("nope", "{}", &queue);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not_found"), "{stderr}");
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = python("add", "[1, 2]", &format!("{queue}.missing"));
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a missing service took {:?}",
+        started.elapsed()
+    );
+    assert!(terminate(child).success());
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_queue", &queue])
+        .output();
+}

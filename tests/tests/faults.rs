@@ -292,3 +292,63 @@ async fn a_memory_alarm_is_surfaced_calls_end_by_their_deadline_and_all_is_well_
     assert!(client.blocked().is_none());
     drop(broker);
 }
+
+/// A client whose connection drops under a steady load fails only the calls that were in
+/// flight; calls started while it reconnects wait for the new connection and succeed.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_made_while_reconnecting_wait_for_the_connection_instead_of_failing() {
+    const CALLS: i64 = 6000;
+    const IN_FLIGHT: usize = 64;
+    let (_one, broker) = private_broker("reconnect-wait").await;
+    let _server = server(&broker, "wait", 64).await;
+    let client = client(&broker, "wait", Duration::from_secs(20)).await;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let done = std::sync::Arc::new(AtomicUsize::new(0));
+    let driver = {
+        let (client, slots, done) = (client.clone(), slots.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut calls = Vec::new();
+            for i in 0..CALLS {
+                let slot = slots.clone().acquire_owned().await.unwrap();
+                let (client, done) = (client.clone(), done.clone());
+                calls.push(tokio::spawn(async move {
+                    let result = add::call(&client, i, 1).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    drop(slot);
+                    (i, result)
+                }));
+            }
+            calls
+        })
+    };
+    while done.load(Ordering::Relaxed) < 1500 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let broker = tokio::task::spawn_blocking(move || {
+        assert_eq!(broker.close_connections_named("guirpc client"), 1);
+        broker
+    })
+    .await
+    .unwrap();
+    let mut failed = Vec::new();
+    for call in driver.await.unwrap() {
+        let (i, result) = call.await.unwrap();
+        match result {
+            Ok(sum) => assert_eq!(sum, i + 1),
+            Err(err) => {
+                assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+                failed.push(i);
+            }
+        }
+    }
+    eprintln!(
+        "{} of {CALLS} calls failed with the connection",
+        failed.len()
+    );
+    assert!(
+        failed.len() <= IN_FLIGHT,
+        "{} calls failed, more than the {IN_FLIGHT} that can have been in flight",
+        failed.len()
+    );
+    drop(broker);
+}
