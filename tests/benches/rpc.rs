@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use futures_lite::StreamExt;
 use guirpc_core::config::parse_duration;
 use guirpc_core::{BlockingClient, Client, Server, rpc};
@@ -100,63 +101,46 @@ fn broker() -> String {
     std::env::var("GUIRPC_TEST_URI").unwrap_or_else(|_| guirpc_core::config::DEFAULT_URI.to_owned())
 }
 
+/// guirpc's clients against a minimal request/reply written directly on lapin, on the
+/// same broker in the same run: calls per second, latency, the ratio to the baseline, and
+/// the CPU each call costs in this process and in the broker.
+#[derive(Parser)]
+#[command(name = "rpc")]
 struct Options {
+    /// How long each arm runs per round
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     duration: Duration,
+    /// Rounds per measurement; the arms alternate within each
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Also write the results to this JSON file
+    #[arg(long, value_name = "FILE")]
     json: Option<String>,
+    /// Measure steady memory over this many calls instead
+    #[arg(long, value_name = "CALLS")]
     memory: Option<u64>,
+    /// Measure 1, 2 and 4 server processes on one queue instead
+    #[arg(long)]
     scale_out: bool,
+    /// Serve the echo function on this queue until stdin closes (what --scale-out starts)
+    #[arg(long, value_name = "QUEUE")]
     serve: Option<String>,
+    /// Calls in flight to measure at
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     inflight: Vec<usize>,
+    /// Payload sizes in bytes
+    #[arg(long, value_delimiter = ',', default_value = "16,65536")]
     payloads: Vec<usize>,
+    /// Which clients to measure
+    #[arg(long, value_delimiter = ',', default_value = "raw,async,blocking")]
     arms: Vec<Arm>,
+    /// Passed by `cargo bench`; ignored
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        duration: Duration::from_secs(1),
-        rounds: 3,
-        json: None,
-        memory: None,
-        scale_out: false,
-        serve: None,
-        inflight: vec![1, 16, 64],
-        payloads: vec![16, 64 * 1024],
-        arms: ARMS.to_vec(),
-    };
-    let mut args = std::env::args().skip(1);
-    let list = |text: String| -> Vec<usize> {
-        text.split(',')
-            .map(|n| n.parse().expect("a number"))
-            .collect()
-    };
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--duration" => {
-                options.duration = parse_duration(&args.next().expect("--duration 1s")).unwrap()
-            }
-            "--rounds" => options.rounds = args.next().expect("--rounds N").parse().unwrap(),
-            "--json" => options.json = args.next(),
-            "--memory" => {
-                options.memory = Some(args.next().expect("--memory CALLS").parse().unwrap())
-            }
-            "--scale-out" => options.scale_out = true,
-            "--serve" => options.serve = args.next(),
-            "--inflight" => options.inflight = list(args.next().expect("--inflight 1,16,64")),
-            "--payloads" => options.payloads = list(args.next().expect("--payloads 16,65536")),
-            "--arms" => {
-                let names = args.next().expect("--arms raw,async,blocking");
-                options.arms = ARMS
-                    .into_iter()
-                    .filter(|arm| names.contains(arm.flag()))
-                    .collect();
-            }
-            // `cargo bench` passes `--bench`.
-            "--bench" => {}
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    options
+    Options::parse()
 }
 
 fn main() {
@@ -209,7 +193,7 @@ impl Samples {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, clap::ValueEnum)]
 enum Arm {
     Raw,
     Async,
@@ -217,14 +201,6 @@ enum Arm {
 }
 
 impl Arm {
-    fn flag(self) -> &'static str {
-        match self {
-            Arm::Raw => "raw",
-            Arm::Async => "async",
-            Arm::Blocking => "blocking",
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             Arm::Raw => "raw lapin",
@@ -234,7 +210,6 @@ impl Arm {
     }
 }
 
-const ARMS: [Arm; 3] = [Arm::Raw, Arm::Async, Arm::Blocking];
 
 struct Contenders {
     raw: Arc<raw::Client>,

@@ -60,9 +60,8 @@ pub(super) async fn handle(
     let function = function.as_deref();
     if let Some(reply_to) = reply_to {
         let properties = protocol::reply_properties(codec, correlation_id, reply.ok);
-        let session_alive = || settler.channel().status().connected();
         match replier
-            .send(reply_to, properties, &reply.body, session_alive)
+            .send(reply_to, properties, &reply.body, redelivered)
             .await
         {
             Ok(()) => {}

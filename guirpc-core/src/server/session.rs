@@ -1,5 +1,5 @@
-//! A server's connections to the broker, one session at a time: the consuming connection
-//! (topology, consumer, acknowledgements) and the reply connection beside it. A session
+//! A server's connection to the broker, one session at a time: topology, consumer,
+//! acknowledgements, replies (and the reply quarantine beside it, see `reply`). A session
 //! ends when the consuming connection fails; the supervisor opens the next one.
 //!
 //! Per class of failure: a broker that cannot be reached (refused, closed, timed out, an
@@ -124,7 +124,6 @@ impl Session {
             }
             Err(err) => return Err(SessionError::Connect(err.into())),
         };
-        let replier = Replier::open(shared).await.map_err(SessionError::Connect)?;
         info!(
             "serving {} function(s) on queue `{}` ({}) at {}",
             shared.registry.len(),
@@ -135,7 +134,7 @@ impl Session {
         let dead_letter = !settings.dead_letter_exchange.is_empty();
         Ok(Session {
             settler: Arc::new(Settler::new(channel.clone(), dead_letter)),
-            replier: Arc::new(replier),
+            replier: Arc::new(Replier::new(shared, channel.clone())),
             connection,
             channel,
             consumer,

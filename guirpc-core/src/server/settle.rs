@@ -62,12 +62,6 @@ impl Settler {
         }
     }
 
-    /// The channel the deliveries came on, which their replies go out on: one `Arc` per
-    /// call to share instead of a `Channel` to clone.
-    pub(super) fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
     /// Records a delivery taken off the consumer, in the order of delivery.
     pub(super) fn received(&self, tag: u64) {
         self.state().running.insert(tag);

@@ -329,8 +329,8 @@ async fn calls_queued_while_no_server_runs_are_not_run_after_their_deadline() {
 
 /// Reply addresses the broker cannot route to, and answers by closing what carried the
 /// reply: a malformed direct reply-to address crashes the broker's channel, which closes
-/// the whole connection (541). Each request runs once and is settled; the server keeps its
-/// consuming connection and serves every other call.
+/// the whole connection (541). Each such request costs the server its connection once at
+/// most, is settled on its redelivery, and every other call is answered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reply_address_that_makes_the_broker_close_the_connection_runs_once_and_disturbs_nothing()
 {
@@ -362,12 +362,15 @@ async fn a_reply_address_that_makes_the_broker_close_the_connection_runs_once_an
         assert_eq!(call.await.unwrap().unwrap(), i as i64 + 1, "call {i}");
     }
     assert!(wait_recorded(&token, poison.len() as u32, Duration::from_secs(10)).await);
-    // Run once each, never redelivered in a loop.
-    assert!(
-        !wait_recorded(&token, poison.len() as u32 + 1, Duration::from_secs(2)).await,
-        "a poisoned request ran again: {:?}",
-        guirpc_tests::recorded().0.lock().unwrap().get(&token)
-    );
+    // Each ran at most twice: once as a first delivery, whose reply closed the connection,
+    // once redelivered, whose reply went to the quarantine and was given up. Never again.
+    let most = 2 * poison.len() as u32;
+    let runs = || guirpc_tests::recorded().0.lock().unwrap().get(&token).copied();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = runs();
+    assert!(settled <= Some(most), "the poisoned requests ran {settled:?} times");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runs(), settled, "a poisoned request is still looping");
     for i in 0..20 {
         assert_eq!(add::call(&client, i, 2).await.unwrap(), i + 2);
     }
