@@ -210,7 +210,6 @@ impl Arm {
     }
 }
 
-
 struct Contenders {
     raw: Arc<raw::Client>,
     client: Client,

@@ -99,7 +99,13 @@ impl Replier {
         }
         match self
             .channel
-            .basic_publish("".into(), reply_to, BasicPublishOptions::default(), body, properties)
+            .basic_publish(
+                "".into(),
+                reply_to,
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -184,7 +190,10 @@ impl Replier {
     /// Forgets a failed quarantine link, unless another reply replaced it already.
     async fn discard(&self, failed: &Arc<QuarantineLink>) {
         let mut quarantine = self.quarantine.lock().await;
-        if quarantine.as_ref().is_some_and(|link| Arc::ptr_eq(link, failed)) {
+        if quarantine
+            .as_ref()
+            .is_some_and(|link| Arc::ptr_eq(link, failed))
+        {
             *quarantine = None;
         }
         failed.close().await;

@@ -365,10 +365,20 @@ async fn a_reply_address_that_makes_the_broker_close_the_connection_runs_once_an
     // Each ran at most twice: once as a first delivery, whose reply closed the connection,
     // once redelivered, whose reply went to the quarantine and was given up. Never again.
     let most = 2 * poison.len() as u32;
-    let runs = || guirpc_tests::recorded().0.lock().unwrap().get(&token).copied();
+    let runs = || {
+        guirpc_tests::recorded()
+            .0
+            .lock()
+            .unwrap()
+            .get(&token)
+            .copied()
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let settled = runs();
-    assert!(settled <= Some(most), "the poisoned requests ran {settled:?} times");
+    assert!(
+        settled <= Some(most),
+        "the poisoned requests ran {settled:?} times"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(runs(), settled, "a poisoned request is still looping");
     for i in 0..20 {
