@@ -712,3 +712,34 @@ async fn flags_are_typed_and_log_filters_are_checked() {
         text(&out.stderr)
     );
 }
+
+/// Logs on a terminal are in colour, unless `NO_COLOR` is set.
+#[test]
+fn no_color_turns_colour_off_on_a_terminal() {
+    let screen = |no_color: bool| {
+        let shell = format!(
+            "{} ping -q guirpc-test.cli.no-such-queue --timeout 1s --log-level debug",
+            env!("CARGO_BIN_EXE_guirpc")
+        );
+        let mut command = Command::new("script");
+        command
+            .args(["-qec", &shell, "/dev/null"])
+            .env("GUIRPC_URI", broker())
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if no_color {
+            command.env("NO_COLOR", "1");
+        }
+        text(&command.output().expect("`script` (util-linux) runs").stdout)
+    };
+    let coloured = screen(false);
+    assert!(
+        coloured.contains("DEBUG") && coloured.contains("\x1b["),
+        "{coloured:?}"
+    );
+    let plain = screen(true);
+    assert!(
+        plain.contains("DEBUG") && !plain.contains("\x1b[3"),
+        "{plain:?}"
+    );
+}
