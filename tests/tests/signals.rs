@@ -4,8 +4,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use guirpc_core::{ServeError, Server};
-use guirpc_tests::{expiring, nap, serve, unique_queue, uri};
+use guirpc_core::ServeError;
+use guirpc_tests::{nap, serve, uri};
 
 fn signal_self() {
     let status = Command::new("kill")
@@ -53,20 +53,7 @@ async fn a_second_signal_during_the_grace_period_stops_at_once() {
     running.abort();
 
     // One signal alone: a graceful stop once the running call is done.
-    let queue = unique_queue("one-signal");
-    let server = Server::builder()
-        .uri(uri())
-        .queue(&queue)
-        .queue_arguments(expiring())
-        .start()
-        .await
-        .unwrap();
-    let client = guirpc_core::Client::builder()
-        .uri(uri())
-        .queue(&queue)
-        .connect()
-        .await
-        .unwrap();
+    let (server, client) = serve("one-signal").await;
     let call = tokio::spawn(async move { nap::call(&client, 600).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stopping = tokio::spawn(server.run_until_signal());
