@@ -108,15 +108,15 @@ async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec,
         );
         (codec, Reply::error(codec, code, message), Verdict::Rejected)
     };
-    // Every message names the function, when the request does.
-    let call = match meta.function.as_deref() {
+    // Every message names the function, when the request does; built only for a refusal.
+    let call = || match meta.function.as_deref() {
         Some(name) => format!("the call to `{name}`"),
         None => "the request".to_owned(),
     };
     let codec = match &meta.codec {
         Ok(codec) => *codec,
         Err(unsupported) => {
-            let message = format!("{call} has {unsupported}");
+            let message = format!("{} has {unsupported}", call());
             return rejected(Codec::Json, ErrorCode::BadRequest, &message);
         }
     };
@@ -124,7 +124,8 @@ async fn dispatch(shared: &Shared, meta: &RequestMeta, body: Vec<u8>) -> (Codec,
     let limit = shared.settings.max_message_size;
     if body.len() > limit {
         let message = format!(
-            "the body of {call} is {} bytes, over the maximum of {limit} bytes",
+            "the body of {} is {} bytes, over the maximum of {limit} bytes",
+            call(),
             body.len()
         );
         return rejected(codec, ErrorCode::TooLarge, &message);
