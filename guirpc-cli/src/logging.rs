@@ -53,25 +53,78 @@ impl LogArgs {
     }
 }
 
+/// What must live as long as the program logs: with the `otel` feature and an OTLP
+/// endpoint, the exporter, flushed when this is dropped.
+#[must_use]
+pub(crate) struct Telemetry {
+    #[cfg(feature = "otel")]
+    provider: Option<guirpc_core::otel::Provider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(provider) = self.provider.take() {
+            provider.shutdown();
+        }
+    }
+}
+
 /// Installs the log subscriber; logs go to standard error, in colour only on a terminal
-/// and unless `NO_COLOR` is set.
-pub(crate) fn init(settings: &Settings) -> Result<(), Failure> {
+/// and unless `NO_COLOR` is set. With an OTLP endpoint (and the `otel` feature), spans
+/// also go to that collector.
+pub(crate) fn init(settings: &Settings) -> Result<Telemetry, Failure> {
     let filter = filter(&settings.log_level)?;
     let color = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(color);
-    // An error means a subscriber is installed already (a second run in one process).
-    let _ = match settings.log_format {
-        LogFormat::Text => tracing_subscriber::registry()
-            .with(layer.with_filter(filter))
-            .try_init(),
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(layer.json().with_filter(filter))
-            .try_init(),
+    let layer = match settings.log_format {
+        LogFormat::Text => layer.with_filter(filter).boxed(),
+        LogFormat::Json => layer.json().with_filter(filter).boxed(),
     };
-    Ok(())
+    let telemetry = Telemetry {
+        #[cfg(feature = "otel")]
+        provider: otlp(settings)?,
+    };
+    #[cfg(feature = "otel")]
+    let exporting = telemetry.provider.as_ref().map(|provider| {
+        // Spans of guirpc and of the service's own code; not those of the AMQP client.
+        let spans = EnvFilter::new("info,lapin=off,amq_protocol=off");
+        provider.layer().with_filter(spans)
+    });
+    #[cfg(not(feature = "otel"))]
+    if !settings.otlp_endpoint.is_empty() {
+        eprintln!(
+            "warning: an OTLP endpoint is set ({}), but this guirpc was built without the `otel` feature: no spans are sent",
+            settings.otlp_endpoint
+        );
+    }
+    #[cfg(not(feature = "otel"))]
+    let exporting: Option<tracing_subscriber::layer::Identity> = None;
+    // An error means a subscriber is installed already (a second run in one process).
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(exporting)
+        .try_init();
+    Ok(telemetry)
+}
+
+/// The OTLP exporter, when an endpoint is set.
+#[cfg(feature = "otel")]
+fn otlp(settings: &Settings) -> Result<Option<guirpc_core::otel::Provider>, Failure> {
+    if settings.otlp_endpoint.is_empty() {
+        return Ok(None);
+    }
+    guirpc_core::otel::Provider::otlp(&settings.otlp_endpoint, &settings.queue)
+        .map(Some)
+        .map_err(|err| {
+            Failure::new(
+                Exit::Usage,
+                format!("cannot export spans to {}: {err}", settings.otlp_endpoint),
+            )
+        })
 }
 
 /// A level (`info`) or `tracing`'s filter syntax (`info,guirpc_core::server=debug`).

@@ -31,6 +31,12 @@ pub(crate) struct Args {
     /// When a request is acknowledged
     #[arg(long, value_name = "MODE")]
     delivery: Option<DeliveryArg>,
+    /// Serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this address
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+    /// Send spans to this OTLP/HTTP collector (builds with the `otel` feature)
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// When a request is acknowledged.
@@ -57,8 +63,14 @@ pub(crate) async fn run(
     if let Some(delivery) = args.delivery {
         more.push(("service.delivery", value_name(delivery)));
     }
+    if let Some(addr) = args.metrics_addr {
+        more.push(("service.metrics_addr", addr));
+    }
+    if let Some(endpoint) = args.otlp_endpoint {
+        more.push(("service.otlp_endpoint", endpoint));
+    }
     let settings = args.broker.load(log, more, defaults)?;
-    logging::init(&settings)?;
+    let _telemetry = logging::init(&settings)?;
     let registry = Registry::collect().map_err(|err| Failure::new(Exit::Usage, err.to_string()))?;
     if registry.is_empty() {
         return delegate_to_crate();
@@ -101,6 +113,9 @@ pub(crate) async fn run(
             }
             other => Failure::new(Exit::Connection, other.to_string()),
         })?;
+    if let Some(addr) = server.metrics_addr() {
+        outln!("metrics, health and status at http://{addr}/ (/metrics, /healthz, /readyz)");
+    }
     server.run_until_signal().await.map_err(|err| match err {
         ServeError::Interrupted { .. } => Failure::new(Exit::Interrupted, err.to_string()),
         other => Failure::new(Exit::Connection, other.to_string())

@@ -20,6 +20,8 @@ pub(crate) const FLAGS: &[(&str, &str)] = &[
     ("prefetch", "service.prefetch"),
     ("concurrency", "service.concurrency"),
     ("delivery", "service.delivery"),
+    ("metrics_addr", "service.metrics_addr"),
+    ("otlp_endpoint", "service.otlp_endpoint"),
     ("timeout", "client.timeout"),
     ("codec", "client.codec"),
     ("log_level", "log.level"),
@@ -173,7 +175,7 @@ impl ClientArgs {
         defaults: &[(&'static str, String)],
     ) -> Result<Client, Failure> {
         let settings = self.load(log, defaults)?;
-        crate::logging::init(&settings)?;
+        let _ = crate::logging::init(&settings)?;
         Ok(ClientBuilder::from_settings(&settings).connect().await?)
     }
 }

@@ -238,6 +238,10 @@ settings! {
         "The largest request body, in bytes, a server decodes; a larger one is answered `too_large`.";
     dead_letter_exchange: String = String::new(), ["service"."dead_letter_exchange"], env ["GUIRPC_DEAD_LETTER_EXCHANGE"],
         "If set, the queue dead-letters to this exchange the requests a server rejects (no function header, unsupported content type, unknown function, too large, panicked) after answering them.";
+    metrics_addr: String = String::new(), ["service"."metrics_addr"], env ["GUIRPC_METRICS_ADDR"],
+        "If set, `host:port` where a server serves `/metrics` (Prometheus), `/healthz`, `/readyz` and a status page at `/` over HTTP.";
+    otlp_endpoint: String = String::new(), ["service"."otlp_endpoint"], env ["GUIRPC_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
+        "If set (and built with the `otel` feature), the OTLP/HTTP collector `guirpc serve` sends spans to, `http://host:4318`.";
     timeout: Duration = Duration::from_secs(30), ["client"."timeout"], env ["GUIRPC_TIMEOUT"],
         "How long a call waits for its reply.";
     codec: Codec = Codec::MsgPack, ["client"."codec"], env ["GUIRPC_CODEC"],
@@ -454,6 +458,7 @@ impl Settings {
             shutdown_grace: self.shutdown_grace,
             max_message_size: self.max_message_size,
             dead_letter_exchange: self.dead_letter_exchange.clone(),
+            metrics_addr: self.metrics_addr.clone(),
         }
     }
 }
@@ -517,6 +522,9 @@ pub struct ServiceSettings {
     pub max_message_size: usize,
     /// Where rejected requests are dead-lettered; empty for nowhere (they are acknowledged).
     pub dead_letter_exchange: String,
+    /// Where `/metrics`, `/healthz`, `/readyz` and the status page are served; empty for
+    /// nowhere.
+    pub metrics_addr: String,
 }
 
 impl Default for ServiceSettings {

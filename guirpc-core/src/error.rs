@@ -4,10 +4,11 @@ use std::convert::Infallible;
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 
 use crate::codec::{Codec, CodecError};
-use crate::protocol::{Envelope, ErrorCode};
+use crate::envelope;
+use crate::protocol::ErrorCode;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -120,6 +121,24 @@ impl<E> Error<E> {
         )
     }
 
+    /// What the call ended in, in one word for spans and metrics: the server's error
+    /// code, or `timeout`, `no_route`, `encode`, `decode`, `connection`, `blocked`,
+    /// `config`.
+    pub fn outcome(&self) -> std::borrow::Cow<'static, str> {
+        let kind = match self {
+            Error::Remote(remote) => return remote.code.as_str().to_owned().into(),
+            Error::Handler { .. } => "handler_error",
+            Error::Timeout { .. } => "timeout",
+            Error::NoRoute { .. } => "no_route",
+            Error::Encode { .. } => "encode",
+            Error::Decode { .. } => "decode",
+            Error::Connection { .. } => "connection",
+            Error::Blocked { .. } => "blocked",
+            Error::Config(_) => "config",
+        };
+        kind.into()
+    }
+
     /// The error code the server answered with, if it answered with an error.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
@@ -197,27 +216,13 @@ impl RemoteError {
     /// Decodes the envelope's `detail`: the function's own error value when the code is
     /// [`ErrorCode::HandlerError`]. `None` when there is no detail.
     pub fn detail<T: DeserializeOwned>(&self) -> Option<Result<T, CodecError>> {
-        match self.codec.decode::<Envelope<'_, T>>(&self.body) {
-            Ok(envelope) => envelope.detail.map(Ok),
-            Err(err) => Some(Err(err)),
-        }
+        envelope::detail(self.codec, &self.body)
     }
 
     /// Reads an error reply. Also used for replies that carry no valid envelope, which
     /// become an `internal` error saying so.
     pub(crate) fn from_reply(function: &str, codec: Codec, body: Vec<u8>) -> RemoteError {
-        let (code, message) = match codec.decode::<Envelope<'_, IgnoredAny>>(&body) {
-            Ok(envelope) => (
-                ErrorCode::parse(&envelope.code),
-                envelope.message.into_owned(),
-            ),
-            Err(err) => (
-                ErrorCode::Internal,
-                format!(
-                    "the server sent an error reply that is not a guirpc error envelope: {err}"
-                ),
-            ),
-        };
+        let (code, message) = envelope::read(codec, &body);
         RemoteError {
             function: function.to_owned(),
             code,

@@ -32,11 +32,18 @@ extern crate self as guirpc_core;
 pub(crate) mod client;
 pub mod codec;
 pub mod config;
-mod connection;
+mod envelope;
 mod error;
+mod link;
+pub mod metrics;
+pub mod middleware;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod protocol;
 pub mod registry;
 mod server;
+pub mod testing;
+pub mod trace;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -49,6 +56,8 @@ pub use error::{Error, RemoteError};
 pub use guirpc_macros::rpc;
 /// The AMQP client guirpc is built on, for its types (`FieldTable`, ...).
 pub use lapin;
+pub use metrics::Metrics;
+pub use metrics::http::Readiness;
 pub use protocol::ErrorCode;
 pub use registry::{Function, Registry};
 pub use server::{ServeError, Server, ServerBuilder, shutdown_signal};

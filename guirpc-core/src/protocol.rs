@@ -160,31 +160,6 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// The body of an error reply.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Envelope<'a, D> {
-    pub code: Cow<'a, str>,
-    pub message: Cow<'a, str>,
-    #[serde(default = "none")]
-    pub detail: Option<D>,
-}
-
-fn none<D>() -> Option<D> {
-    None
-}
-
-/// An error envelope without detail, encoded.
-pub(crate) fn encode_error(codec: Codec, code: &ErrorCode, message: &str) -> Vec<u8> {
-    let envelope: Envelope<'_, ()> = Envelope {
-        code: code.as_str().into(),
-        message: message.into(),
-        detail: None,
-    };
-    codec
-        .encode(&envelope)
-        .expect("an envelope of strings always encodes")
-}
-
 /// What a server reads from a request's properties before dispatching it.
 #[derive(Debug)]
 pub(crate) struct RequestMeta {
@@ -240,13 +215,14 @@ pub(crate) fn request_properties(
     codec: Codec,
     correlation_id: ShortString,
     timeout: Duration,
+    extra_headers: &FieldTable,
 ) -> BasicProperties {
     let deadline = SystemTime::now() + timeout;
     let deadline_ms = deadline
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let mut headers = FieldTable::default();
+    let mut headers = extra_headers.clone();
     headers.insert(
         HEADER_FUNCTION.into(),
         AMQPValue::LongString(LongString::from(function)),
@@ -294,7 +270,7 @@ pub(crate) fn reply_is_ok(props: &BasicProperties) -> bool {
         .is_some_and(|status| status.as_str() == STATUS_OK)
 }
 
-fn value_as_str(value: &AMQPValue) -> Option<Cow<'_, str>> {
+pub(crate) fn value_as_str(value: &AMQPValue) -> Option<Cow<'_, str>> {
     match value {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes())),
         AMQPValue::ShortString(s) => Some(Cow::Borrowed(s.as_str())),
@@ -340,7 +316,13 @@ mod tests {
 
     #[test]
     fn request_properties_round_trip_through_request_meta() {
-        let props = request_properties("add", Codec::Json, "7".into(), Duration::from_secs(5));
+        let props = request_properties(
+            "add",
+            Codec::Json,
+            "7".into(),
+            Duration::from_secs(5),
+            &FieldTable::default(),
+        );
         assert_eq!(props.expiration().as_ref().unwrap().as_str(), "5000");
         let meta = RequestMeta::read(&props);
         assert_eq!(meta.function.as_deref(), Some("add"));

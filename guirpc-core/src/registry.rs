@@ -26,22 +26,7 @@ pub struct Invocation {
 }
 
 /// What a handler produced: a return value or an error envelope, encoded.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct Reply {
-    pub ok: bool,
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    /// An error reply without detail, in `codec`.
-    pub(crate) fn error(codec: Codec, code: crate::protocol::ErrorCode, message: &str) -> Reply {
-        Reply {
-            ok: false,
-            body: crate::protocol::encode_error(codec, &code, message),
-        }
-    }
-}
+pub use crate::middleware::Reply;
 
 /// One parameter of a registered function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,26 +5,38 @@
 //! `reply_to`, acknowledge. Handlers run concurrently, at most `concurrency` at a time;
 //! the broker sends at most `prefetch` unacknowledged requests ahead.
 //!
-//! The walk, file by file: [`session`] owns the connections (consume, reconnect,
-//! drain), [`dispatch`] turns one delivery into a reply, [`reply`] publishes it on a
-//! connection of its own, and [`settle`] acknowledges.
+//! The walk, file by file: [`builder`] configures and starts a server, [`session`] owns
+//! the connections (consume, reconnect, drain), [`dispatch`] turns one delivery into a
+//! request and its reply into a settlement, [`pipeline`] runs the request through the
+//! layers to the function, [`reply`] publishes the reply, and [`settle`] acknowledges.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use lapin::types::FieldTable;
 use tokio::sync::{Semaphore, watch};
 use tracing::{error, info, warn};
 
-use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
+use crate::config::ServiceSettings;
+use crate::link::Blocked;
+use crate::metrics::http::Readiness;
+use crate::metrics::{Metrics, queue_labels};
+use crate::middleware::ServerService;
 use crate::registry::Registry;
 
+mod builder;
 mod dispatch;
+pub(crate) mod pipeline;
 mod reply;
 mod session;
 mod settle;
+mod signals;
+
+pub use builder::ServerBuilder;
+use signals::Signals;
+pub use signals::shutdown_signal;
 
 /// A server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -60,127 +72,6 @@ pub enum ServeError {
     Task(String),
 }
 
-/// Configures and starts a [`Server`].
-///
-/// ```no_run
-/// # async fn run() -> Result<(), guirpc_core::ServeError> {
-/// use guirpc_core::Server;
-///
-/// let server = Server::builder()
-///     .uri("amqp://guest:guest@127.0.0.1:5672/%2f")
-///     .queue("calculator")
-///     .concurrency(32)
-///     .start()
-///     .await?;
-/// server.run_until_signal().await
-/// # }
-/// ```
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct ServerBuilder {
-    settings: ServiceSettings,
-    registry: Option<Registry>,
-    queue_arguments: FieldTable,
-}
-
-impl ServerBuilder {
-    /// The broker URI.
-    pub fn uri(mut self, uri: impl Into<String>) -> Self {
-        self.settings.uri = uri.into();
-        self
-    }
-
-    /// The exchange requests arrive through: `""`, the default, is the broker's default
-    /// exchange; a name makes the server declare that direct exchange and bind its queue.
-    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
-        self.settings.exchange = exchange.into();
-        self
-    }
-
-    /// The service queue: the name callers address.
-    pub fn queue(mut self, queue: impl Into<String>) -> Self {
-        self.settings.queue = queue.into();
-        self
-    }
-
-    /// How many unacknowledged requests the broker may send ahead.
-    pub fn prefetch(mut self, prefetch: u16) -> Self {
-        self.settings.prefetch = prefetch;
-        self
-    }
-
-    /// How many handlers may run at once.
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.settings.concurrency = concurrency;
-        self
-    }
-
-    /// When requests are acknowledged.
-    pub fn delivery(mut self, delivery: DeliveryGuarantee) -> Self {
-        self.settings.delivery = delivery;
-        self
-    }
-
-    /// How long a shutdown waits for running handlers.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.settings.shutdown_grace = grace;
-        self
-    }
-
-    /// All service settings at once, as loaded by [`crate::Settings`].
-    pub fn settings(mut self, settings: ServiceSettings) -> Self {
-        self.settings = settings;
-        self
-    }
-
-    /// Extra arguments of the queue declaration (`x-expires`, `x-dead-letter-exchange`,
-    /// `x-queue-type`, ...). Every server and every declaration of one queue must use the
-    /// same arguments: the broker refuses a declaration that differs.
-    pub fn queue_arguments(mut self, arguments: FieldTable) -> Self {
-        self.queue_arguments = arguments;
-        self
-    }
-
-    /// Serves these functions instead of every registered one.
-    pub fn registry(mut self, registry: Registry) -> Self {
-        self.registry = Some(registry);
-        self
-    }
-
-    /// Connects (retrying with backoff while the broker is unreachable), declares the
-    /// exchange, queue and binding, and starts consuming. Returns once requests are being
-    /// served.
-    pub async fn start(self) -> Result<Server, ServeError> {
-        let settings = self.settings;
-        validate_uri(&settings.uri).map_err(ServeError::Config)?;
-        if settings.concurrency == 0 {
-            return Err(ServeError::Config("concurrency must be at least 1".into()));
-        }
-        let registry = match self.registry {
-            Some(registry) => registry,
-            None => Registry::collect()?,
-        };
-        let shared = Arc::new(Shared {
-            instance: instance_name(),
-            started: std::time::Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            queue_arguments: self.queue_arguments,
-            masked_uri: mask_uri(&settings.uri),
-            semaphore: Arc::new(Semaphore::new(settings.concurrency)),
-            settings,
-            registry,
-        });
-        let session = session::Session::open_with_retry(&shared).await?;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(session::supervise(shared.clone(), session, stop_rx));
-        Ok(Server {
-            shared,
-            stop: stop_tx,
-            task,
-        })
-    }
-}
-
 /// A running server. Dropping it stops consuming at once; [`Server::shutdown`] stops
 /// gracefully.
 ///
@@ -195,6 +86,20 @@ pub struct Server {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
+    /// The metrics listener, when there is one; it stops with the server.
+    #[allow(dead_code)]
+    listener: Option<AbortOnDrop>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// A task that ends when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Server {
@@ -205,6 +110,8 @@ impl Server {
             settings: ServiceSettings::default(),
             registry: None,
             queue_arguments: FieldTable::default(),
+            layers: Default::default(),
+            metrics: None,
         }
     }
 
@@ -220,7 +127,22 @@ impl Server {
 
     /// The functions this server serves.
     pub fn registry(&self) -> &Registry {
-        &self.shared.registry
+        &self.shared.dispatcher.registry
+    }
+
+    /// Where the metrics listener listens, when it does (the port chosen for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics this server records into, when it records any.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.shared.metrics.as_ref()
+    }
+
+    /// Whether the server can serve now, as `/readyz` reports it.
+    pub fn readiness(&self) -> Readiness {
+        self.shared.health.readiness()
     }
 
     /// Whether the server has stopped serving (it failed, or was shut down).
@@ -232,6 +154,7 @@ impl Server {
     /// publishes and acknowledges their replies, and returns requests not yet started to
     /// the queue. The error, if the server had already stopped with one.
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        self.shared.health.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
         join(&mut self.task).await
     }
@@ -246,6 +169,7 @@ impl Server {
             ended = &mut self.task => return stopped_on_its_own(ended),
         }
         info!("shutting down: finishing running calls (a second Ctrl-C stops at once)");
+        self.shared.health.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
         tokio::select! {
             result = join(&mut self.task) => {
@@ -253,7 +177,7 @@ impl Server {
                 result
             }
             () = signals.next() => {
-                let running = self.shared.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+                let running = self.shared.dispatcher.in_flight.load(Ordering::Relaxed);
                 warn!("second signal: stopping at once");
                 Err(ServeError::Interrupted { running })
             }
@@ -305,63 +229,68 @@ fn flatten(ended: Ended) -> Result<(), ServeError> {
     ended.unwrap_or_else(|err| Err(ServeError::Task(err.to_string())))
 }
 
-/// Completes on Ctrl-C, or on SIGTERM on Unix.
-pub async fn shutdown_signal() {
-    Signals::new().next().await;
-}
-
-/// Ctrl-C and SIGTERM, listened to from the first wait on, so that a second signal is not
-/// missed between two waits.
-struct Signals {
-    #[cfg(unix)]
-    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
-}
-
-impl Signals {
-    fn new() -> Signals {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let streams = signal(SignalKind::interrupt())
-                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
-                .inspect_err(|err| warn!("cannot listen for signals: {err}"))
-                .ok();
-            Signals { streams }
-        }
-        #[cfg(not(unix))]
-        Signals {}
-    }
-
-    /// Waits for the next Ctrl-C or SIGTERM.
-    async fn next(&mut self) {
-        #[cfg(unix)]
-        match &mut self.streams {
-            Some((int, term)) => {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            None => std::future::pending().await,
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// The state every part of a server shares.
 #[derive(Debug)]
 struct Shared {
     settings: ServiceSettings,
-    instance: String,
-    started: std::time::Instant,
-    in_flight: AtomicUsize,
     queue_arguments: FieldTable,
     masked_uri: String,
-    registry: Registry,
     semaphore: Arc<Semaphore>,
+    dispatcher: Arc<pipeline::Dispatcher>,
+    /// The pipeline every request runs through.
+    service: ServerService,
+    metrics: Option<Metrics>,
+    health: Health,
+}
+
+impl Shared {
+    /// Keeps the state gauges of `metrics` current at every scrape.
+    fn probe_into(self: &Arc<Self>, metrics: &Metrics) {
+        let labels = queue_labels(&self.settings.queue);
+        let families = metrics.server();
+        let ready = families.ready.get_or_create_owned(&labels);
+        let blocked = families.blocked.get_or_create_owned(&labels);
+        let shared = Arc::downgrade(self);
+        metrics.probe(move || {
+            if let Some(shared) = shared.upgrade() {
+                ready.set(i64::from(shared.health.readiness().is_ready()));
+                blocked.set(i64::from(shared.health.blocked.is_blocked()));
+            }
+        });
+    }
+
+    /// Counts a reconnection, when metrics are on.
+    fn count_reconnect(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .server()
+                .reconnects
+                .get_or_create(&queue_labels(&self.settings.queue))
+                .inc();
+        }
+    }
+}
+
+/// What `/readyz` reports: consuming, blocked, draining.
+#[derive(Debug, Default)]
+struct Health {
+    consuming: AtomicBool,
+    draining: AtomicBool,
+    blocked: Arc<Blocked>,
+}
+
+impl Health {
+    fn readiness(&self) -> Readiness {
+        if self.draining.load(Ordering::Relaxed) {
+            Readiness::Draining
+        } else if !self.consuming.load(Ordering::Relaxed) {
+            Readiness::Connecting
+        } else if let Some(reason) = self.blocked.reason() {
+            Readiness::Blocked(reason)
+        } else {
+            Readiness::Ready
+        }
+    }
 }
 
 /// `host:pid`, naming this server process in pings.

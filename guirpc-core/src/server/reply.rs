@@ -28,8 +28,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use super::Shared;
-use super::session::log_blocking;
-use crate::connection::{self, ConnectError};
+use crate::link::{self, Backoff, Blocked, ConnectError};
 
 /// How many times a quarantined reply is published before it is given up: once with the
 /// others, then alone.
@@ -52,6 +51,7 @@ struct Target {
     tls_ca_file: String,
     masked_uri: String,
     name: String,
+    blocked: Arc<Blocked>,
 }
 
 struct QuarantineLink {
@@ -79,6 +79,7 @@ impl Replier {
                 tls_ca_file: settings.tls_ca_file.clone(),
                 masked_uri: shared.masked_uri.clone(),
                 name: format!("guirpc server {} quarantine", settings.queue),
+                blocked: shared.health.blocked.clone(),
             },
             quarantine: Mutex::new(None),
             suspects: Mutex::new(()),
@@ -164,7 +165,7 @@ impl Replier {
         if let Some(link) = quarantine.as_ref() {
             return Ok(link.clone());
         }
-        let mut delays = connection::reconnect_delays();
+        let mut backoff = Backoff::new();
         loop {
             if !self.channel.status().connected() {
                 return Err(Undelivered::SessionLost);
@@ -180,8 +181,7 @@ impl Replier {
                         "cannot open a quarantine connection to {}: {err}",
                         self.target.masked_uri
                     );
-                    let delay = delays.next().unwrap_or(std::time::Duration::from_secs(4));
-                    tokio::time::sleep(delay).await;
+                    backoff.wait().await;
                 }
             }
         }
@@ -208,11 +208,13 @@ impl Replier {
 
 impl Target {
     async fn connect(&self) -> Result<QuarantineLink, ConnectError> {
-        let connection = connection::connect(&self.uri, &self.tls_ca_file, &self.name).await?;
-        tokio::spawn(log_blocking(
-            connection.events_listener(),
+        let connection = link::connect(&self.uri, &self.tls_ca_file, &self.name).await?;
+        link::watch_blocked(
+            &connection,
             self.masked_uri.clone(),
-        ));
+            "replies",
+            self.blocked.clone(),
+        );
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

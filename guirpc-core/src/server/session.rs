@@ -8,6 +8,7 @@
 //! `ACCESS_REFUSED`, ...) will refuse it again, so the server stops with that error.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -21,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::reply::Replier;
 use super::settle::Settler;
 use super::{ServeError, Shared};
-use crate::connection;
+use crate::link::{self, Backoff};
 use crate::protocol::{self, ExchangeName};
 
 /// One connection's worth of serving.
@@ -34,18 +35,21 @@ pub(super) struct Session {
 }
 
 enum SessionError {
-    Connect(connection::ConnectError),
+    Connect(link::ConnectError),
     Topology(lapin::Error),
 }
 
 impl Session {
     pub(super) async fn open_with_retry(shared: &Shared) -> Result<Session, ServeError> {
-        let mut delays = connection::reconnect_delays();
+        let mut backoff = Backoff::new();
         loop {
             match Session::open(shared).await {
-                Ok(session) => return Ok(session),
+                Ok(session) => {
+                    shared.health.consuming.store(true, Ordering::Relaxed);
+                    return Ok(session);
+                }
                 Err(SessionError::Connect(err)) => {
-                    let delay = delays.next().unwrap_or(std::time::Duration::from_secs(4));
+                    let delay = backoff.next_delay();
                     warn!(
                         "broker unreachable at {}: {err}; retrying in {:.1}s",
                         shared.masked_uri,
@@ -67,13 +71,16 @@ impl Session {
     async fn open(shared: &Shared) -> Result<Session, SessionError> {
         let settings = &shared.settings;
         let name = format!("guirpc server {}", settings.queue);
-        let connection = connection::connect(&settings.uri, &settings.tls_ca_file, &name)
+        let connection = link::connect(&settings.uri, &settings.tls_ca_file, &name)
             .await
             .map_err(SessionError::Connect)?;
-        tokio::spawn(log_blocking(
-            connection.events_listener(),
+        shared.health.blocked.clear();
+        link::watch_blocked(
+            &connection,
             shared.masked_uri.clone(),
-        ));
+            "replies",
+            shared.health.blocked.clone(),
+        );
         let channel = connection
             .create_channel()
             .await
@@ -126,7 +133,7 @@ impl Session {
         };
         info!(
             "serving {} function(s) on queue `{}` ({}) at {}",
-            shared.registry.len(),
+            shared.dispatcher.registry.len(),
             settings.queue,
             ExchangeName(&settings.exchange),
             shared.masked_uri
@@ -161,25 +168,6 @@ fn queue_arguments(shared: &Shared) -> FieldTable {
     arguments
 }
 
-/// Logs the broker blocking this connection's publishes (replies wait meanwhile).
-pub(super) async fn log_blocking(
-    events: impl futures_lite::Stream<Item = lapin::Event>,
-    uri: String,
-) {
-    futures_lite::pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            lapin::Event::ConnectionBlocked(reason) => {
-                warn!("the broker at {uri} blocks publishing, replies wait: {reason}");
-            }
-            lapin::Event::ConnectionUnblocked => {
-                info!("the broker at {uri} accepts publishing again")
-            }
-            _ => {}
-        }
-    }
-}
-
 /// Serves session after session until told to stop (`Ok`), or until the broker refuses
 /// the topology on a reconnection (`Err`: the server cannot serve any longer).
 pub(super) async fn supervise(
@@ -194,6 +182,7 @@ pub(super) async fn supervise(
                 return Ok(());
             }
             Err(err) => {
+                shared.health.consuming.store(false, Ordering::Relaxed);
                 warn!(
                     "lost the connection to {}: {err}; reconnecting",
                     shared.masked_uri
@@ -203,6 +192,7 @@ pub(super) async fn supervise(
                     session = Session::open_with_retry(&shared) => session?,
                     _ = stop.wait_for(|stop| *stop) => return Ok(()),
                 };
+                shared.count_reconnect();
             }
         }
     }

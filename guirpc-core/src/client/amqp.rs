@@ -1,0 +1,509 @@
+//! The client's transport over RabbitMQ.
+//!
+//! One connection and one channel (a *link*) carry every call. Replies come back over
+//! RabbitMQ's direct reply-to, consumed by one task that hands each reply to the call
+//! waiting for its correlation ID, so any number of calls can be in flight at once on one
+//! client. Requests are published `mandatory`: a request no queue is bound for comes back
+//! from the broker, and its call fails within milliseconds with [`Error::NoRoute`] instead
+//! of running into its timeout.
+//!
+//! When the link fails, every call waiting on it fails at once with a retriable
+//! [`Error::Connection`] (its reply can no longer arrive: the reply-to address died with
+//! the channel), and a supervisor task reconnects with backoff. A call made while there is
+//! no link has not been sent: it waits for the next link until its timeout, and fails with
+//! [`Error::Connection`] only if none comes in time.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection};
+use tokio::sync::{Notify, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::link::{self, Backoff, Blocked};
+use crate::middleware::{ClientRequest, ClientResponse, Service};
+use crate::protocol;
+
+/// Connects, and starts the supervisor that routes replies and reconnects.
+pub(super) async fn connect(
+    uri: &str,
+    tls_ca_file: &str,
+    exchange: &str,
+) -> Result<(Arc<Shared>, tokio::task::JoinHandle<()>), Error> {
+    let shared = Arc::new(Shared {
+        masked_uri: crate::config::mask_uri(uri),
+        exchange: exchange.into(),
+        link: RwLock::new(None),
+        blocked: Arc::default(),
+        linked: Notify::new(),
+        next_id: AtomicU64::new(1),
+    });
+    let target = Target {
+        uri: uri.to_owned(),
+        tls_ca_file: tls_ca_file.to_owned(),
+    };
+    let (link, replies) = Link::open(&target, &shared).await?;
+    let link = Arc::new(link);
+    *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
+    let supervisor = tokio::spawn(supervise(target, shared.clone(), link, replies));
+    Ok((shared, supervisor))
+}
+
+/// The innermost service of a client on the broker: one call, one round trip (and as many
+/// more as its retries allow).
+#[derive(Clone)]
+pub(super) struct Transport(pub(super) Arc<Shared>);
+
+impl Service<ClientRequest> for Transport {
+    type Response = ClientResponse;
+    type Error = Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<ClientResponse, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: ClientRequest) -> Self::Future {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let waiter = shared.clone();
+            let wait = move |limit| {
+                let waiter = waiter.clone();
+                async move { waiter.wait_linked(limit).await }
+            };
+            let (shared, request) = (&*shared, &request);
+            super::with_retries(request, wait, || round_trip(shared, request)).await
+        })
+    }
+}
+
+impl Shared {
+    /// Waits until there is a link, at most `limit`; whether there is.
+    pub(super) async fn wait_linked(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                let linked = self.linked.notified();
+                if self.link().is_some() {
+                    return;
+                }
+                linked.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+async fn round_trip(shared: &Shared, request: &ClientRequest) -> Result<ClientResponse, Error> {
+    let function = request.function.as_str();
+    // One timer for the whole call, the wait for a connection included.
+    let expired = tokio::time::sleep(request.timeout);
+    tokio::pin!(expired);
+    // A call that has not been sent waits for a connection until its deadline; only a
+    // call in flight when its connection drops fails at once.
+    let (mut waiting, reply) = loop {
+        let linked = shared.linked.notified();
+        if let Some(link) = shared.link() {
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Some(reply) = link.pending.insert(id) {
+                let waiting = Waiting {
+                    link,
+                    id,
+                    answered: false,
+                };
+                let properties = protocol::request_properties(
+                    function,
+                    request.codec,
+                    itoa::Buffer::new().format(id).into(),
+                    request.timeout,
+                    &request.headers,
+                );
+                let publish = waiting.link.channel.basic_publish(
+                    shared.exchange.clone(),
+                    request.queue.clone(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &request.body,
+                    properties,
+                );
+                tokio::select! {
+                    published = publish => match published {
+                        Ok(_) => break (waiting, reply),
+                        // Not sent: the link is dying; wait for the next.
+                        Err(err) => debug!(function, "the request was not sent: {err}"),
+                    },
+                    () = &mut expired => return Err(timed_out(shared, request)),
+                }
+            }
+        }
+        tokio::select! {
+            () = linked => {}
+            () = &mut expired => return Err(not_connected(shared, request)),
+        }
+    };
+    let answer = tokio::select! {
+        answer = reply => answer,
+        () = &mut expired => return Err(timed_out(shared, request)),
+    };
+    // Whatever came, the router (or the link's end) took the entry out.
+    waiting.answered = true;
+    match answer {
+        Ok(Answer::Reply(delivery)) => {
+            let content_type = delivery.properties.content_type().as_ref();
+            let codec = Codec::from_content_type(content_type.map(ShortString::as_str))
+                .unwrap_or(request.codec);
+            Ok(ClientResponse {
+                ok: protocol::reply_is_ok(&delivery.properties),
+                codec,
+                body: delivery.data,
+            })
+        }
+        Ok(Answer::Returned) => Err(Error::NoRoute {
+            function: function.to_owned(),
+            queue: request.queue.to_string(),
+            exchange: shared.exchange.to_string(),
+        }),
+        Err(_) => Err(Error::connection(
+            &shared.masked_uri,
+            "the connection to the broker was lost before the reply arrived (the call may have run)",
+        )),
+    }
+}
+
+fn timed_out(shared: &Shared, request: &ClientRequest) -> Error {
+    match shared.blocked() {
+        Some(reason) => Error::Blocked {
+            function: request.function.clone(),
+            reason,
+        },
+        None => super::timed_out(request),
+    }
+}
+
+fn not_connected(shared: &Shared, request: &ClientRequest) -> Error {
+    Error::connection(
+        &shared.masked_uri,
+        format!(
+            "not connected to the broker for the whole timeout of {:?} (reconnecting); the call was not sent",
+            request.timeout
+        ),
+    )
+}
+
+/// Where a client connects.
+#[derive(Debug, Clone)]
+struct Target {
+    uri: String,
+    tls_ca_file: String,
+}
+
+/// What the client's calls and its supervisor share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(super) masked_uri: String,
+    exchange: ShortString,
+    /// The live link; `None` while reconnecting.
+    link: RwLock<Option<Arc<Link>>>,
+    /// Whether, and why, the broker blocks this connection's publishes.
+    blocked: Arc<Blocked>,
+    /// Woken when a new link is up.
+    pub(super) linked: Notify,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn link(&self) -> Option<Arc<Link>> {
+        self.link.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn take_link(&self) -> Option<Arc<Link>> {
+        self.link.write().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    pub(super) fn blocked(&self) -> Option<String> {
+        self.blocked.reason()
+    }
+}
+
+/// One connection, its channel, and the calls waiting for replies on it.
+#[derive(Debug)]
+pub(super) struct Link {
+    connection: Connection,
+    channel: Channel,
+    pending: Pending,
+}
+
+impl Link {
+    async fn open(target: &Target, shared: &Arc<Shared>) -> Result<(Link, lapin::Consumer), Error> {
+        let failed = |err: lapin::Error| Error::connection(&shared.masked_uri, err);
+        let connection = link::connect(&target.uri, &target.tls_ca_file, "guirpc client")
+            .await
+            .map_err(|err| Error::connection(&shared.masked_uri, err))?;
+        link::watch_blocked(
+            &connection,
+            shared.masked_uri.clone(),
+            "calls",
+            shared.blocked.clone(),
+        );
+        let channel = connection.create_channel().await.map_err(failed)?;
+        // Declared so that a publish never meets a missing exchange, which would close
+        // the channel; the service queues are the servers' to declare.
+        protocol::declare_exchange(&channel, shared.exchange.as_str())
+            .await
+            .map_err(failed)?;
+        let replies = channel
+            .basic_consume(
+                protocol::DIRECT_REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        let link = Link {
+            connection,
+            channel,
+            pending: Pending::default(),
+        };
+        Ok((link, replies))
+    }
+
+    pub(super) async fn close(&self) {
+        let _ = self.connection.close(200, "client closed".into()).await;
+        self.pending.close();
+    }
+}
+
+/// Routes replies while the link lives; then fails its calls and reconnects, forever.
+async fn supervise(
+    target: Target,
+    shared: Arc<Shared>,
+    mut link: Arc<Link>,
+    mut replies: lapin::Consumer,
+) {
+    loop {
+        route_replies(&mut replies, &link).await;
+        // Unpublished first: a call failed below and retried must find no link, and wait
+        // for the next one rather than try the dead one again.
+        drop(shared.take_link());
+        link.pending.close();
+        shared.blocked.clear();
+        warn!("lost the connection to {}; reconnecting", shared.masked_uri);
+        let mut backoff = Backoff::new();
+        (link, replies) = loop {
+            backoff.wait().await;
+            match Link::open(&target, &shared).await {
+                Ok((new, replies)) => break (Arc::new(new), replies),
+                Err(err) => warn!("cannot reconnect to {}: {err}", shared.masked_uri),
+            }
+        };
+        *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
+        shared.linked.notify_waiters();
+        info!("reconnected to {}", shared.masked_uri);
+    }
+}
+
+/// Calls waiting for their reply, by correlation ID.
+#[derive(Debug, Default)]
+struct Pending {
+    calls: Mutex<PendingCalls>,
+    /// Set while the reply router sleeps without collecting returns (no call for a while).
+    router_parked: AtomicBool,
+    /// Wakes a parked reply router when a call starts waiting.
+    busy: Notify,
+}
+
+#[derive(Debug, Default)]
+struct PendingCalls {
+    waiting: HashMap<u64, oneshot::Sender<Answer>, BuildHasherDefault<IdHasher>>,
+    /// Set once replies can no longer arrive; no call may wait after that.
+    closed: bool,
+}
+
+impl Pending {
+    fn insert(&self, id: u64) -> Option<oneshot::Receiver<Answer>> {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if calls.closed {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        calls.waiting.insert(id, tx);
+        drop(calls);
+        if self.router_parked.swap(false, Ordering::SeqCst) {
+            self.busy.notify_one();
+        }
+        Some(rx)
+    }
+
+    /// Parks the router unless a call waits (then it must go on collecting returns).
+    fn park_router(&self) -> bool {
+        self.router_parked.store(true, Ordering::SeqCst);
+        if self.has_waiting() {
+            self.router_parked.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn remove(&self, id: u64) -> Option<oneshot::Sender<Answer>> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .remove(&id)
+    }
+
+    fn has_waiting(&self) -> bool {
+        !self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .is_empty()
+    }
+
+    /// Fails every waiting call at once: their senders drop.
+    fn close(&self) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.closed = true;
+        calls.waiting.clear();
+    }
+}
+
+/// Hashes call IDs, which are distinct counters: one multiplication spreads them over the
+/// table, where SipHash would cost more than the rest of a lookup.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Removes a call's entry however the call ends, cancellation included, unless an
+/// answer came (whoever sent it removed the entry).
+struct Waiting {
+    link: Arc<Link>,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.link.pending.remove(self.id);
+        }
+    }
+}
+
+/// How often returned (unroutable) requests are collected. A call to a queue that does not
+/// exist fails within about this long, instead of running into its timeout.
+const RETURNS_EVERY: Duration = Duration::from_millis(10);
+
+/// How many collections without a waiting call before the router parks. A client that
+/// calls now and then keeps its router awake, so that no call has to wake it; an idle
+/// client costs no wake-ups.
+const PARK_AFTER_QUIET_TICKS: u32 = 100;
+
+/// Hands each reply to the call waiting for it, and fails calls whose request the broker
+/// returned as unroutable, until the reply consumer ends.
+async fn route_replies(replies: &mut lapin::Consumer, link: &Link) {
+    let mut returns = tokio::time::interval(RETURNS_EVERY);
+    returns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut parked, mut quiet_ticks) = (false, 0);
+    loop {
+        let delivery = tokio::select! {
+            delivery = replies.next() => delivery,
+            () = link.pending.busy.notified(), if parked => {
+                (parked, quiet_ticks) = (false, 0);
+                continue;
+            }
+            _ = returns.tick(), if !parked => {
+                if link.pending.has_waiting() {
+                    quiet_ticks = 0;
+                } else {
+                    quiet_ticks += 1;
+                    if quiet_ticks >= PARK_AFTER_QUIET_TICKS {
+                        parked = link.pending.park_router();
+                    }
+                }
+                // Publisher confirms would report returns per message, at the price of one
+                // more frame per call: the channel is not in confirm mode, and lapin keeps
+                // the returned messages until they are collected here.
+                match link.channel.wait_for_confirms().await {
+                    Ok(returned) => {
+                        for message in returned {
+                            if let Some(waiting) = correlation(&message.delivery).and_then(|id| link.pending.remove(id)) {
+                                let _ = waiting.send(Answer::Returned);
+                            }
+                        }
+                    }
+                    Err(err) => debug!("collecting returned requests: {err}"),
+                }
+                continue;
+            }
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                match correlation(&delivery).and_then(|id| link.pending.remove(id)) {
+                    Some(waiting) => {
+                        let _ = waiting.send(Answer::Reply(delivery));
+                    }
+                    None => debug!("dropping a reply no call waits for (late, or a duplicate)"),
+                }
+            }
+            Some(Err(err)) => {
+                debug!("the reply consumer ended: {err}");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+fn correlation(delivery: &Delivery) -> Option<u64> {
+    delivery
+        .properties
+        .correlation_id()
+        .as_ref()?
+        .as_str()
+        .parse()
+        .ok()
+}
+
+/// What a waiting call receives.
+// Moved once, through a oneshot: boxing the reply would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Answer {
+    /// The reply.
+    Reply(Delivery),
+    /// The broker returned the request: no queue is bound for it.
+    Returned,
+}

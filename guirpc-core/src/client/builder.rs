@@ -1,0 +1,167 @@
+//! Configuring and connecting a client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{BlockingClient, Client, Inner, Transport, amqp};
+use crate::codec::Codec;
+use crate::config::{Settings, validate_uri};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::middleware::{
+    self, ClientRequest, ClientResponse, ClientService, Layer, Layers, Service,
+};
+use crate::trace::ClientTraceLayer;
+
+/// Configures a client.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), guirpc_core::Error> {
+/// use std::time::Duration;
+/// use guirpc_core::{Client, Codec};
+///
+/// let client = Client::builder()
+///     .uri("amqp://guest:guest@127.0.0.1:5672/%2f")
+///     .queue("calculator")
+///     .timeout(Duration::from_secs(5))
+///     .codec(Codec::Json)
+///     .retries(3)
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientBuilder {
+    uri: String,
+    tls_ca_file: String,
+    exchange: String,
+    queue: String,
+    timeout: Duration,
+    codec: Codec,
+    retries: u32,
+    layers: Layers<ClientService>,
+    metrics: Option<Metrics>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder::from_settings(&Settings::default())
+    }
+}
+
+impl ClientBuilder {
+    /// A builder from loaded settings (`broker.*`, `service.queue`, `client.*`).
+    pub fn from_settings(settings: &Settings) -> Self {
+        ClientBuilder {
+            uri: settings.uri.clone(),
+            tls_ca_file: settings.tls_ca_file.clone(),
+            exchange: settings.exchange.clone(),
+            queue: settings.queue.clone(),
+            timeout: settings.timeout,
+            codec: settings.codec,
+            retries: settings.retries,
+            layers: Layers::default(),
+            metrics: None,
+        }
+    }
+
+    /// The broker URI.
+    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+        self.uri = uri.into();
+        self
+    }
+
+    /// For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.
+    pub fn tls_ca_file(mut self, path: impl Into<String>) -> Self {
+        self.tls_ca_file = path.into();
+        self
+    }
+
+    /// The exchange the services listen on: `""`, the default, is the broker's default
+    /// exchange; a name makes the client declare that direct exchange.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// The service queue calls go to.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// The default timeout of a call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How arguments are encoded.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// How many times a call to an idempotent function (`#[rpc(idempotent)]`, or
+    /// [`Client::call_idempotent`]) is sent again after a retriable failure: a lost
+    /// connection or a timeout. 0, the default, never re-sends.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Wraps every call in `layer`: it sees each call, may answer it on its own, and sees
+    /// each outcome (see [`crate::middleware`]). Layers run in the order added, the first
+    /// outermost, inside the built-in tracing and metrics layers.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<ClientService> + Send + Sync + 'static,
+        L::Service: Service<ClientRequest, Response = ClientResponse, Error = Error>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<ClientRequest>>::Future: Send + 'static,
+    {
+        self.layers.push(middleware::client_wrap(layer));
+        self
+    }
+
+    /// Records this client's calls into `metrics`: calls by function and outcome,
+    /// round-trip latency, calls pending.
+    pub fn metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// Connects to the broker.
+    pub async fn connect(self) -> Result<Client, Error> {
+        validate_uri(&self.uri).map_err(Error::Config)?;
+        let (shared, supervisor) =
+            amqp::connect(&self.uri, &self.tls_ca_file, &self.exchange).await?;
+        let innermost = ClientService::new(amqp::Transport(shared.clone()));
+        Ok(self.build(innermost, Transport::Amqp { shared, supervisor }))
+    }
+
+    /// A client whose calls go through `innermost` (the broker, or the in-memory transport).
+    pub(crate) fn build(self, innermost: ClientService, transport: Transport) -> Client {
+        let mut service = self.layers.wrap(innermost);
+        if let Some(metrics) = &self.metrics {
+            service = ClientService::new(metrics.client_layer().layer(service));
+        }
+        let service = ClientService::new(ClientTraceLayer.layer(service));
+        Client {
+            inner: Arc::new(Inner { service, transport }),
+            queue: self.queue.as_str().into(),
+            timeout: self.timeout,
+            codec: self.codec,
+            retries: self.retries,
+        }
+    }
+
+    /// Connects a [`BlockingClient`], for code without an async runtime.
+    pub fn connect_blocking(self) -> Result<BlockingClient, Error> {
+        BlockingClient::connect_with(self)
+    }
+}

@@ -1,0 +1,268 @@
+//! The status page: one HTML page for a person, rendered from the very numbers `/metrics`
+//! exposes (so the two never disagree), reloading itself every few seconds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::http::Endpoint;
+
+/// How often the page reloads itself, in seconds.
+const REFRESH_SECONDS: u32 = 2;
+
+/// One function's row.
+#[derive(Debug, Default)]
+struct Row {
+    summary: String,
+    calls: u64,
+    errors: u64,
+    /// Cumulative bucket counts by upper bound, as exposed.
+    buckets: Vec<(f64, u64)>,
+}
+
+pub(super) fn page(endpoint: &Endpoint) -> String {
+    let text = endpoint.metrics.encode();
+    let queue = endpoint.queue.as_str();
+    let mut rows: BTreeMap<String, Row> = endpoint
+        .functions
+        .iter()
+        .map(|(name, summary)| {
+            let row = Row {
+                summary: summary.clone(),
+                ..Row::default()
+            };
+            (name.clone(), row)
+        })
+        .collect();
+    let mut in_flight = 0.0;
+    for sample in text.lines().filter_map(Sample::parse) {
+        if sample.label("queue") != Some(queue) {
+            continue;
+        }
+        let function = sample.label("function").unwrap_or_default();
+        match sample.name {
+            "guirpc_server_calls_total" => {
+                let row = rows.entry(function.to_owned()).or_default();
+                let count = sample.value as u64;
+                row.calls += count;
+                if sample.label("code") != Some(crate::middleware::OUTCOME_OK) {
+                    row.errors += count;
+                }
+            }
+            "guirpc_server_handler_duration_seconds_bucket" => {
+                let bound = match sample.label("le") {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => le.parse().unwrap_or(f64::INFINITY),
+                    None => continue,
+                };
+                let row = rows.entry(function.to_owned()).or_default();
+                row.buckets.push((bound, sample.value as u64));
+            }
+            "guirpc_server_calls_in_flight" => in_flight = sample.value,
+            _ => {}
+        }
+    }
+    let readiness = (endpoint.readiness)();
+    let state_class = if readiness.is_ready() { "ok" } else { "bad" };
+    let uptime = endpoint.started.elapsed().as_secs();
+    let mut html = String::with_capacity(4096);
+    let _ = write!(
+        html,
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
+<title>guirpc: {queue}</title>
+<style>
+body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2rem; color: #222; }}
+h1 {{ font-size: 1.4rem; margin: 0 0 .3rem; }}
+.meta {{ color: #555; margin-bottom: 1rem; }}
+.ok {{ color: #11772e; font-weight: 600; }}
+.bad {{ color: #b3261e; font-weight: 600; }}
+table {{ border-collapse: collapse; min-width: 40rem; }}
+th, td {{ padding: .35rem .8rem; border-bottom: 1px solid #ddd; text-align: right; }}
+th:first-child, td:first-child, td.doc {{ text-align: left; }}
+td.doc {{ color: #555; }}
+</style></head>
+<body>
+<h1>Service <code>{}</code></h1>
+<div class="meta">instance {} &middot; guirpc {} &middot; up {}h {:02}m {:02}s</div>
+<p>Connection: <span id="state" class="{state_class}">{}</span> &middot;
+calls in flight: <span id="in-flight">{in_flight}</span></p>
+<table id="functions">
+<tr><th>function</th><th>calls</th><th>errors</th><th>p50</th><th>p95</th><th>p99</th><th>description</th></tr>
+"#,
+        escape(queue),
+        escape(&endpoint.instance),
+        env!("CARGO_PKG_VERSION"),
+        uptime / 3600,
+        uptime / 60 % 60,
+        uptime % 60,
+        escape(&readiness.to_string()),
+    );
+    for (name, row) in &rows {
+        let _ = writeln!(
+            html,
+            "<tr data-function=\"{0}\"><td><code>{0}</code></td><td class=\"calls\">{1}</td><td class=\"errors\">{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td class=\"doc\">{6}</td></tr>",
+            escape(name),
+            row.calls,
+            row.errors,
+            Latency(quantile(&row.buckets, 0.50)),
+            Latency(quantile(&row.buckets, 0.95)),
+            Latency(quantile(&row.buckets, 0.99)),
+            escape(&row.summary),
+        );
+    }
+    let _ = write!(
+        html,
+        "</table>\n<p class=\"meta\">Latencies are estimated from the histogram buckets of <a href=\"/metrics\">/metrics</a>, as Prometheus' <code>histogram_quantile</code> does. Health: <a href=\"/healthz\">/healthz</a>, <a href=\"/readyz\">/readyz</a>. Reloads every {REFRESH_SECONDS} s.</p>\n</body></html>\n"
+    );
+    html
+}
+
+/// One sample line of the exposition: `name{label="value",...} value`.
+struct Sample<'a> {
+    name: &'a str,
+    labels: Vec<(&'a str, String)>,
+    value: f64,
+}
+
+impl<'a> Sample<'a> {
+    fn parse(line: &'a str) -> Option<Sample<'a>> {
+        if line.starts_with('#') || line.is_empty() {
+            return None;
+        }
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(at) => line.split_at(at),
+            None => return None,
+        };
+        let mut labels = Vec::new();
+        let mut rest = rest;
+        if let Some(mut inner) = rest.strip_prefix('{') {
+            loop {
+                if let Some(after) = inner.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let inner_trimmed = inner.trim_start_matches(',');
+                let (key, after) = inner_trimmed.split_once("=\"")?;
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    match chars.next()? {
+                        (i, '"') => break i,
+                        (_, '\\') => match chars.next()?.1 {
+                            'n' => value.push('\n'),
+                            other => value.push(other),
+                        },
+                        (_, c) => value.push(c),
+                    }
+                };
+                labels.push((key, value));
+                inner = &after[end + 1..];
+            }
+        }
+        let value = rest.split_ascii_whitespace().next()?.parse().ok()?;
+        Some(Sample {
+            name,
+            labels,
+            value,
+        })
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The `q` quantile of a cumulative histogram, interpolated within its bucket; `None`
+/// with no observations. An estimate in the top (`+Inf`) bucket is the largest finite
+/// bound, as Prometheus' `histogram_quantile` gives.
+fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.iter().map(|(_, count)| *count).max()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut previous = (0.0, 0u64);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            if bound.is_infinite() {
+                return Some(previous.0);
+            }
+            let within = (count - previous.1) as f64;
+            let fraction = if within == 0.0 {
+                1.0
+            } else {
+                (rank - previous.1 as f64) / within
+            };
+            return Some(previous.0 + (bound - previous.0) * fraction);
+        }
+        previous = (bound, count);
+    }
+    Some(previous.0)
+}
+
+/// A latency in seconds, in the unit that reads best.
+struct Latency(Option<f64>);
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("&ndash;"),
+            Some(s) if s < 0.001 => write!(f, "{:.0} µs", s * 1e6),
+            Some(s) if s < 1.0 => write!(f, "{:.1} ms", s * 1e3),
+            Some(s) => write!(f, "{s:.2} s"),
+        }
+    }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_read_with_their_labels() {
+        let sample = Sample::parse(r#"x_bucket{le="0.5",queue="q",function="a\"b"} 3"#).unwrap();
+        assert_eq!(sample.name, "x_bucket");
+        assert_eq!(sample.label("function"), Some("a\"b"));
+        assert_eq!(sample.label("le"), Some("0.5"));
+        assert_eq!(sample.value, 3.0);
+        assert_eq!(Sample::parse("up 1").unwrap().value, 1.0);
+        assert!(Sample::parse("# TYPE x counter").is_none());
+        assert!(Sample::parse(r#"x{a="unterminated} 1"#).is_none());
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let buckets = [(0.001, 50), (0.01, 100), (f64::INFINITY, 100)];
+        assert_eq!(quantile(&buckets, 0.5), Some(0.001));
+        assert!((quantile(&buckets, 0.75).unwrap() - 0.0055).abs() < 1e-9);
+        assert_eq!(quantile(&[(0.1, 0), (f64::INFINITY, 0)], 0.5), None);
+        assert_eq!(quantile(&[(0.1, 0), (f64::INFINITY, 4)], 0.5), Some(0.1));
+    }
+
+    #[test]
+    fn markup_is_escaped() {
+        assert_eq!(
+            escape("<a href='x'>&\""),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! Middleware: layers around the calls a server serves and the calls a client makes.
+//!
+//! Both paths are [`tower`] services, so any `tower::Layer` fits them, and so do the
+//! layers a user writes with [`tower::layer::layer_fn`] or a struct of their own. On a
+//! server, a layer wraps a [`Service`] from [`ServerRequest`] to [`Reply`]; on a client,
+//! one from [`ClientRequest`] to [`ClientResponse`] (or an [`Error`]). A layer sees the
+//! call's metadata, runs code before and after the call, can answer on its own without
+//! calling further in, and sees the outcome.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use guirpc_core::middleware::{self, Reply, ServerRequest, ServerService};
+//! use guirpc_core::{ErrorCode, Server};
+//! use tower::{service_fn, ServiceExt};
+//!
+//! // Refuses callers whose request lacks an `x-api-key` header; lets the rest through.
+//! let authorize = tower::layer::layer_fn(|inner: ServerService| {
+//!     service_fn(move |request: ServerRequest| {
+//!         let inner = inner.clone();
+//!         async move {
+//!             if request.header("x-api-key").is_none() {
+//!                 let refusal = Reply::error(request.codec, ErrorCode::BadRequest, "no API key");
+//!                 return Ok::<_, Infallible>(refusal);
+//!             }
+//!             inner.oneshot(request).await
+//!         }
+//!     })
+//! });
+//! let builder = Server::builder().queue("calculator").layer(authorize);
+//! ```
+//!
+//! Layers run in the order they are added: the first one added is the outermost. The
+//! built-in ones are layers too: every server and client starts with its tracing layer
+//! (spans, trace context), then its metrics layer when metrics are on, then the user's.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use serde::Serialize;
+pub use tower::util::BoxCloneSyncService;
+pub use tower::{Layer, Service};
+
+use crate::codec::Codec;
+use crate::envelope;
+use crate::error::Error;
+use crate::protocol::ErrorCode;
+
+/// A request as the server's layers see it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ServerRequest {
+    /// The function called (empty when the request names none: it is refused).
+    pub function: String,
+    /// The queue it came from.
+    pub queue: Arc<str>,
+    /// The caller's correlation ID.
+    pub correlation_id: Option<ShortString>,
+    /// The request's headers, `guirpc-function` and `guirpc-deadline` among them.
+    pub headers: FieldTable,
+    /// When the caller stops waiting for the reply.
+    pub deadline: Option<SystemTime>,
+    /// Whether the broker delivered this request before (it may have run).
+    pub redelivered: bool,
+    /// The codec of the arguments, and of the reply.
+    pub codec: Codec,
+    /// The encoded arguments.
+    pub body: Vec<u8>,
+    /// Why the request is refused before it is dispatched (an unsupported content type).
+    pub(crate) unreadable: Option<String>,
+}
+
+impl ServerRequest {
+    /// A header's value, as text, when it is a string.
+    pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        header_str(&self.headers, name)
+    }
+}
+
+/// What a server answers: a return value or an error envelope, encoded in the request's
+/// codec.
+#[derive(Debug)]
+pub struct Reply {
+    pub(crate) code: Option<ErrorCode>,
+    pub(crate) body: Vec<u8>,
+    /// Settled with a `reject` (dead-lettered where the queue has a dead-letter exchange)
+    /// instead of an `ack`: a request that cannot be served as it is.
+    pub(crate) rejected: bool,
+}
+
+impl Reply {
+    /// A reply carrying `value`, or an `internal` error if `value` cannot be encoded.
+    pub fn value<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Reply {
+        match codec.encode(value) {
+            Ok(body) => Reply::encoded(body),
+            Err(err) => Reply::error(
+                codec,
+                ErrorCode::Internal,
+                &format!("the return value cannot be encoded in {codec}: {err}"),
+            ),
+        }
+    }
+
+    /// An error reply: the caller's call fails with a remote error of this code.
+    pub fn error(codec: Codec, code: ErrorCode, message: &str) -> Reply {
+        Reply {
+            body: envelope::encode(codec, &code, message),
+            code: Some(code),
+            rejected: false,
+        }
+    }
+
+    /// An error reply to a request that can never be served as sent: the request is
+    /// rejected, so that a dead-letter exchange keeps it.
+    pub(crate) fn refusal(codec: Codec, code: ErrorCode, message: &str) -> Reply {
+        Reply {
+            rejected: true,
+            ..Reply::error(codec, code, message)
+        }
+    }
+
+    /// A return value, already encoded.
+    pub(crate) fn encoded(body: Vec<u8>) -> Reply {
+        Reply {
+            code: None,
+            body,
+            rejected: false,
+        }
+    }
+
+    /// Whether the reply carries a return value.
+    pub fn is_ok(&self) -> bool {
+        self.code.is_none()
+    }
+
+    /// The error code of an error reply.
+    pub fn code(&self) -> Option<&ErrorCode> {
+        self.code.as_ref()
+    }
+
+    /// The encoded body: the return value, or the error envelope.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// `ok`, or the error code: the outcome's name in spans and metrics.
+    pub fn outcome(&self) -> &str {
+        self.code.as_ref().map_or(OUTCOME_OK, ErrorCode::as_str)
+    }
+}
+
+/// The outcome of a call that returned a value.
+pub const OUTCOME_OK: &str = "ok";
+
+/// The service a server's layers wrap.
+pub type ServerService = BoxCloneSyncService<ServerRequest, Reply, Infallible>;
+
+/// A call as the client's layers see it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientRequest {
+    /// The function called.
+    pub function: String,
+    /// The service queue it goes to.
+    pub queue: ShortString,
+    /// The codec of the arguments.
+    pub codec: Codec,
+    /// Headers sent with the request besides guirpc's own (a layer may add some).
+    pub headers: FieldTable,
+    /// How long the call may take.
+    pub timeout: Duration,
+    /// The encoded arguments.
+    pub body: Vec<u8>,
+    /// How many times the call is sent again after a retriable failure.
+    pub retries: u32,
+}
+
+impl ClientRequest {
+    /// Adds a header to the request.
+    pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
+        self.headers.insert(
+            name.into(),
+            AMQPValue::LongString(value.into().as_str().into()),
+        );
+    }
+
+    /// A header's value, as text, when it is a string.
+    pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        header_str(&self.headers, name)
+    }
+}
+
+/// A reply as the client's layers see it, before it is decoded into the caller's type.
+#[derive(Debug)]
+pub struct ClientResponse {
+    pub(crate) ok: bool,
+    pub(crate) codec: Codec,
+    pub(crate) body: Vec<u8>,
+}
+
+impl ClientResponse {
+    /// Whether the reply carries a return value (else an error envelope).
+    pub fn is_ok(&self) -> bool {
+        self.ok
+    }
+
+    /// The codec of the body.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// The encoded body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// `ok`, or the error code of an error reply.
+    pub fn outcome(&self) -> Cow<'static, str> {
+        if self.ok {
+            Cow::Borrowed(OUTCOME_OK)
+        } else {
+            Cow::Owned(envelope::read(self.codec, &self.body).0.as_str().to_owned())
+        }
+    }
+}
+
+/// The service a client's layers wrap.
+pub type ClientService = BoxCloneSyncService<ClientRequest, ClientResponse, Error>;
+
+/// The outcome of a client call, for spans and metrics: `ok`, the server's error code, or
+/// what went wrong on the way (`timeout`, `no_route`, `connection`, `blocked`, ...).
+pub fn client_outcome(result: &Result<ClientResponse, Error>) -> Cow<'static, str> {
+    match result {
+        Ok(response) => response.outcome(),
+        Err(err) => err.outcome(),
+    }
+}
+
+/// Turns layers into one function from the innermost service to the wrapped one.
+pub(crate) type Wrap<S> = Arc<dyn Fn(S) -> S + Send + Sync>;
+
+/// The layers of a builder, outermost first.
+#[derive(Clone)]
+pub(crate) struct Layers<S>(Vec<Wrap<S>>);
+
+impl<S> Default for Layers<S> {
+    fn default() -> Self {
+        Layers(Vec::new())
+    }
+}
+
+impl<S> fmt::Debug for Layers<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} layer(s)", self.0.len())
+    }
+}
+
+impl<S> Layers<S> {
+    pub(crate) fn push(&mut self, wrap: Wrap<S>) {
+        self.0.push(wrap);
+    }
+
+    /// `inner` inside every layer, the first pushed outermost.
+    pub(crate) fn wrap(&self, inner: S) -> S {
+        self.0
+            .iter()
+            .rev()
+            .fold(inner, |service, wrap| wrap(service))
+    }
+}
+
+/// Boxes a user's server layer.
+pub(crate) fn server_wrap<L>(layer: L) -> Wrap<ServerService>
+where
+    L: Layer<ServerService> + Send + Sync + 'static,
+    L::Service: Service<ServerRequest, Response = Reply, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as Service<ServerRequest>>::Future: Send + 'static,
+{
+    Arc::new(move |inner| ServerService::new(layer.layer(inner)))
+}
+
+/// Boxes a user's client layer.
+pub(crate) fn client_wrap<L>(layer: L) -> Wrap<ClientService>
+where
+    L: Layer<ClientService> + Send + Sync + 'static,
+    L::Service: Service<ClientRequest, Response = ClientResponse, Error = Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as Service<ClientRequest>>::Future: Send + 'static,
+{
+    Arc::new(move |inner| ClientService::new(layer.layer(inner)))
+}
+
+fn header_str<'a>(headers: &'a FieldTable, name: &str) -> Option<Cow<'a, str>> {
+    headers
+        .inner()
+        .get(name)
+        .and_then(crate::protocol::value_as_str)
+}

@@ -1,0 +1,260 @@
+//! Configuring and starting a server.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use lapin::types::FieldTable;
+use tokio::sync::{Semaphore, watch};
+
+use super::pipeline::{self, Dispatcher};
+use super::{AbortOnDrop, Health, ServeError, Server, Shared, instance_name, session};
+use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
+use crate::metrics::Metrics;
+use crate::metrics::http::{self, Endpoint};
+use crate::middleware::{self, Layer, Layers, Reply, ServerRequest, ServerService, Service};
+use crate::registry::Registry;
+use crate::testing::InMemoryServer;
+
+/// Configures and starts a [`Server`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), guirpc_core::ServeError> {
+/// use guirpc_core::Server;
+///
+/// let server = Server::builder()
+///     .uri("amqp://guest:guest@127.0.0.1:5672/%2f")
+///     .queue("calculator")
+///     .concurrency(32)
+///     .start()
+///     .await?;
+/// server.run_until_signal().await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ServerBuilder {
+    pub(super) settings: ServiceSettings,
+    pub(super) registry: Option<Registry>,
+    pub(super) queue_arguments: FieldTable,
+    pub(super) layers: Layers<ServerService>,
+    pub(super) metrics: Option<Metrics>,
+}
+
+impl ServerBuilder {
+    /// The broker URI.
+    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+        self.settings.uri = uri.into();
+        self
+    }
+
+    /// The exchange requests arrive through: `""`, the default, is the broker's default
+    /// exchange; a name makes the server declare that direct exchange and bind its queue.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.settings.exchange = exchange.into();
+        self
+    }
+
+    /// The service queue: the name callers address.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.settings.queue = queue.into();
+        self
+    }
+
+    /// How many unacknowledged requests the broker may send ahead.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.settings.prefetch = prefetch;
+        self
+    }
+
+    /// How many handlers may run at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.settings.concurrency = concurrency;
+        self
+    }
+
+    /// When requests are acknowledged.
+    pub fn delivery(mut self, delivery: DeliveryGuarantee) -> Self {
+        self.settings.delivery = delivery;
+        self
+    }
+
+    /// How long a shutdown waits for running handlers.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// All service settings at once, as loaded by [`crate::Settings`].
+    pub fn settings(mut self, settings: ServiceSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Extra arguments of the queue declaration (`x-expires`, `x-dead-letter-exchange`,
+    /// `x-queue-type`, ...). Every server and every declaration of one queue must use the
+    /// same arguments: the broker refuses a declaration that differs.
+    pub fn queue_arguments(mut self, arguments: FieldTable) -> Self {
+        self.queue_arguments = arguments;
+        self
+    }
+
+    /// Serves these functions instead of every registered one.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Wraps every call in `layer`: it sees each request, may answer it on its own, and
+    /// sees each reply (see [`crate::middleware`]). Layers run in the order added, the
+    /// first outermost, inside the built-in tracing and metrics layers.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<ServerService> + Send + Sync + 'static,
+        L::Service: Service<ServerRequest, Response = Reply, Error = std::convert::Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<ServerRequest>>::Future: Send + 'static,
+    {
+        self.layers.push(middleware::server_wrap(layer));
+        self
+    }
+
+    /// Records this server's calls into `metrics` (shared with the process's clients, say).
+    /// A server with a [`metrics_addr`](Self::metrics_addr) and no registry makes its own.
+    pub fn metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz`, `/readyz` and a status page at `/` over HTTP on this
+    /// address (`127.0.0.1:9464`, say; port 0 picks a free one, see
+    /// [`Server::metrics_addr`]).
+    pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
+        self.settings.metrics_addr = addr.into();
+        self
+    }
+
+    /// Connects (retrying with backoff while the broker is unreachable), declares the
+    /// exchange, queue and binding, and starts consuming. Returns once requests are being
+    /// served.
+    pub async fn start(self) -> Result<Server, ServeError> {
+        validate_uri(&self.settings.uri).map_err(ServeError::Config)?;
+        // Bound first: a taken port is a configuration error, found before connecting.
+        let listener = match self.settings.metrics_addr.as_str() {
+            "" => None,
+            addr => Some(http::bind(addr).await.map_err(ServeError::Config)?),
+        };
+        let metrics_on = listener.is_some();
+        let ServerBuilder {
+            settings,
+            queue_arguments,
+            ..
+        } = self.clone();
+        let prepared = self.prepare(metrics_on)?;
+        let shared = Arc::new(Shared {
+            health: Health::default(),
+            queue_arguments,
+            masked_uri: mask_uri(&settings.uri),
+            semaphore: Arc::new(Semaphore::new(settings.concurrency)),
+            settings,
+            dispatcher: prepared.dispatcher,
+            service: prepared.service,
+            metrics: prepared.metrics,
+        });
+        if let Some(metrics) = &shared.metrics {
+            shared.probe_into(metrics);
+        }
+        let metrics_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let listener = listener.map(|listener| {
+            let endpoint = Endpoint {
+                metrics: shared.metrics.clone().unwrap_or_default(),
+                queue: shared.settings.queue.clone(),
+                instance: shared.dispatcher.instance.clone(),
+                started: shared.dispatcher.started,
+                functions: shared
+                    .dispatcher
+                    .registry
+                    .iter()
+                    .map(|f| (f.name().to_owned(), f.summary().to_owned()))
+                    .collect(),
+                readiness: {
+                    let shared = Arc::downgrade(&shared);
+                    Box::new(move || match shared.upgrade() {
+                        Some(shared) => shared.health.readiness(),
+                        None => http::Readiness::Draining,
+                    })
+                },
+            };
+            AbortOnDrop(http::spawn(listener, Arc::new(endpoint)))
+        });
+        let session = session::Session::open_with_retry(&shared).await?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(session::supervise(shared.clone(), session, stop_rx));
+        Ok(Server {
+            shared,
+            stop: stop_tx,
+            task,
+            listener,
+            metrics_addr,
+        })
+    }
+
+    /// The server's functions, layers and metrics, serving in this process without a
+    /// broker: for tests (see [`crate::testing`]).
+    #[allow(clippy::result_large_err)]
+    pub fn in_memory(self) -> Result<InMemoryServer, ServeError> {
+        let prepared = self.prepare(false)?;
+        Ok(InMemoryServer {
+            queue: prepared.dispatcher.queue.clone(),
+            service: prepared.service,
+        })
+    }
+
+    /// The dispatcher and the pipeline around it; metrics made when `metrics_on` and no
+    /// registry was given.
+    #[allow(clippy::result_large_err)]
+    fn prepare(self, metrics_on: bool) -> Result<Prepared, ServeError> {
+        let settings = self.settings;
+        if settings.concurrency == 0 {
+            return Err(ServeError::Config("concurrency must be at least 1".into()));
+        }
+        let registry = match self.registry {
+            Some(registry) => registry,
+            None => Registry::collect()?,
+        };
+        let metrics = match self.metrics {
+            None if metrics_on => Some(Metrics::new()),
+            metrics => metrics,
+        };
+        let dispatcher = Arc::new(Dispatcher {
+            queue: settings.queue.as_str().into(),
+            registry,
+            max_message_size: settings.max_message_size,
+            concurrency: settings.concurrency,
+            instance: instance_name(),
+            started: std::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+        });
+        let dead_letter = !settings.dead_letter_exchange.is_empty();
+        let service = pipeline::build(
+            dispatcher.clone(),
+            &self.layers,
+            metrics.as_ref(),
+            dead_letter,
+        );
+        Ok(Prepared {
+            dispatcher,
+            service,
+            metrics,
+        })
+    }
+}
+
+struct Prepared {
+    dispatcher: Arc<Dispatcher>,
+    service: ServerService,
+    metrics: Option<Metrics>,
+}

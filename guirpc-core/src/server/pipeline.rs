@@ -1,0 +1,268 @@
+//! The server's per-request pipeline: the layers (tracing, metrics, the user's) around the
+//! dispatcher, which finds and runs the function. Every failure becomes an error reply.
+//! The same pipeline serves requests from the broker and from the in-memory transport of
+//! [`crate::testing`].
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use futures_lite::FutureExt;
+use tracing::{debug, error, warn};
+
+use crate::codec::Codec;
+use crate::metrics::{Metrics, ServerMetricsLayer};
+use crate::middleware::{Layer, Layers, Reply, ServerRequest, ServerService, Service};
+use crate::protocol::{self, Description, ErrorCode, FunctionDescription, ParamDescription, Pong};
+use crate::registry::{Invocation, Registry};
+use crate::trace::ServerTraceLayer;
+
+/// What the dispatcher needs to answer: the functions, and what pings report.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    pub queue: Arc<str>,
+    pub registry: Registry,
+    pub max_message_size: usize,
+    pub concurrency: usize,
+    pub instance: String,
+    pub started: Instant,
+    /// Calls running now (pings report it).
+    pub in_flight: AtomicUsize,
+}
+
+/// Builds the pipeline: tracing outermost, then metrics (when on), then the user's layers
+/// in the order added, then the dispatcher.
+pub(crate) fn build(
+    dispatcher: Arc<Dispatcher>,
+    layers: &Layers<ServerService>,
+    metrics: Option<&Metrics>,
+    dead_letter: bool,
+) -> ServerService {
+    let mut service = layers.wrap(ServerService::new(Dispatch(dispatcher.clone())));
+    if let Some(metrics) = metrics {
+        let mut functions: Vec<String> = dispatcher
+            .registry
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        functions.push(protocol::FUNCTION_DESCRIBE.to_owned());
+        functions.push(protocol::FUNCTION_PING.to_owned());
+        let layer =
+            ServerMetricsLayer::new(metrics.server(), &dispatcher.queue, functions, dead_letter);
+        service = ServerService::new(layer.layer(service));
+    }
+    ServerService::new(ServerTraceLayer.layer(service))
+}
+
+/// Runs a request through the pipeline. A layer that panics costs the request an
+/// `internal` error reply, never the server.
+pub(crate) async fn run(service: &ServerService, request: ServerRequest) -> Reply {
+    use tower::ServiceExt;
+    let (codec, function) = (request.codec, request.function.clone());
+    match AssertUnwindSafe(service.clone().oneshot(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(never)) => match never {},
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            error!(function, "a middleware layer panicked: {what}");
+            Reply::refusal(
+                codec,
+                ErrorCode::Internal,
+                &format!("the server failed serving `{function}`: {what}"),
+            )
+        }
+    }
+}
+
+/// The innermost service: finds and runs the function.
+#[derive(Clone)]
+struct Dispatch(Arc<Dispatcher>);
+
+impl Service<ServerRequest> for Dispatch {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: ServerRequest) -> Self::Future {
+        let dispatcher = self.0.clone();
+        Box::pin(async move {
+            dispatcher.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _running = InFlight(&dispatcher.in_flight);
+            Ok(dispatch(&dispatcher, request).await)
+        })
+    }
+}
+
+/// Counts a call as running until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
+    let ServerRequest {
+        function,
+        codec,
+        body,
+        deadline,
+        unreadable,
+        ..
+    } = request;
+    let rejected = |codec: Codec, code: ErrorCode, message: &str| {
+        warn!(function, "rejected a request ({code}): {message}");
+        Reply::refusal(codec, code, message)
+    };
+    // Every message names the function, when the request does; built only for a refusal.
+    let call = || match function.as_str() {
+        "" => "the request".to_owned(),
+        name => format!("the call to `{name}`"),
+    };
+    if let Some(unsupported) = unreadable {
+        let message = format!("{} has {unsupported}", call());
+        return rejected(Codec::Json, ErrorCode::BadRequest, &message);
+    }
+    // Checked before anything is decoded.
+    let limit = dispatcher.max_message_size;
+    if body.len() > limit {
+        let message = format!(
+            "the body of {} is {} bytes, over the maximum of {limit} bytes",
+            call(),
+            body.len()
+        );
+        return rejected(codec, ErrorCode::TooLarge, &message);
+    }
+    if function.is_empty() {
+        let message = format!(
+            "the request has no `{}` header naming the function",
+            protocol::HEADER_FUNCTION
+        );
+        return rejected(codec, ErrorCode::BadRequest, &message);
+    }
+    let name = function.as_str();
+    if name.starts_with(protocol::RESERVED_PREFIX) {
+        return match builtin(dispatcher, name, codec, &body) {
+            Ok(reply) => reply,
+            Err((code, message)) => rejected(codec, code, &message),
+        };
+    }
+    let Some(registered) = dispatcher.registry.get(name) else {
+        let message = format!(
+            "no function `{name}` is served on queue `{}`",
+            dispatcher.queue
+        );
+        return rejected(codec, ErrorCode::NotFound, &message);
+    };
+    if deadline.is_some_and(|deadline| SystemTime::now() > deadline) {
+        let message = format!("the deadline of this call to `{name}` passed before it could start");
+        debug!("{message}");
+        return Reply::error(codec, ErrorCode::DeadlineExceeded, &message);
+    }
+    let future = (registered.handler())(Invocation { codec, body });
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(reply) => reply,
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            error!(function = name, "handler panicked: {what}");
+            Reply::refusal(
+                codec,
+                ErrorCode::Internal,
+                &format!("`{name}` panicked: {what}"),
+            )
+        }
+    }
+}
+
+/// The functions every server answers from its own state. They take no arguments:
+/// `{}`, `[]` or `null`, as any function without parameters.
+fn builtin(
+    dispatcher: &Dispatcher,
+    name: &str,
+    codec: Codec,
+    body: &[u8],
+) -> Result<Reply, (ErrorCode, String)> {
+    if !matches!(name, protocol::FUNCTION_DESCRIBE | protocol::FUNCTION_PING) {
+        let message =
+            format!("no built-in function `{name}` (names starting with `guirpc.` are reserved)");
+        return Err((ErrorCode::NotFound, message));
+    }
+    let no_arguments = match codec.decode::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Null) => true,
+        Ok(serde_json::Value::Object(map)) => map.is_empty(),
+        Ok(serde_json::Value::Array(items)) => items.is_empty(),
+        _ => false,
+    };
+    if !no_arguments {
+        let message =
+            format!("invalid arguments for `{name}`: it takes none (`{{}}`, `[]` or `null`)");
+        return Err((ErrorCode::BadRequest, message));
+    }
+    Ok(if name == protocol::FUNCTION_DESCRIBE {
+        Reply::value(codec, &describe(dispatcher))
+    } else {
+        Reply::value(
+            codec,
+            &Pong {
+                instance: dispatcher.instance.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                queue: dispatcher.queue.to_string(),
+                uptime_ms: u64::try_from(dispatcher.started.elapsed().as_millis())
+                    .unwrap_or(u64::MAX),
+                // This ping is one of the calls running.
+                in_flight: dispatcher
+                    .in_flight
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(1),
+                concurrency: dispatcher.concurrency,
+                functions: dispatcher.registry.len(),
+            },
+        )
+    })
+}
+
+fn describe(dispatcher: &Dispatcher) -> Description {
+    Description {
+        queue: dispatcher.queue.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        functions: dispatcher
+            .registry
+            .iter()
+            .map(|f| FunctionDescription {
+                name: f.name().to_owned(),
+                doc: f.doc().to_owned(),
+                params: f
+                    .params()
+                    .iter()
+                    .map(|p| ParamDescription {
+                        name: p.name.to_owned(),
+                        ty: p.ty.to_owned(),
+                    })
+                    .collect(),
+                returns: f.returns().to_owned(),
+                blocking: f.is_blocking(),
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "a non-string panic payload"
+    }
+}

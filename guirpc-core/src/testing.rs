@@ -1,0 +1,153 @@
+//! Tests without a broker: a [`Client`] whose calls are served in this process, by the
+//! program's own `#[rpc]` functions, through the same codec, dispatch and layers as over
+//! RabbitMQ.
+//!
+//! ```standalone_crate
+//! use guirpc_core::rpc;
+//!
+//! /// Adds two numbers.
+//! #[rpc]
+//! async fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), guirpc_core::Error> {
+//! let client = guirpc_core::testing::client();
+//! assert_eq!(add::call(&client, 1, 2).await?, 3);
+//! # Ok(()) }
+//! ```
+//!
+//! Arguments and replies are encoded and decoded exactly as on the wire, errors arrive as
+//! the same [`Error`] variants (an unknown function is a remote `not_found`, a slow one a
+//! [`Error::Timeout`], a call to another queue [`Error::NoRoute`]), and the server's and
+//! the client's layers run around each call. Build the server side with
+//! [`ServerBuilder::in_memory`](crate::ServerBuilder::in_memory) to give it layers,
+//! metrics or a registry of its own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use crate::client::{Transport, timed_out, with_retries};
+use crate::error::Error;
+use crate::middleware::{ClientRequest, ClientResponse, ClientService, ServerService, Service};
+use crate::protocol::{self, RequestMeta};
+use crate::server::pipeline;
+use crate::{Client, ClientBuilder, Server};
+
+/// A client of every `#[rpc]` function of this program, served in memory, with the
+/// default settings. Panics if two functions share a name (as a server would refuse to
+/// start).
+pub fn client() -> Client {
+    match Server::builder().in_memory() {
+        Ok(server) => server.client(),
+        Err(err) => panic!("cannot serve this program's functions in memory: {err}"),
+    }
+}
+
+/// A server's pipeline, serving in memory: the functions, layers and metrics of the
+/// [`ServerBuilder`](crate::ServerBuilder) it was built from.
+#[derive(Clone)]
+pub struct InMemoryServer {
+    pub(crate) service: ServerService,
+    pub(crate) queue: Arc<str>,
+}
+
+impl std::fmt::Debug for InMemoryServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryServer")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InMemoryServer {
+    /// A client of this server, with the default client settings.
+    pub fn client(&self) -> Client {
+        self.client_with(Client::builder())
+    }
+
+    /// A client of this server, with `builder`'s settings and layers (its URI is unused).
+    pub fn client_with(&self, builder: ClientBuilder) -> Client {
+        let builder = builder.queue(&*self.queue);
+        let transport = InMemory {
+            server: self.service.clone(),
+            queue: self.queue.clone(),
+            next_id: Arc::new(AtomicU64::new(1)),
+        };
+        builder.build(ClientService::new(transport), Transport::Memory)
+    }
+}
+
+/// The innermost service of an in-memory client.
+#[derive(Clone)]
+struct InMemory {
+    server: ServerService,
+    queue: Arc<str>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Service<ClientRequest> for InMemory {
+    type Response = ClientResponse;
+    type Error = Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<ClientResponse, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: ClientRequest) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let no_wait = |_| async { true };
+            let (this, request) = (&this, &request);
+            with_retries(request, no_wait, || this.round_trip(request)).await
+        })
+    }
+}
+
+impl InMemory {
+    async fn round_trip(&self, request: &ClientRequest) -> Result<ClientResponse, Error> {
+        if request.queue.as_str() != &*self.queue {
+            return Err(Error::NoRoute {
+                function: request.function.clone(),
+                queue: request.queue.to_string(),
+                exchange: String::new(),
+            });
+        }
+        // The request as the broker would deliver it: the same properties, read the same way.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let properties = protocol::request_properties(
+            &request.function,
+            request.codec,
+            itoa::Buffer::new().format(id).into(),
+            request.timeout,
+            &request.headers,
+        );
+        let meta = RequestMeta::read(&properties);
+        let (codec, unreadable) = match meta.codec {
+            Ok(codec) => (codec, None),
+            Err(unsupported) => (request.codec, Some(unsupported)),
+        };
+        let served = crate::middleware::ServerRequest {
+            function: meta.function.unwrap_or_default(),
+            queue: self.queue.clone(),
+            correlation_id: meta.correlation_id,
+            headers: properties.headers().clone().unwrap_or_default(),
+            deadline: meta.deadline,
+            redelivered: false,
+            codec,
+            body: request.body.clone(),
+            unreadable,
+        };
+        match tokio::time::timeout(request.timeout, pipeline::run(&self.server, served)).await {
+            Ok(reply) => Ok(ClientResponse {
+                ok: reply.is_ok(),
+                codec,
+                body: reply.body,
+            }),
+            Err(_) => Err(timed_out(request)),
+        }
+    }
+}
