@@ -268,7 +268,10 @@ impl Service<ServerRequest> for ServerTrace {
             span.record("messaging.rabbitmq.redelivered", request.redelivered);
         }
         #[cfg(feature = "otel")]
-        crate::otel::continue_trace(&span, &request.headers);
+        let context = match crate::otel::continue_trace(&span, &request.headers) {
+            Some(otel) => adopt(&span, otel),
+            None => context,
+        };
         let future = self.inner.call(request);
         let started = Instant::now();
         Box::pin(
@@ -327,7 +330,10 @@ impl Service<ClientRequest> for ClientTrace {
             parent.as_ref()
         );
         #[cfg(feature = "otel")]
-        let context = crate::otel::context_of(&span).unwrap_or(context);
+        let context = match crate::otel::context_of(&span) {
+            Some(otel) => adopt(&span, otel),
+            None => context,
+        };
         request.set_header(HEADER_TRACEPARENT, context.traceparent());
         if let Some(state) = &context.state {
             request.set_header(HEADER_TRACESTATE, state.as_str());
@@ -343,6 +349,14 @@ impl Service<ClientRequest> for ClientTrace {
             .instrument(span),
         )
     }
+}
+
+/// Makes OpenTelemetry's context of a span the call's, in its fields too.
+#[cfg(feature = "otel")]
+fn adopt(span: &Span, context: TraceContext) -> TraceContext {
+    span.record("trace_id", field::display(Hex(context.trace_id, 32)));
+    span.record("span_id", field::display(Hex(context.span_id, 16)));
+    context
 }
 
 /// Records a call's outcome and duration on its span.

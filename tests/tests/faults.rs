@@ -212,9 +212,20 @@ async fn a_client_whose_connection_drops_fails_its_pending_calls_at_once_and_rec
 #[tokio::test(flavor = "multi_thread")]
 async fn servers_and_clients_come_back_after_a_broker_restart() {
     let (_one, broker) = private_broker("restart").await;
-    let _server = server(&broker, "restart", 8).await;
+    let server = Server::builder()
+        .uri(broker.uri())
+        .queue("restart")
+        .metrics_addr("127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let metrics = server.metrics_addr().unwrap();
     let client = client(&broker, "restart", Duration::from_secs(2)).await;
     assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+    assert_eq!(
+        readiness(metrics).await,
+        (200, "ready: connected and consuming\n".into())
+    );
 
     let broker = tokio::task::spawn_blocking(move || {
         broker.stop_app();
@@ -233,6 +244,12 @@ async fn servers_and_clients_come_back_after_a_broker_restart() {
             started.elapsed()
         );
     }
+    // Not ready while it cannot consume; alive all along.
+    let (status, reason) = readiness(metrics).await;
+    assert_eq!(status, 503, "{reason}");
+    assert_eq!(reason, "not ready: connecting to the broker\n");
+    let healthz = tokio::task::spawn_blocking(move || guirpc_tests::http_get(metrics, "/healthz"));
+    assert_eq!(healthz.await.unwrap().0, 200);
     let broker = tokio::task::spawn_blocking(move || {
         broker.start_app();
         broker
@@ -246,15 +263,49 @@ async fn servers_and_clients_come_back_after_a_broker_restart() {
         "answered again {:?} after the broker came back",
         back.elapsed()
     );
+    let ready = eventually(Duration::from_secs(10), || async {
+        match readiness(metrics).await {
+            (200, _) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert_eq!(ready, Ok(()));
+    let text = tokio::task::spawn_blocking(move || guirpc_tests::http_get(metrics, "/metrics"))
+        .await
+        .unwrap()
+        .1;
+    let reconnects =
+        guirpc_tests::sample(&text, "guirpc_server_reconnects_total{queue=\"restart\"}");
+    assert_eq!(reconnects, Some(1.0), "{text}");
     drop(broker);
+}
+
+/// `/readyz`: its status and its text.
+async fn readiness(metrics: std::net::SocketAddr) -> (u16, String) {
+    tokio::task::spawn_blocking(move || guirpc_tests::http_get(metrics, "/readyz"))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_alarm_is_surfaced_calls_end_by_their_deadline_and_all_is_well_after() {
     let (_one, broker) = private_broker("alarm").await;
-    let _server = server(&broker, "alarm", 8).await;
+    let server = Server::builder()
+        .uri(broker.uri())
+        .queue("alarm")
+        .metrics_addr("127.0.0.1:0")
+        .start()
+        .await
+        .unwrap();
+    let metrics = server.metrics_addr().unwrap();
     let client = client(&broker, "alarm", Duration::from_secs(2)).await;
     assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+    // A call running when the alarm goes off: its reply is the server's first publish
+    // under the alarm, which is when the broker tells the server it is blocked.
+    let patient = client.with_timeout(Duration::from_secs(60));
+    let running = tokio::spawn(async move { nap::call(&patient, 2_000).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let broker = tokio::task::spawn_blocking(move || {
         broker.memory_alarm(true);
@@ -280,6 +331,24 @@ async fn a_memory_alarm_is_surfaced_calls_end_by_their_deadline_and_all_is_well_
     if let Error::Blocked { reason, .. } = &err {
         assert!(!reason.is_empty());
     }
+    // The server is blocked too: not ready, and its gauge says so.
+    let blocked = eventually(Duration::from_secs(10), || async {
+        match readiness(metrics).await {
+            (503, reason) if reason.contains("blocks publishing") => Ok(reason),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert!(blocked.is_ok(), "{blocked:?}");
+    let text = tokio::task::spawn_blocking(move || guirpc_tests::http_get(metrics, "/metrics"))
+        .await
+        .unwrap()
+        .1;
+    assert_eq!(
+        guirpc_tests::sample(&text, "guirpc_server_broker_blocked{queue=\"alarm\"}"),
+        Some(1.0),
+        "{text}"
+    );
 
     let broker = tokio::task::spawn_blocking(move || {
         broker.memory_alarm(false);
@@ -290,6 +359,12 @@ async fn a_memory_alarm_is_surfaced_calls_end_by_their_deadline_and_all_is_well_
     let result = eventually(Duration::from_secs(20), || add::call(&client, 3, 4)).await;
     assert_eq!(result.unwrap(), 7);
     assert!(client.blocked().is_none());
+    assert_eq!(
+        running.await.unwrap().unwrap(),
+        2_000,
+        "the blocked reply went out after"
+    );
+    assert_eq!(readiness(metrics).await.0, 200);
     drop(broker);
 }
 

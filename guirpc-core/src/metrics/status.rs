@@ -78,9 +78,9 @@ h1 {{ font-size: 1.4rem; margin: 0 0 .3rem; }}
 .ok {{ color: #11772e; font-weight: 600; }}
 .bad {{ color: #b3261e; font-weight: 600; }}
 table {{ border-collapse: collapse; min-width: 40rem; }}
-th, td {{ padding: .35rem .8rem; border-bottom: 1px solid #ddd; text-align: right; }}
-th:first-child, td:first-child, td.doc {{ text-align: left; }}
-td.doc {{ color: #555; }}
+th, td {{ padding: .35rem .8rem; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }}
+th:first-child, td:first-child, .doc {{ text-align: left; }}
+td.doc {{ color: #555; white-space: normal; }}
 </style></head>
 <body>
 <h1>Service <code>{}</code></h1>
@@ -88,7 +88,7 @@ td.doc {{ color: #555; }}
 <p>Connection: <span id="state" class="{state_class}">{}</span> &middot;
 calls in flight: <span id="in-flight">{in_flight}</span></p>
 <table id="functions">
-<tr><th>function</th><th>calls</th><th>errors</th><th>p50</th><th>p95</th><th>p99</th><th>description</th></tr>
+<tr><th>function</th><th>calls</th><th>errors</th><th>p50</th><th>p95</th><th>p99</th><th class="doc">description</th></tr>
 "#,
         escape(queue),
         escape(&endpoint.instance),

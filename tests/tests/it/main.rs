@@ -6,5 +6,6 @@ mod clients;
 mod errors;
 mod fuzz;
 mod hostile;
+mod observability;
 mod plain_amqp;
 mod serving;
