@@ -81,8 +81,15 @@ fn run_client(binary: &str, queue: &str) -> Output {
 #[test]
 fn the_calculator_serves_both_clients_and_stops_cleanly_on_sigterm() {
     let queue = queue("serve");
-    let (child, lines) = serve(&["--queue", &queue]);
-    let seen = wait_for(&lines, "serving 3 function(s)");
+    let (child, lines) = serve(&["--queue", &queue, "--metrics-addr", "127.0.0.1:0"]);
+    let mut seen = wait_for(&lines, "metrics, health and status at http://");
+    let metrics = seen
+        .last()
+        .and_then(|line| line.split("http://").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .expect("the metrics address")
+        .to_owned();
+    seen.extend(wait_for(&lines, "serving 3 function(s)"));
     let banner = seen.join("\n");
     assert!(
         banner.contains(&format!("serving queue `{queue}`")),
@@ -129,6 +136,32 @@ fn the_calculator_serves_both_clients_and_stops_cleanly_on_sigterm() {
         stdout.contains("8 threads got [1, 2, 3, 4, 5, 6, 7, 8]"),
         "{stdout}"
     );
+
+    // The calls show in the metrics, read with curl as Prometheus would scrape them.
+    let scrape = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{metrics}{path}"),
+            ])
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let exposition = scrape("/metrics");
+    assert!(exposition.ends_with("# EOF\n\n200"), "{exposition}");
+    let adds = exposition
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&format!(
+                "guirpc_server_calls_total{{queue=\"{queue}\",function=\"add\",code=\"ok\"}} "
+            ))
+        })
+        .and_then(|count| count.parse::<u64>().ok());
+    assert!(adds.is_some_and(|n| n >= 102), "{exposition}");
+    assert_eq!(scrape("/readyz"), "ready: connected and consuming\n\n200");
 
     let status = terminate(child);
     assert!(

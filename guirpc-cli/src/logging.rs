@@ -72,8 +72,9 @@ impl Drop for Telemetry {
 
 /// Installs the log subscriber; logs go to standard error, in colour only on a terminal
 /// and unless `NO_COLOR` is set. With an OTLP endpoint (and the `otel` feature), spans
-/// also go to that collector.
-pub(crate) fn init(settings: &Settings) -> Result<Telemetry, Failure> {
+/// also go to that collector, when `export` (for `serve`; a one-shot command's spans are
+/// not worth a collector's while).
+pub(crate) fn init(settings: &Settings, export: bool) -> Result<Telemetry, Failure> {
     let filter = filter(&settings.log_level)?;
     let color = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
@@ -86,7 +87,7 @@ pub(crate) fn init(settings: &Settings) -> Result<Telemetry, Failure> {
     };
     let telemetry = Telemetry {
         #[cfg(feature = "otel")]
-        provider: otlp(settings)?,
+        provider: if export { otlp(settings)? } else { None },
     };
     #[cfg(feature = "otel")]
     let exporting = telemetry.provider.as_ref().map(|provider| {
@@ -95,7 +96,7 @@ pub(crate) fn init(settings: &Settings) -> Result<Telemetry, Failure> {
         provider.layer().with_filter(spans)
     });
     #[cfg(not(feature = "otel"))]
-    if !settings.otlp_endpoint.is_empty() {
+    if export && !settings.otlp_endpoint.is_empty() {
         eprintln!(
             "warning: an OTLP endpoint is set ({}), but this guirpc was built without the `otel` feature: no spans are sent",
             settings.otlp_endpoint

@@ -70,7 +70,7 @@ pub(crate) async fn run(
         more.push(("service.otlp_endpoint", endpoint));
     }
     let settings = args.broker.load(log, more, defaults)?;
-    let _telemetry = logging::init(&settings)?;
+    let _telemetry = logging::init(&settings, true)?;
     let registry = Registry::collect().map_err(|err| Failure::new(Exit::Usage, err.to_string()))?;
     if registry.is_empty() {
         return delegate_to_crate();
@@ -113,9 +113,6 @@ pub(crate) async fn run(
             }
             other => Failure::new(Exit::Connection, other.to_string()),
         })?;
-    if let Some(addr) = server.metrics_addr() {
-        outln!("metrics, health and status at http://{addr}/ (/metrics, /healthz, /readyz)");
-    }
     server.run_until_signal().await.map_err(|err| match err {
         ServeError::Interrupted { .. } => Failure::new(Exit::Interrupted, err.to_string()),
         other => Failure::new(Exit::Connection, other.to_string())

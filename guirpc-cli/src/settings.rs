@@ -175,7 +175,7 @@ impl ClientArgs {
         defaults: &[(&'static str, String)],
     ) -> Result<Client, Failure> {
         let settings = self.load(log, defaults)?;
-        let _ = crate::logging::init(&settings)?;
+        let _ = crate::logging::init(&settings, false)?;
         Ok(ClientBuilder::from_settings(&settings).connect().await?)
     }
 }

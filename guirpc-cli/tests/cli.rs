@@ -683,6 +683,10 @@ async fn flags_are_typed_and_log_filters_are_checked() {
         "[env: GUIRPC_PREFETCH] [default: 128]",
         "at-most-once",
         "[possible values: error, warn, info, debug, trace]",
+        "--metrics-addr <HOST:PORT>",
+        "[env: GUIRPC_METRICS_ADDR] [default: \"\"]",
+        "--otlp-endpoint <URL>",
+        "[env: GUIRPC_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT]",
     ] {
         assert!(help.contains(expected), "`{expected}` missing from {help}");
     }

@@ -62,6 +62,7 @@ impl Extractor for Headers<'_> {
         match self.0.inner().get(key)? {
             AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
             AMQPValue::ShortString(s) => Some(s.as_str()),
+            AMQPValue::ByteArray(b) => std::str::from_utf8(b.as_slice()).ok(),
             _ => None,
         }
     }

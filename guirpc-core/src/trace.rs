@@ -133,10 +133,15 @@ impl TraceContext {
 
     /// Runs `f` with `context` as the current one on this thread (for blocking functions).
     pub(crate) fn in_blocking<R>(context: Option<TraceContext>, f: impl FnOnce() -> R) -> R {
-        let previous = BLOCKING.with(|current| current.replace(context));
-        let result = f();
-        BLOCKING.with(|current| *current.borrow_mut() = previous);
-        result
+        /// Puts the previous context back however `f` ends, a panic included.
+        struct Restore(Option<TraceContext>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                BLOCKING.with(|current| *current.borrow_mut() = self.0.take());
+            }
+        }
+        let _restore = Restore(BLOCKING.with(|current| current.replace(context)));
+        f()
     }
 
     fn from_headers(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<TraceContext> {
@@ -187,9 +192,9 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A call's span: its name, OpenTelemetry kind and messaging operation, queue, function,
 /// trace context and parent. Fields only one side knows are declared empty.
 macro_rules! call_span {
-    ($name:literal, $kind:literal, $operation:literal, $queue:expr, $function:expr, $context:expr, $parent:expr) => {{
+    ($name:literal, $kind:literal, $operation:literal, $queue:expr, $function:expr, $parent:expr) => {{
         let (queue, function): (&str, &str) = ($queue, $function);
-        let (context, parent): (&TraceContext, Option<&TraceContext>) = ($context, $parent);
+        let parent: Option<&TraceContext> = $parent;
         let span = tracing::info_span!(
             $name,
             otel.name = field::Empty,
@@ -206,8 +211,8 @@ macro_rules! call_span {
             guirpc.outcome = field::Empty,
             error.type = field::Empty,
             guirpc.duration_ms = field::Empty,
-            trace_id = %Hex(context.trace_id, 32),
-            span_id = %Hex(context.span_id, 16),
+            trace_id = field::Empty,
+            span_id = field::Empty,
             parent_span_id = parent.map(|p| field::display(Hex(p.span_id, 16))),
         );
         if !span.is_disabled() {
@@ -259,7 +264,6 @@ impl Service<ServerRequest> for ServerTrace {
             "process",
             &request.queue,
             &request.function,
-            &context,
             parent.as_ref()
         );
         if !span.is_disabled() {
@@ -268,10 +272,8 @@ impl Service<ServerRequest> for ServerTrace {
             span.record("messaging.rabbitmq.redelivered", request.redelivered);
         }
         #[cfg(feature = "otel")]
-        let context = match crate::otel::continue_trace(&span, &request.headers) {
-            Some(otel) => adopt(&span, otel),
-            None => context,
-        };
+        let context = crate::otel::continue_trace(&span, &request.headers).unwrap_or(context);
+        record_ids(&span, &context);
         let future = self.inner.call(request);
         let started = Instant::now();
         Box::pin(
@@ -326,14 +328,11 @@ impl Service<ClientRequest> for ClientTrace {
             "send",
             request.queue.as_str(),
             &request.function,
-            &context,
             parent.as_ref()
         );
         #[cfg(feature = "otel")]
-        let context = match crate::otel::context_of(&span) {
-            Some(otel) => adopt(&span, otel),
-            None => context,
-        };
+        let context = crate::otel::context_of(&span).unwrap_or(context);
+        record_ids(&span, &context);
         request.set_header(HEADER_TRACEPARENT, context.traceparent());
         if let Some(state) = &context.state {
             request.set_header(HEADER_TRACESTATE, state.as_str());
@@ -351,12 +350,10 @@ impl Service<ClientRequest> for ClientTrace {
     }
 }
 
-/// Makes OpenTelemetry's context of a span the call's, in its fields too.
-#[cfg(feature = "otel")]
-fn adopt(span: &Span, context: TraceContext) -> TraceContext {
+/// Records the call's trace and span IDs in its span's fields.
+fn record_ids(span: &Span, context: &TraceContext) {
     span.record("trace_id", field::display(Hex(context.trace_id, 32)));
     span.record("span_id", field::display(Hex(context.span_id, 16)));
-    context
 }
 
 /// Records a call's outcome and duration on its span.

@@ -56,7 +56,7 @@ struct Inner {
     server: ServerFamilies,
     client: ClientFamilies,
     /// Gauges read from state at each scrape (connected, blocked, in flight).
-    probes: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    probes: Mutex<Vec<Box<dyn Fn() -> bool + Send + Sync>>>,
 }
 
 #[derive(Clone)]
@@ -187,15 +187,12 @@ impl Metrics {
 
     /// The metrics in the OpenMetrics text format, which Prometheus scrapes.
     pub fn encode(&self) -> String {
-        for probe in self
-            .inner
+        // A probe whose server is gone says so, and is dropped.
+        self.inner
             .probes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            probe();
-        }
+            .retain(|probe| probe());
         let mut text = String::new();
         encode(&mut text, &self.inner.registry).expect("writing to a String cannot fail");
         text
@@ -211,8 +208,8 @@ impl Metrics {
         &self.inner.server
     }
 
-    /// Reads state into gauges at every scrape.
-    pub(crate) fn probe(&self, probe: impl Fn() + Send + Sync + 'static) {
+    /// Reads state into gauges at every scrape, for as long as `probe` returns `true`.
+    pub(crate) fn probe(&self, probe: impl Fn() -> bool + Send + Sync + 'static) {
         self.inner
             .probes
             .lock()

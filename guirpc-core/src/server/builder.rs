@@ -238,7 +238,8 @@ impl ServerBuilder {
             started: std::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
         });
-        let dead_letter = !settings.dead_letter_exchange.is_empty();
+        let dead_letter = !settings.dead_letter_exchange.is_empty()
+            && settings.delivery == DeliveryGuarantee::AtLeastOnce;
         let service = pipeline::build(
             dispatcher.clone(),
             &self.layers,

@@ -93,6 +93,9 @@ pub(super) async fn handle(
                     function,
                     "the broker refused this request's reply on every attempt ({why}); the request is settled without a reply"
                 );
+                if verdict != Verdict::Rejected {
+                    shared.count_given_up();
+                }
                 verdict = Verdict::Rejected;
             }
         }

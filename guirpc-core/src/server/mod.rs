@@ -250,13 +250,40 @@ impl Shared {
         let families = metrics.server();
         let ready = families.ready.get_or_create_owned(&labels);
         let blocked = families.blocked.get_or_create_owned(&labels);
+        // Exposed from the start at 0, so that the first reconnection shows in `rate()`.
+        drop(families.reconnects.get_or_create(&labels));
         let shared = Arc::downgrade(self);
-        metrics.probe(move || {
-            if let Some(shared) = shared.upgrade() {
+        metrics.probe(move || match shared.upgrade() {
+            Some(shared) => {
                 ready.set(i64::from(shared.health.readiness().is_ready()));
                 blocked.set(i64::from(shared.health.blocked.is_blocked()));
+                true
+            }
+            // The server is gone: it serves nothing.
+            None => {
+                ready.set(0);
+                blocked.set(0);
+                false
             }
         });
+    }
+
+    /// Whether a rejected request goes to the dead-letter exchange: one is configured, and
+    /// requests are acknowledged after their reply (at-most-once acknowledges on receipt).
+    fn dead_letters(&self) -> bool {
+        !self.settings.dead_letter_exchange.is_empty()
+            && self.settings.delivery == crate::config::Delivery::AtLeastOnce
+    }
+
+    /// Counts a request rejected after the pipeline: its reply was given up.
+    fn count_given_up(&self) {
+        if let Some(metrics) = &self.metrics {
+            let labels = queue_labels(&self.settings.queue);
+            metrics.server().rejected.get_or_create(&labels).inc();
+            if self.dead_letters() {
+                metrics.server().dead_lettered.get_or_create(&labels).inc();
+            }
+        }
     }
 
     /// Counts a reconnection, when metrics are on.

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use futures_lite::FutureExt;
+use tower::ServiceExt;
 use tracing::{debug, error, warn};
 
 use crate::codec::Codec;
@@ -34,14 +35,16 @@ pub(crate) struct Dispatcher {
 }
 
 /// Builds the pipeline: tracing outermost, then metrics (when on), then the user's layers
-/// in the order added, then the dispatcher.
+/// in the order added (a panic in any of them caught there, so that spans and metrics see
+/// the call's `internal` outcome), then the dispatcher.
 pub(crate) fn build(
     dispatcher: Arc<Dispatcher>,
     layers: &Layers<ServerService>,
     metrics: Option<&Metrics>,
     dead_letter: bool,
 ) -> ServerService {
-    let mut service = layers.wrap(ServerService::new(Dispatch(dispatcher.clone())));
+    let users = layers.wrap(ServerService::new(Dispatch(dispatcher.clone())));
+    let mut service = ServerService::new(CatchPanic(users));
     if let Some(metrics) = metrics {
         let mut functions: Vec<String> = dispatcher
             .registry
@@ -57,27 +60,60 @@ pub(crate) fn build(
     ServerService::new(ServerTraceLayer.layer(service))
 }
 
-/// Runs a request through the pipeline. A layer that panics costs the request an
-/// `internal` error reply, never the server.
+/// Runs a request through the pipeline. Whatever panics costs the request an `internal`
+/// error reply, never the server.
 pub(crate) async fn run(service: &ServerService, request: ServerRequest) -> Reply {
-    use tower::ServiceExt;
-    let (codec, function) = (request.codec, request.function.clone());
+    let codec = request.codec;
     match AssertUnwindSafe(service.clone().oneshot(request))
         .catch_unwind()
         .await
     {
         Ok(Ok(reply)) => reply,
         Ok(Err(never)) => match never {},
-        Err(panic) => {
-            let what = panic_message(panic.as_ref());
-            error!(function, "a middleware layer panicked: {what}");
-            Reply::refusal(
-                codec,
-                ErrorCode::Internal,
-                &format!("the server failed serving `{function}`: {what}"),
-            )
-        }
+        Err(panic) => layer_panicked(codec, "a request", panic.as_ref()),
     }
+}
+
+/// Catches a panic of the user's layers (or of the dispatcher) as an `internal` reply.
+#[derive(Clone)]
+struct CatchPanic(ServerService);
+
+impl Service<ServerRequest> for CatchPanic {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: ServerRequest) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let (codec, function) = (request.codec, request.function.clone());
+            match AssertUnwindSafe(inner.oneshot(request))
+                .catch_unwind()
+                .await
+            {
+                Ok(reply) => reply,
+                Err(panic) => Ok(layer_panicked(
+                    codec,
+                    &format!("`{function}`"),
+                    panic.as_ref(),
+                )),
+            }
+        })
+    }
+}
+
+fn layer_panicked(codec: Codec, what: &str, panic: &(dyn std::any::Any + Send)) -> Reply {
+    let why = panic_message(panic);
+    error!("a middleware layer panicked serving {what}: {why}");
+    Reply::refusal(
+        codec,
+        ErrorCode::Internal,
+        &format!("the server failed serving {what}: {why}"),
+    )
 }
 
 /// The innermost service: finds and runs the function.

@@ -110,6 +110,7 @@ async fn layers_see_every_call_can_refuse_one_and_see_its_outcome() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_layer_costs_its_call_an_error_reply_and_the_server_serves_on() {
     let queue = unique_queue("panicking-layer");
+    let metrics = Metrics::new();
     let fragile = layer_fn(|inner: ServerService| {
         service_fn(move |request: ServerRequest| {
             let inner = inner.clone();
@@ -126,6 +127,7 @@ async fn a_panicking_layer_costs_its_call_an_error_reply_and_the_server_serves_o
         .queue(&queue)
         .queue_arguments(expiring())
         .layer(fragile)
+        .metrics(&metrics)
         .start()
         .await
         .unwrap();
@@ -142,6 +144,15 @@ async fn a_panicking_layer_costs_its_call_an_error_reply_and_the_server_serves_o
         assert!(err.to_string().contains("the layer broke"), "{err}");
         assert_eq!(api::add::call(&client, 1, 1).await.unwrap(), 2);
     }
+    // Counted as what they were: internal failures, rejected.
+    let text = metrics.encode();
+    let q = format!("queue=\"{queue}\"");
+    let answer = format!("guirpc_server_calls_total{{{q},function=\"answer\",code=\"internal\"}}");
+    assert_eq!(sample(&text, &answer), Some(3.0), "{text}");
+    assert_eq!(
+        sample(&text, &format!("guirpc_server_rejected_total{{{q}}}")),
+        Some(3.0)
+    );
     server.shutdown().await.unwrap();
 }
 
