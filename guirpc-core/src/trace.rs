@@ -190,11 +190,16 @@ impl<T: fmt::LowerHex> fmt::Display for Hex<T> {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A call's span: its name, OpenTelemetry kind and messaging operation, queue, function,
-/// trace context and parent. Fields only one side knows are declared empty.
+/// trace context, parent, and (on a server) the request's correlation ID and redelivery.
+/// Every field is given at creation, which a log subscriber formats once; with the `otel`
+/// feature the IDs are recorded after, once OpenTelemetry's are known, and the span is
+/// named for OpenTelemetry.
 macro_rules! call_span {
-    ($name:literal, $kind:literal, $operation:literal, $queue:expr, $function:expr, $parent:expr) => {{
+    ($name:literal, $kind:literal, $operation:literal, $queue:expr, $function:expr, $context:expr, $parent:expr, $conversation:expr, $redelivered:expr) => {{
         let (queue, function): (&str, &str) = ($queue, $function);
         let parent: Option<&TraceContext> = $parent;
+        let ids: Option<&TraceContext> = if cfg!(feature = "otel") { None } else { Some($context) };
+        let (conversation, redelivered): (Option<&str>, Option<bool>) = ($conversation, $redelivered);
         let span = tracing::info_span!(
             $name,
             otel.name = field::Empty,
@@ -206,16 +211,16 @@ macro_rules! call_span {
             messaging.system = "rabbitmq",
             messaging.operation.type = $operation,
             messaging.destination.name = queue,
-            messaging.message.conversation_id = field::Empty,
-            messaging.rabbitmq.redelivered = field::Empty,
+            messaging.message.conversation_id = conversation,
+            messaging.rabbitmq.redelivered = redelivered,
             guirpc.outcome = field::Empty,
             error.type = field::Empty,
             guirpc.duration_ms = field::Empty,
-            trace_id = field::Empty,
-            span_id = field::Empty,
+            trace_id = ids.map(|c| field::display(Hex(c.trace_id, 32))),
+            span_id = ids.map(|c| field::display(Hex(c.span_id, 16))),
             parent_span_id = parent.map(|p| field::display(Hex(p.span_id, 16))),
         );
-        if !span.is_disabled() {
+        if cfg!(feature = "otel") && !span.is_disabled() {
             span.record("otel.name", format!("{queue}/{function}").as_str());
         }
         span
@@ -264,16 +269,17 @@ impl Service<ServerRequest> for ServerTrace {
             "process",
             &request.queue,
             &request.function,
-            parent.as_ref()
+            &context,
+            parent.as_ref(),
+            request.correlation_id.as_ref().map(ShortString::as_str),
+            Some(request.redelivered)
         );
-        if !span.is_disabled() {
-            let id = request.correlation_id.as_ref().map(ShortString::as_str);
-            span.record("messaging.message.conversation_id", id);
-            span.record("messaging.rabbitmq.redelivered", request.redelivered);
-        }
         #[cfg(feature = "otel")]
-        let context = crate::otel::continue_trace(&span, &request.headers).unwrap_or(context);
-        record_ids(&span, &context);
+        let context = {
+            let context = crate::otel::continue_trace(&span, &request.headers).unwrap_or(context);
+            record_ids(&span, &context);
+            context
+        };
         let future = self.inner.call(request);
         let started = Instant::now();
         Box::pin(
@@ -328,11 +334,17 @@ impl Service<ClientRequest> for ClientTrace {
             "send",
             request.queue.as_str(),
             &request.function,
-            parent.as_ref()
+            &context,
+            parent.as_ref(),
+            None,
+            None
         );
         #[cfg(feature = "otel")]
-        let context = crate::otel::context_of(&span).unwrap_or(context);
-        record_ids(&span, &context);
+        let context = {
+            let context = crate::otel::context_of(&span).unwrap_or(context);
+            record_ids(&span, &context);
+            context
+        };
         request.set_header(HEADER_TRACEPARENT, context.traceparent());
         if let Some(state) = &context.state {
             request.set_header(HEADER_TRACESTATE, state.as_str());
@@ -351,6 +363,7 @@ impl Service<ClientRequest> for ClientTrace {
 }
 
 /// Records the call's trace and span IDs in its span's fields.
+#[cfg(feature = "otel")]
 fn record_ids(span: &Span, context: &TraceContext) {
     span.record("trace_id", field::display(Hex(context.trace_id, 32)));
     span.record("span_id", field::display(Hex(context.span_id, 16)));

@@ -5,7 +5,10 @@
 //! from its own task, acknowledged after it), and a client on direct reply-to matching
 //! replies by correlation ID, every request published from the task of its own call, so
 //! lapin batches the frames of concurrent calls. Against it: a `#[rpc]` echo function served
-//! by the guirpc server, called through the async client and through the blocking client.
+//! by the guirpc server, called through the async client and through the blocking client,
+//! and the async client *observed*: a server and client of their own with metrics on and a
+//! log subscriber taking every span at `info` (formatted as `guirpc serve` would, to a
+//! sink), on a runtime of their own so that the other arms pay nothing for it.
 //!
 //! Arms alternate round by round so that machine noise hits all alike.
 //!
@@ -132,8 +135,16 @@ struct Options {
     #[arg(long, value_delimiter = ',', default_value = "16,65536")]
     payloads: Vec<usize>,
     /// Which clients to measure
-    #[arg(long, value_delimiter = ',', default_value = "raw,async,blocking")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raw,async,observed,blocking"
+    )]
     arms: Vec<Arm>,
+    /// What the observed arm turns on: spans at `info` and metrics (the default), one of
+    /// them, or neither (a control: the arm's own runtime and connections alone)
+    #[arg(long, default_value = "both")]
+    observe: Observe,
     /// Passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     bench: bool,
@@ -193,10 +204,20 @@ impl Samples {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Observe {
+    Both,
+    Spans,
+    Metrics,
+    Neither,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, clap::ValueEnum)]
 enum Arm {
     Raw,
     Async,
+    /// The async client with spans at `info` and metrics on, server and client.
+    Observed,
     Blocking,
 }
 
@@ -205,6 +226,7 @@ impl Arm {
         match self {
             Arm::Raw => "raw lapin",
             Arm::Async => "guirpc async",
+            Arm::Observed => "async observed",
             Arm::Blocking => "guirpc blocking",
         }
     }
@@ -214,6 +236,64 @@ struct Contenders {
     raw: Arc<raw::Client>,
     client: Client,
     blocking: BlockingClient,
+    observed: Observed,
+}
+
+/// The observed arm: its runtime, whose threads log every span at `info`, and its client.
+struct Observed {
+    runtime: tokio::runtime::Runtime,
+    dispatch: tracing::Dispatch,
+    client: Client,
+    _server: Server,
+}
+
+impl Observed {
+    fn start(queue: &str, prefetch: u16, concurrency: usize, observe: Observe) -> Observed {
+        let spans = matches!(observe, Observe::Both | Observe::Spans);
+        let dispatch = if spans {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(std::io::sink)
+                .with_max_level(tracing::Level::INFO)
+                .finish();
+            tracing::Dispatch::new(subscriber)
+        } else {
+            tracing::Dispatch::none()
+        };
+        let on_start = dispatch.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .on_thread_start(move || {
+                // The runtime's threads log for as long as they live.
+                std::mem::forget(tracing::dispatcher::set_default(&on_start));
+            })
+            .build()
+            .unwrap();
+        let metrics = guirpc_core::Metrics::new();
+        let metered = matches!(observe, Observe::Both | Observe::Metrics);
+        let (server, client) = runtime.block_on(async {
+            let mut server = Server::builder()
+                .uri(broker())
+                .queue(queue)
+                .queue_arguments(guirpc_tests::expiring())
+                .prefetch(prefetch)
+                .concurrency(concurrency);
+            let mut client = Client::builder().uri(broker()).queue(queue);
+            if metered {
+                server = server.metrics(&metrics);
+                client = client.metrics(&metrics);
+            }
+            (
+                server.start().await.unwrap(),
+                client.connect().await.unwrap(),
+            )
+        });
+        Observed {
+            runtime,
+            dispatch,
+            client,
+            _server: server,
+        }
+    }
 }
 
 fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
@@ -246,10 +326,17 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
         .queue(&queue)
         .connect_blocking()
         .unwrap();
+    let observed = Observed::start(
+        &format!("bench.observed.{pid}"),
+        prefetch,
+        max_inflight * 2,
+        options.observe,
+    );
     let contenders = Contenders {
         raw,
         client,
         blocking,
+        observed,
     };
 
     println!(
@@ -400,6 +487,20 @@ fn run(
                     echo::call(&client, data).await.unwrap();
                 }
             }))
+        }
+        Arm::Observed => {
+            let observed = &contenders.observed;
+            let (client, data) = (observed.client.clone(), data.clone());
+            tracing::dispatcher::with_default(&observed.dispatch, || {
+                observed
+                    .runtime
+                    .block_on(keep_calling(inflight, end, move || {
+                        let (client, data) = (client.clone(), ByteBuf::from(data.to_vec()));
+                        async move {
+                            echo::call(&client, data).await.unwrap();
+                        }
+                    }))
+            })
         }
         Arm::Blocking => std::thread::scope(|scope| {
             let workers: Vec<_> = (0..inflight)
