@@ -50,7 +50,7 @@ pub struct TraceContext {
 }
 
 tokio::task_local! {
-    static CURRENT: TraceContext;
+    static CURRENT: Option<TraceContext>;
 }
 
 thread_local! {
@@ -120,15 +120,15 @@ impl TraceContext {
     /// The context of the call being served by this task (or blocking function), if any:
     /// the parent of the calls it makes.
     pub fn current() -> Option<TraceContext> {
-        CURRENT
-            .try_with(TraceContext::clone)
-            .ok()
-            .or_else(|| BLOCKING.with(|current| current.borrow().clone()))
+        match CURRENT.try_with(Option::clone) {
+            Ok(current) => current,
+            Err(_) => BLOCKING.with(|current| current.borrow().clone()),
+        }
     }
 
     /// Runs `future` with this context as the current one.
     pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        CURRENT.scope(self, future).await
+        CURRENT.scope(Some(self), future).await
     }
 
     /// Runs `f` with `context` as the current one on this thread (for blocking functions).
@@ -280,11 +280,14 @@ impl Service<ServerRequest> for ServerTrace {
             record_ids(&span, &context);
             context
         };
+        // The handler's calls continue this trace when there is one: the caller sent it,
+        // or this call is recorded.
+        let current = (parent.is_some() || !span.is_disabled()).then_some(context);
         let future = self.inner.call(request);
         let started = Instant::now();
         Box::pin(
             async move {
-                let reply = context.scope(future).await;
+                let reply = CURRENT.scope(current, future).await;
                 if let Ok(reply) = &reply {
                     finish(&Span::current(), reply.outcome(), started);
                 }
@@ -345,9 +348,14 @@ impl Service<ClientRequest> for ClientTrace {
             record_ids(&span, &context);
             context
         };
-        request.set_header(HEADER_TRACEPARENT, context.traceparent());
-        if let Some(state) = &context.state {
-            request.set_header(HEADER_TRACESTATE, state.as_str());
+        // The context travels when there is a trace to continue: this call is recorded,
+        // or it is made while serving a call that is part of one. A call no one records
+        // starts no trace, and its request carries no header for the broker to parse.
+        if parent.is_some() || !span.is_disabled() {
+            request.set_header(HEADER_TRACEPARENT, context.traceparent());
+            if let Some(state) = &context.state {
+                request.set_header(HEADER_TRACESTATE, state.as_str());
+            }
         }
         let future = self.inner.call(request);
         let started = Instant::now();

@@ -18,6 +18,7 @@
 //! cargo bench -p guirpc-tests --bench rpc -- --duration 2s --rounds 5
 //! cargo bench -p guirpc-tests --bench rpc -- --memory 1000000     # steady memory
 //! cargo bench -p guirpc-tests --bench rpc -- --scale-out          # 1, 2, 4 servers
+//! cargo bench -p guirpc-tests --bench rpc -- --pipeline 200000     # observability's own cost
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -125,6 +126,10 @@ struct Options {
     /// Measure 1, 2 and 4 server processes on one queue instead
     #[arg(long)]
     scale_out: bool,
+    /// Measure what spans and metrics cost per call, without a broker: this many calls
+    /// through the in-memory transport (client and server pipelines) per setting
+    #[arg(long, value_name = "CALLS")]
+    pipeline: Option<u64>,
     /// Serve the echo function on this queue until stdin closes (what --scale-out starts)
     #[arg(long, value_name = "QUEUE")]
     serve: Option<String>,
@@ -166,6 +171,8 @@ fn main() {
         runtime.block_on(memory(calls));
     } else if options.scale_out {
         runtime.block_on(scale_out(&options));
+    } else if let Some(calls) = options.pipeline {
+        pipeline(calls, options.rounds);
     } else {
         compare(&runtime, &options);
     }
@@ -236,7 +243,9 @@ struct Contenders {
     raw: Arc<raw::Client>,
     client: Client,
     blocking: BlockingClient,
-    observed: Observed,
+    /// Started only when its arm is measured: its runtime and connections are not left
+    /// idle beside the other arms.
+    observed: Option<Observed>,
 }
 
 /// The observed arm: its runtime, whose threads log every span at `info`, and its client.
@@ -326,12 +335,14 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
         .queue(&queue)
         .connect_blocking()
         .unwrap();
-    let observed = Observed::start(
-        &format!("bench.observed.{pid}"),
-        prefetch,
-        max_inflight * 2,
-        options.observe,
-    );
+    let observed = options.arms.contains(&Arm::Observed).then(|| {
+        Observed::start(
+            &format!("bench.observed.{pid}"),
+            prefetch,
+            max_inflight * 2,
+            options.observe,
+        )
+    });
     let contenders = Contenders {
         raw,
         client,
@@ -489,7 +500,7 @@ fn run(
             }))
         }
         Arm::Observed => {
-            let observed = &contenders.observed;
+            let observed = contenders.observed.as_ref().expect("started for its arm");
             let (client, data) = (observed.client.clone(), data.clone());
             tracing::dispatcher::with_default(&observed.dispatch, || {
                 observed
@@ -529,6 +540,83 @@ fn run(
         own_cpu: cpu_time("self") - own_before,
         broker_cpu: broker.as_deref().map(cpu_time).unwrap_or_default() - broker_before,
     }
+}
+
+/// The cost of observing a call, without a broker and its noise: calls through the
+/// in-memory transport (the client's and the server's whole pipelines, codec and dispatch
+/// included) on one thread, with nothing on, spans at `info` (formatted to a sink), metrics,
+/// and both; rounds alternate the settings.
+fn pipeline(calls: u64, rounds: usize) {
+    let settings = [
+        Observe::Neither,
+        Observe::Spans,
+        Observe::Metrics,
+        Observe::Both,
+    ];
+    let mut best = [f64::MAX; 4];
+    let mut worst = [0f64; 4];
+    for _ in 0..rounds.max(1) {
+        for (i, &observe) in settings.iter().enumerate() {
+            let ns = pipeline_round(calls, observe);
+            best[i] = best[i].min(ns);
+            worst[i] = worst[i].max(ns);
+        }
+    }
+    println!(
+        "in-memory call, 16 B, {calls} calls x {} round(s) per setting, one thread",
+        rounds.max(1)
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>16}",
+        "observe", "best ns", "worst ns", "over none (best)"
+    );
+    for (i, observe) in settings.iter().enumerate() {
+        println!(
+            "{:<10} {:>12.0} {:>12.0} {:>+16.0}",
+            format!("{observe:?}").to_lowercase(),
+            best[i],
+            worst[i],
+            best[i] - best[0]
+        );
+    }
+}
+
+/// Nanoseconds per call of one round.
+fn pipeline_round(calls: u64, observe: Observe) -> f64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dispatch = if matches!(observe, Observe::Both | Observe::Spans) {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::Dispatch::new(subscriber)
+    } else {
+        tracing::Dispatch::none()
+    };
+    let metrics = guirpc_core::Metrics::new();
+    let mut server = Server::builder().queue("bench.pipeline");
+    let mut client = Client::builder();
+    if matches!(observe, Observe::Both | Observe::Metrics) {
+        server = server.metrics(&metrics);
+        client = client.metrics(&metrics);
+    }
+    let client = server.in_memory().unwrap().client_with(client);
+    let data = ByteBuf::from(vec![7u8; 16]);
+    tracing::dispatcher::with_default(&dispatch, || {
+        runtime.block_on(async {
+            for _ in 0..calls / 10 {
+                echo::call(&client, data.clone()).await.unwrap();
+            }
+            let started = Instant::now();
+            for _ in 0..calls {
+                echo::call(&client, data.clone()).await.unwrap();
+            }
+            started.elapsed().as_nanos() as f64 / calls as f64
+        })
+    })
 }
 
 /// Serves the echo functions on `queue` until standard input closes: one server process

@@ -145,6 +145,8 @@ async fn server_and_client_layers_and_metrics_run_around_in_memory_calls() {
             let (inner, seen) = (inner.clone(), seen.clone());
             async move {
                 let key = request.header("x-tenant").map(|t| t.into_owned());
+                // No subscriber records spans in this program: its calls start no trace.
+                assert!(request.header("traceparent").is_none());
                 seen.lock().unwrap().push(format!("server saw {key:?}"));
                 if key.is_none() {
                     let refusal = Reply::error(

@@ -543,3 +543,28 @@ async fn the_status_page_shows_the_service_in_a_real_browser() {
     assert!(shot.len() > 10_000, "a blank page? {} bytes", shot.len());
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_server_is_not_ready_while_it_finishes_its_calls() {
+    let (queue, server) = metered("draining").await;
+    let addr = server.metrics_addr().unwrap();
+    let client = Client::builder()
+        .uri(uri())
+        .queue(&queue)
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move { client.call::<u64>("nap", (1_500u64,)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let readyz = move || tokio::task::spawn_blocking(move || http_get(addr, "/readyz"));
+    assert_eq!(readyz().await.unwrap().0, 200);
+    let stopping = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        readyz().await.unwrap(),
+        (503, "not ready: shutting down\n".to_owned())
+    );
+    assert_eq!(running.await.unwrap().unwrap(), 1_500);
+    stopping.await.unwrap().unwrap();
+}
