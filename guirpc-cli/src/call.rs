@@ -78,7 +78,7 @@ pub(crate) async fn run(
 }
 
 /// Reads the arguments: an object or an array.
-fn parse_args(text: &str) -> Result<Value, String> {
+pub(crate) fn parse_args(text: &str) -> Result<Value, String> {
     match serde_json::from_str::<Value>(text) {
         Ok(value @ (Value::Object(_) | Value::Array(_))) => Ok(value),
         Ok(other) => Err(format!(

@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod call;
+mod cast;
 mod config;
 mod exit;
 mod list;
@@ -60,6 +61,7 @@ enum Command {
     Serve(serve::Args),
     #[command(alias = "publishone")]
     Call(call::Args),
+    Cast(cast::Args),
     List(list::Args),
     Ping(ping::Args),
     /// Print a shell completion script: guirpc completions bash > /etc/bash_completion.d/guirpc
@@ -158,6 +160,7 @@ impl Main {
                     match command {
                         Command::Serve(args) => serve::run(args, &cli.log, defaults).await,
                         Command::Call(args) => call::run(args, &cli.log, defaults).await,
+                        Command::Cast(args) => cast::run(args, &cli.log, defaults).await,
                         Command::List(args) => list::run(args, &cli.log, defaults).await,
                         Command::Ping(args) => ping::run(args, &cli.log, defaults).await,
                         _ => unreachable!("handled above"),

@@ -34,6 +34,15 @@ async fn nap(ms: u64) -> u64 {
     ms
 }
 
+/// What [`tally`] has added up.
+static TALLY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Adds `n` to a total this process keeps: lets casts from the shell be observed.
+#[rpc]
+async fn tally(n: u64) {
+    TALLY.fetch_add(n, Ordering::SeqCst);
+}
+
 fn broker() -> String {
     std::env::var("GUIRPC_TEST_URI")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -312,7 +321,7 @@ async fn list_shows_every_function_with_its_signature_and_description() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["add", "div", "nap"]);
+    assert_eq!(names, ["add", "div", "nap", "tally"]);
     assert_eq!(
         functions[0]["params"],
         json!([{"name": "a", "type": "i64"}, {"name": "b", "type": "i64"}])
@@ -334,7 +343,7 @@ async fn ping_answers_only_when_a_server_does() {
     let out = guirpc(&["ping", "-q", &q, "--json"], None).await;
     let pong: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pong["in_flight"], 0);
-    assert_eq!(pong["functions"], 3);
+    assert_eq!(pong["functions"], 4);
     assert!(
         pong["instance"]
             .as_str()
@@ -746,4 +755,44 @@ fn no_color_turns_colour_off_on_a_terminal() {
         plain.contains("DEBUG") && !plain.contains("\x1b[3"),
         "{plain:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cast_feeds_a_work_queue_from_a_pipe_and_names_the_lines_it_could_not_cast() {
+    let server = serve("cast").await;
+    let q = server.queue().to_owned();
+    let before = TALLY.load(Ordering::SeqCst);
+    let out = guirpc(&["cast", "tally", r#"{"n": 1000000}"#, "-q", &q], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    // A producer's lines, one bad among them: every good one is cast, the bad one named.
+    let mut lines: Vec<String> = (1..=500).map(|n| format!("[{n}]")).collect();
+    lines.insert(250, "not json".into());
+    let out = guirpc(
+        &["cast", "tally", "--stdin", "-q", &q],
+        Some(lines.join("\n") + "\n"),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("line 251: invalid JSON arguments"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 of 501 casts failed"), "{stderr}");
+    let expected = before + 1_000_000 + (1..=500).sum::<u64>();
+    for _ in 0..200 {
+        if TALLY.load(Ordering::SeqCst) >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(TALLY.load(Ordering::SeqCst), expected);
+    // No queue, no cast: exit 5 at once.
+    let out = guirpc(
+        &["cast", "tally", "[1]", "-q", &unique_queue("nobody")],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
 }

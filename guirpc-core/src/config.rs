@@ -237,7 +237,7 @@ settings! {
     max_message_size: usize = 16 * 1024 * 1024, ["service"."max_message_size"], env ["GUIRPC_MAX_MESSAGE_SIZE"],
         "The largest request body, in bytes, a server decodes; a larger one is answered `too_large`.";
     dead_letter_exchange: String = String::new(), ["service"."dead_letter_exchange"], env ["GUIRPC_DEAD_LETTER_EXCHANGE"],
-        "If set, the queue dead-letters to this exchange the requests a server rejects (no function header, unsupported content type, unknown function, too large, panicked) after answering them.";
+        "If set, the queue dead-letters to this exchange the requests a server rejects (no function header, unsupported content type, unknown function, too large, panicked) after answering them, and casts that failed.";
     metrics_addr: String = String::new(), ["service"."metrics_addr"], env ["GUIRPC_METRICS_ADDR"],
         "If set, `host:port` where a server serves `/metrics` (Prometheus), `/healthz`, `/readyz` and a status page at `/` over HTTP.";
     otlp_endpoint: String = String::new(), ["service"."otlp_endpoint"], env ["GUIRPC_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],

@@ -176,6 +176,8 @@ pub struct ClientRequest {
     pub body: Vec<u8>,
     /// How many times the call is sent again after a retriable failure.
     pub retries: u32,
+    /// A cast: one-way, no reply awaited; done once the broker has taken the request.
+    pub one_way: bool,
 }
 
 impl ClientRequest {

@@ -242,6 +242,25 @@ pub(crate) fn request_properties(
         .with_headers(headers)
 }
 
+/// The properties of a cast: a one-way request, persistent (a durable queue keeps it
+/// across a broker restart), with no reply address, deadline or expiration: it waits in
+/// the queue for a server however long that takes.
+pub(crate) fn cast_properties(
+    function: &str,
+    codec: Codec,
+    extra_headers: &FieldTable,
+) -> BasicProperties {
+    let mut headers = extra_headers.clone();
+    headers.insert(
+        HEADER_FUNCTION.into(),
+        AMQPValue::LongString(LongString::from(function)),
+    );
+    BasicProperties::default()
+        .with_content_type(codec.content_type().into())
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
+
 /// The properties of a reply to a request.
 pub(crate) fn reply_properties(
     codec: Codec,

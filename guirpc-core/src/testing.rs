@@ -101,6 +101,9 @@ impl Service<ClientRequest> for InMemory {
         let this = self.clone();
         Box::pin(async move {
             let no_wait = |_| async { true };
+            if request.one_way {
+                return this.cast(request);
+            }
             let (this, request) = (&this, &request);
             with_retries(request, no_wait, || this.round_trip(request)).await
         })
@@ -108,14 +111,54 @@ impl Service<ClientRequest> for InMemory {
 }
 
 impl InMemory {
-    async fn round_trip(&self, request: &ClientRequest) -> Result<ClientResponse, Error> {
-        if request.queue.as_str() != &*self.queue {
-            return Err(Error::NoRoute {
-                function: request.function.clone(),
-                queue: request.queue.to_string(),
-                exchange: String::new(),
-            });
+    fn route(&self, request: &ClientRequest) -> Result<(), Error> {
+        if request.queue.as_str() == &*self.queue {
+            return Ok(());
         }
+        Err(Error::NoRoute {
+            function: request.function.clone(),
+            queue: request.queue.to_string(),
+            exchange: String::new(),
+        })
+    }
+
+    /// A cast is taken at once and served in the background, as a server would.
+    fn cast(&self, request: ClientRequest) -> Result<ClientResponse, Error> {
+        self.route(&request)?;
+        let properties =
+            protocol::cast_properties(&request.function, request.codec, &request.headers);
+        let meta = RequestMeta::read(&properties);
+        let served = crate::middleware::ServerRequest {
+            function: meta.function.unwrap_or_default(),
+            queue: self.queue.clone(),
+            correlation_id: None,
+            headers: properties.headers().clone().unwrap_or_default(),
+            deadline: None,
+            redelivered: false,
+            codec: request.codec,
+            body: request.body,
+            unreadable: None,
+        };
+        let server = self.server.clone();
+        tokio::spawn(async move {
+            let reply = pipeline::run(&server, served).await;
+            if !reply.is_ok() {
+                let message = crate::envelope::Summary(request.codec, reply.body());
+                tracing::warn!(
+                    function = request.function,
+                    "one-way call failed: {message}"
+                );
+            }
+        });
+        Ok(ClientResponse {
+            ok: true,
+            codec: request.codec,
+            body: Vec::new(),
+        })
+    }
+
+    async fn round_trip(&self, request: &ClientRequest) -> Result<ClientResponse, Error> {
+        self.route(request)?;
         // The request as the broker would deliver it: the same properties, read the same way.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let properties = protocol::request_properties(

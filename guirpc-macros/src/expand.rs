@@ -74,6 +74,12 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     let call_doc = format!(" Calls `{name}` on the client's service queue.");
     let call_blocking_doc =
         format!(" Calls `{name}` on the client's service queue, blocking until it answers.");
+    let cast_doc = format!(
+        " Casts `{name}` to the client's service queue: one-way, done once the broker has taken it."
+    );
+    let cast_blocking_doc = format!(
+        " Casts `{name}` to the client's service queue, blocking until the broker has taken it."
+    );
     let stubs = quote! {
         #[doc = #stub_doc]
         #vis mod #ident {
@@ -106,6 +112,24 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
                 #(#names: #stub_types),*
             ) -> ::core::result::Result<#ok_ty, #stub_err> {
                 #stub_blocking_body
+            }
+
+            #[doc = #cast_doc]
+            #[allow(clippy::too_many_arguments)]
+            pub async fn cast(
+                #client: &::guirpc_core::Client,
+                #(#names: #stub_types),*
+            ) -> ::core::result::Result<(), ::guirpc_core::Error> {
+                #client.cast(NAME, &__Args { #(#names),* }).await
+            }
+
+            #[doc = #cast_blocking_doc]
+            #[allow(clippy::too_many_arguments)]
+            pub fn cast_blocking(
+                #client: &::guirpc_core::BlockingClient,
+                #(#names: #stub_types),*
+            ) -> ::core::result::Result<(), ::guirpc_core::Error> {
+                #client.cast(NAME, &__Args { #(#names),* })
             }
         }
     };

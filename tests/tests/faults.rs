@@ -427,3 +427,34 @@ async fn calls_made_while_reconnecting_wait_for_the_connection_instead_of_failin
     );
     drop(broker);
 }
+
+/// A cast the broker confirmed survives a broker restart: it is persistent, on a durable
+/// queue, and runs once a server comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_confirmed_cast_survives_a_broker_restart() {
+    let (_one, broker) = private_broker("cast-restart").await;
+    server(&broker, "casts", 4).await.shutdown().await.unwrap();
+    let caster = client(&broker, "casts", Duration::from_secs(5)).await;
+    for i in 0..10 {
+        record::cast(&caster, format!("restart-cast-{i}"))
+            .await
+            .unwrap();
+    }
+    caster.close().await;
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.stop_app();
+        broker.start_app();
+        broker
+    })
+    .await
+    .unwrap();
+    let _server = server(&broker, "casts", 4).await;
+    for i in 0..10 {
+        let token = format!("restart-cast-{i}");
+        assert!(
+            guirpc_tests::wait_recorded(&token, 1, Duration::from_secs(20)).await,
+            "{token} was lost in the restart"
+        );
+    }
+    drop(broker);
+}

@@ -84,6 +84,12 @@ async fn the_program_s_functions_are_called_as_over_the_broker() {
         .await
         .unwrap();
     assert_eq!(joined, "a-b");
+    // A cast is taken at once and run in the background.
+    let token = format!("offline-cast-{}", std::process::id());
+    guirpc_tests::record::cast(&client, token.clone())
+        .await
+        .unwrap();
+    assert!(guirpc_tests::wait_recorded(&token, 1, Duration::from_secs(5)).await);
     // The built-ins answer.
     let description = client.describe().await.unwrap();
     assert!(description.functions.iter().any(|f| f.name == "add"));

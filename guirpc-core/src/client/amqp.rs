@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
+use lapin::options::ConfirmSelectOptions;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection};
+use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{Notify, oneshot};
 use tracing::{debug, info, warn};
 
@@ -82,6 +83,9 @@ impl Service<ClientRequest> for Transport {
                 async move { waiter.wait_linked(limit).await }
             };
             let (shared, request) = (&*shared, &request);
+            if request.one_way {
+                return cast(shared, request).await;
+            }
             super::with_retries(request, wait, || round_trip(shared, request)).await
         })
     }
@@ -182,6 +186,69 @@ async fn round_trip(shared: &Shared, request: &ClientRequest) -> Result<ClientRe
     }
 }
 
+/// Publishes a cast on the link's confirming channel and waits for the broker to take it.
+async fn cast(shared: &Shared, request: &ClientRequest) -> Result<ClientResponse, Error> {
+    let function = request.function.as_str();
+    let expired = tokio::time::sleep(request.timeout);
+    tokio::pin!(expired);
+    loop {
+        let linked = shared.linked.notified();
+        if let Some(link) = shared.link() {
+            let publish = async {
+                let channel = link.casts().await?;
+                let properties =
+                    protocol::cast_properties(function, request.codec, &request.headers);
+                channel
+                    .basic_publish(
+                        shared.exchange.clone(),
+                        request.queue.clone(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &request.body,
+                        properties,
+                    )
+                    .await?
+                    .await
+            };
+            let confirmed = tokio::select! {
+                confirmed = publish => confirmed,
+                () = &mut expired => return Err(timed_out(shared, request)),
+            };
+            return match confirmed {
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(ClientResponse {
+                    ok: true,
+                    codec: request.codec,
+                    body: Vec::new(),
+                }),
+                Ok(Confirmation::Ack(Some(_))) => Err(Error::NoRoute {
+                    function: function.to_owned(),
+                    queue: request.queue.to_string(),
+                    exchange: shared.exchange.to_string(),
+                }),
+                Ok(Confirmation::Nack(_)) => Err(Error::connection(
+                    &shared.masked_uri,
+                    format!(
+                        "the broker refused the cast of `{function}` (nack): it may not have been stored"
+                    ),
+                )),
+                // The link failed under it: whether the broker took it is unknown.
+                Err(err) => Err(Error::connection(
+                    &shared.masked_uri,
+                    format!(
+                        "the connection failed before the broker confirmed the cast of `{function}` (it may have been taken): {err}"
+                    ),
+                )),
+            };
+        }
+        tokio::select! {
+            () = linked => {}
+            () = &mut expired => return Err(not_connected(shared, request)),
+        }
+    }
+}
+
 fn timed_out(shared: &Shared, request: &ClientRequest) -> Error {
     match shared.blocked() {
         Some(reason) => Error::Blocked {
@@ -243,6 +310,9 @@ pub(super) struct Link {
     connection: Connection,
     channel: Channel,
     pending: Pending,
+    /// The channel casts are published on, in publisher-confirm mode; opened by the first
+    /// cast (calls need no confirms: their reply is the confirmation).
+    casts: tokio::sync::OnceCell<Channel>,
 }
 
 impl Link {
@@ -279,8 +349,22 @@ impl Link {
             connection,
             channel,
             pending: Pending::default(),
+            casts: tokio::sync::OnceCell::new(),
         };
         Ok((link, replies))
+    }
+
+    /// The confirming channel of casts, opened on first use.
+    async fn casts(&self) -> Result<&Channel, lapin::Error> {
+        self.casts
+            .get_or_try_init(|| async {
+                let channel = self.connection.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                Ok(channel)
+            })
+            .await
     }
 
     pub(super) async fn close(&self) {

@@ -74,6 +74,11 @@ impl BlockingClient {
         self.block_on(self.client.call_idempotent(function, args))
     }
 
+    /// Casts `function`, blocking until the broker has taken it; see [`Client::cast`].
+    pub fn cast(&self, function: &str, args: impl Serialize) -> Result<(), Error> {
+        self.block_on(self.client.cast(function, args))
+    }
+
     /// What the typed stubs call.
     #[doc(hidden)]
     pub fn invoke<R: DeserializeOwned>(

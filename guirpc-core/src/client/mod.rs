@@ -278,16 +278,39 @@ impl Client {
         args: &impl Serialize,
         idempotency: Idempotency,
     ) -> Result<ClientResponse, Error> {
-        let body = self.codec.encode(args).map_err(|source| Error::Encode {
-            function: function.to_owned(),
-            source,
-        })?;
         let retries = if idempotency == Idempotency::Idempotent {
             self.retries
         } else {
             0
         };
-        let request = ClientRequest {
+        let request = self.request(function, args, retries, false)?;
+        self.inner.service.clone().oneshot(request).await
+    }
+
+    /// Casts `function`: a one-way call whose result no one waits for. Returns once the
+    /// broker has taken the request (publisher confirms): a cast no queue is bound for
+    /// fails with [`Error::NoRoute`], one the broker refuses with [`Error::Connection`].
+    /// The request is persistent and has no deadline, so a durable service queue keeps
+    /// it, across a broker restart too, until a server runs it; a failure there is logged,
+    /// counted, and dead-lettered where the queue has a dead-letter exchange.
+    pub async fn cast(&self, function: &str, args: impl Serialize) -> Result<(), Error> {
+        let request = self.request(function, &args, 0, true)?;
+        self.inner.service.clone().oneshot(request).await.map(drop)
+    }
+
+    /// A call as the pipeline takes it, its arguments encoded.
+    fn request(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+        retries: u32,
+        one_way: bool,
+    ) -> Result<ClientRequest, Error> {
+        let body = self.codec.encode(args).map_err(|source| Error::Encode {
+            function: function.to_owned(),
+            source,
+        })?;
+        Ok(ClientRequest {
             function: function.to_owned(),
             queue: self.queue.clone(),
             codec: self.codec,
@@ -295,8 +318,8 @@ impl Client {
             timeout: self.timeout,
             body,
             retries,
-        };
-        self.inner.service.clone().oneshot(request).await
+            one_way,
+        })
     }
 
     fn decode<R: DeserializeOwned>(

@@ -131,7 +131,7 @@ impl Metrics {
         );
         r.register(
             "guirpc_server_rejected",
-            "Requests refused as unservable (malformed, unknown function, too large, panicked), by queue",
+            "Requests refused as unservable (malformed, unknown function, too large, panicked) and failed casts, by queue",
             server.rejected.clone(),
         );
         r.register(

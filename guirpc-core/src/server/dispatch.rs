@@ -94,14 +94,19 @@ pub(super) async fn handle(
                     "the broker refused this request's reply on every attempt ({why}); the request is settled without a reply"
                 );
                 if verdict != Verdict::Rejected {
-                    shared.count_given_up();
+                    shared.count_rejected_late();
                 }
                 verdict = Verdict::Rejected;
             }
         }
     } else if !reply.is_ok() {
+        // No caller hears of it: the request is kept where the queue dead-letters.
         let message = envelope::Summary(codec, reply.body());
         warn!(function, "one-way call failed: {message}");
+        if verdict != Verdict::Rejected {
+            shared.count_rejected_late();
+        }
+        verdict = Verdict::Rejected;
     }
     if !at_most_once {
         settler.finished(delivery_tag, verdict).await;

@@ -275,8 +275,9 @@ impl Shared {
             && self.settings.delivery == crate::config::Delivery::AtLeastOnce
     }
 
-    /// Counts a request rejected after the pipeline: its reply was given up.
-    fn count_given_up(&self) {
+    /// Counts a request rejected after the pipeline: a failed one-way call, or a reply
+    /// given up.
+    fn count_rejected_late(&self) {
         if let Some(metrics) = &self.metrics {
             let labels = queue_labels(&self.settings.queue);
             metrics.server().rejected.get_or_create(&labels).inc();

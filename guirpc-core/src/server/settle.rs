@@ -23,7 +23,8 @@ use tracing::warn;
 pub(super) enum Verdict {
     /// Run (or refused for lateness): acknowledged.
     Served,
-    /// Malformed, unknown, too large, or its function panicked: dead-lettered where
+    /// Malformed, unknown, too large, its function panicked, or a cast that failed (no
+    /// caller hears of it): dead-lettered where
     /// configured, acknowledged otherwise. Never requeued: it would fail again.
     Rejected,
 }

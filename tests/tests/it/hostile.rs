@@ -264,7 +264,9 @@ async fn rejected_requests_are_dead_lettered_where_configured_and_answered() {
         caller.publish(&queue, props, request).await;
         assert_eq!(body(&caller.reply().await)["code"], code);
     }
-    // Good calls are not dead-lettered; the three bad ones are.
+    // A cast that fails has no caller to tell: it is dead-lettered too.
+    client.cast("parse_port", ("not a port",)).await.unwrap();
+    // Good calls are not dead-lettered; the three bad ones and the failed cast are.
     assert_eq!(add::call(&client, 1, 2).await.unwrap(), 3);
     let mut dead = Vec::new();
     for _ in 0..100 {
@@ -280,10 +282,9 @@ async fn rejected_requests_are_dead_lettered_where_configured_and_answered() {
                     .properties
                     .correlation_id()
                     .clone()
-                    .unwrap()
-                    .to_string(),
+                    .map_or_else(|| "cast".to_owned(), |id| id.to_string()),
             );
-            if dead.len() == 3 {
+            if dead.len() == 4 {
                 break;
             }
         } else {
@@ -291,7 +292,7 @@ async fn rejected_requests_are_dead_lettered_where_configured_and_answered() {
         }
     }
     dead.sort();
-    assert_eq!(dead, ["1", "2", "3"]);
+    assert_eq!(dead, ["1", "2", "3", "cast"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

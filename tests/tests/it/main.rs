@@ -2,6 +2,7 @@
 //! Every test serves on a queue of its own, so they run in parallel.
 
 mod calls;
+mod casts;
 mod clients;
 mod errors;
 mod fuzz;
