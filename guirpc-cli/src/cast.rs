@@ -2,7 +2,7 @@
 //! fed from a pipe (`producer | guirpc cast work --stdin`), across machines.
 
 use clap::Args as ClapArgs;
-use guirpc_core::Client;
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinSet;
 
@@ -61,13 +61,29 @@ pub(crate) async fn run(
     let client = args.client.connect(log, defaults).await?;
     match single {
         Some(cast_args) => Ok(client.cast(&args.function, cast_args).await?),
-        None => cast_lines(client, args.function, args.inflight).await,
+        None => {
+            let function = args.function;
+            send_lines("casts", args.inflight, parse_args, move |cast_args| {
+                let (client, function) = (client.clone(), function.clone());
+                async move { client.cast(&function, cast_args).await }
+            })
+            .await
+        }
     }
 }
 
-/// Casts every line, at most `inflight` awaiting confirmation; reports the lines that
-/// failed.
-async fn cast_lines(client: Client, function: String, inflight: usize) -> Result<(), Failure> {
+/// Sends one message per line of standard input with `send`, at most `inflight` awaiting
+/// the broker's confirmation; names on stderr the lines that could not be read or sent.
+pub(crate) async fn send_lines<F, Fut>(
+    what: &str,
+    inflight: usize,
+    parse: fn(&str) -> Result<Value, String>,
+    send: F,
+) -> Result<(), Failure>
+where
+    F: Fn(Value) -> Fut,
+    Fut: Future<Output = Result<(), guirpc_core::Error>> + Send + 'static,
+{
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut running: JoinSet<(usize, Result<(), String>)> = JoinSet::new();
     let (mut line_number, mut failed) = (0usize, 0usize);
@@ -96,13 +112,11 @@ async fn cast_lines(client: Client, function: String, inflight: usize) -> Result
         };
         line_number += 1;
         let number = line_number;
-        match parse_args(&text) {
-            Ok(cast_args) => {
-                let (client, function) = (client.clone(), function.clone());
-                running.spawn(async move {
-                    let outcome = client.cast(&function, cast_args).await;
-                    (number, outcome.map_err(|err| err.to_string()))
-                });
+        match parse(&text) {
+            Ok(value) => {
+                let sending = send(value);
+                running
+                    .spawn(async move { (number, sending.await.map_err(|err| err.to_string())) });
             }
             Err(message) => report(Ok((number, Err(message)))),
         }
@@ -111,7 +125,7 @@ async fn cast_lines(client: Client, function: String, inflight: usize) -> Result
         report(done);
     }
     if failed > 0 {
-        eprintln!("{failed} of {line_number} casts failed");
+        eprintln!("{failed} of {line_number} {what} failed");
         return Err(Failure::silent(Exit::Remote));
     }
     Ok(())

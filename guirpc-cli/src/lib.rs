@@ -25,6 +25,7 @@
 mod call;
 mod cast;
 mod config;
+mod events;
 mod exit;
 mod list;
 mod logging;
@@ -62,6 +63,8 @@ enum Command {
     #[command(alias = "publishone")]
     Call(call::Args),
     Cast(cast::Args),
+    Publish(events::PublishArgs),
+    Subscribe(events::SubscribeArgs),
     List(list::Args),
     Ping(ping::Args),
     /// Print a shell completion script: guirpc completions bash > /etc/bash_completion.d/guirpc
@@ -161,6 +164,10 @@ impl Main {
                         Command::Serve(args) => serve::run(args, &cli.log, defaults).await,
                         Command::Call(args) => call::run(args, &cli.log, defaults).await,
                         Command::Cast(args) => cast::run(args, &cli.log, defaults).await,
+                        Command::Publish(args) => events::publish(args, &cli.log, defaults).await,
+                        Command::Subscribe(args) => {
+                            events::subscribe(args, &cli.log, defaults).await
+                        }
                         Command::List(args) => list::run(args, &cli.log, defaults).await,
                         Command::Ping(args) => ping::run(args, &cli.log, defaults).await,
                         _ => unreachable!("handled above"),

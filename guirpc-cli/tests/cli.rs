@@ -796,3 +796,58 @@ async fn cast_feeds_a_work_queue_from_a_pipe_and_names_the_lines_it_could_not_ca
     .await;
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
 }
+
+#[test]
+fn subscribe_prints_the_events_publish_sends_one_json_line_each() {
+    use std::io::{BufRead, BufReader};
+    let prefix = unique_queue("events").replace('.', "-");
+    let mut subscriber = Command::new(env!("CARGO_BIN_EXE_guirpc"))
+        .args(["subscribe", &format!("{prefix}.*")])
+        .env("GUIRPC_URI", broker())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(subscriber.stderr.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with("subscribed to"), "{ready}");
+
+    let topic = format!("{prefix}.created");
+    let out = run(
+        &["publish".into(), topic.clone(), r#"{"id": 1}"#.into()],
+        None,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines = "{\"id\": 2}\nnot json\n[3]\n".to_owned();
+    let out = run(
+        &["publish".into(), topic.clone(), "--stdin".into()],
+        Some(lines),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 2: invalid JSON event"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Not matched by `prefix.*`: never printed.
+    let deep = format!("{prefix}.deep.down");
+    run(&["publish".into(), deep, "0".into()], None, None);
+
+    let mut printed = BufReader::new(subscriber.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        let line = printed.next().unwrap().unwrap();
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["topic"], topic.as_str());
+        events.push(value["event"].clone());
+    }
+    events.sort_by_key(|e| e.to_string());
+    assert_eq!(events, [json!([3]), json!({"id": 1}), json!({"id": 2})]);
+    subscriber.kill().unwrap();
+    subscriber.wait().unwrap();
+}

@@ -242,6 +242,8 @@ settings! {
         "If set, `host:port` where a server serves `/metrics` (Prometheus), `/healthz`, `/readyz` and a status page at `/` over HTTP.";
     otlp_endpoint: String = String::new(), ["service"."otlp_endpoint"], env ["GUIRPC_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
         "If set (and built with the `otel` feature), the OTLP/HTTP collector `guirpc serve` sends spans to, `http://host:4318`.";
+    events_exchange: String = crate::protocol::DEFAULT_EVENTS_EXCHANGE.to_owned(), ["events"."exchange"], env ["GUIRPC_EVENTS_EXCHANGE"],
+        "The topic exchange events are published to and subscribed from.";
     timeout: Duration = Duration::from_secs(30), ["client"."timeout"], env ["GUIRPC_TIMEOUT"],
         "How long a call waits for its reply.";
     codec: Codec = Codec::MsgPack, ["client"."codec"], env ["GUIRPC_CODEC"],

@@ -49,7 +49,7 @@ pub mod trace;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use client::{BlockingClient, Client, ClientBuilder};
+pub use client::{BlockingClient, Client, ClientBuilder, Event, Subscription};
 pub use codec::Codec;
 pub use config::Settings;
 pub use error::{Error, RemoteError};

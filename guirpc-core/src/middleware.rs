@@ -176,8 +176,21 @@ pub struct ClientRequest {
     pub body: Vec<u8>,
     /// How many times the call is sent again after a retriable failure.
     pub retries: u32,
-    /// A cast: one-way, no reply awaited; done once the broker has taken the request.
-    pub one_way: bool,
+    /// A call, a cast, or an event.
+    pub kind: CallKind,
+}
+
+/// What a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallKind {
+    /// A call: a request, and its reply.
+    Call,
+    /// A cast: a one-way request, done once the broker has taken it.
+    Cast,
+    /// An event: `function` is its topic, published to the events exchange, done once
+    /// the broker has taken it; `queue` is unused.
+    Publish,
 }
 
 impl ClientRequest {

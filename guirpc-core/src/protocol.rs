@@ -16,6 +16,9 @@ use crate::codec::Codec;
 /// exchange, which routes a message to the queue its routing key names, with no declaration
 /// or binding, and the least work per message for the broker.
 pub const DEFAULT_EXCHANGE: &str = "";
+/// The topic exchange events are published to, unless configured otherwise
+/// (`events.exchange`): durable, declared by whoever publishes or subscribes first.
+pub const DEFAULT_EVENTS_EXCHANGE: &str = "guirpc.events";
 /// Names an exchange in messages: `exchange `name``, or `the default exchange`.
 #[derive(Debug, Clone, Copy)]
 pub struct ExchangeName<'a>(pub &'a str);
@@ -259,6 +262,36 @@ pub(crate) fn cast_properties(
         .with_content_type(codec.content_type().into())
         .with_delivery_mode(2)
         .with_headers(headers)
+}
+
+/// The properties of an event: persistent, its topic the routing key.
+pub(crate) fn event_properties(codec: Codec, headers: &FieldTable) -> BasicProperties {
+    let properties = BasicProperties::default()
+        .with_content_type(codec.content_type().into())
+        .with_delivery_mode(2);
+    if headers.inner().is_empty() {
+        properties
+    } else {
+        properties.with_headers(headers.clone())
+    }
+}
+
+/// Declares the events exchange: a durable topic exchange.
+pub(crate) async fn declare_events_exchange(
+    channel: &lapin::Channel,
+    name: &str,
+) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// The properties of a reply to a request.

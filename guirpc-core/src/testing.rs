@@ -31,7 +31,9 @@ use std::task::{Context, Poll};
 
 use crate::client::{Transport, timed_out, with_retries};
 use crate::error::Error;
-use crate::middleware::{ClientRequest, ClientResponse, ClientService, ServerService, Service};
+use crate::middleware::{
+    CallKind, ClientRequest, ClientResponse, ClientService, ServerService, Service,
+};
 use crate::protocol::{self, RequestMeta};
 use crate::server::pipeline;
 use crate::{Client, ClientBuilder, Server};
@@ -101,8 +103,18 @@ impl Service<ClientRequest> for InMemory {
         let this = self.clone();
         Box::pin(async move {
             let no_wait = |_| async { true };
-            if request.one_way {
-                return this.cast(request);
+            match request.kind {
+                CallKind::Cast => return this.cast(request),
+                // No subscriber lives in memory: the event goes nowhere, as on a broker
+                // where no one subscribes.
+                CallKind::Publish => {
+                    return Ok(ClientResponse {
+                        ok: true,
+                        codec: request.codec,
+                        body: Vec::new(),
+                    });
+                }
+                _ => {}
             }
             let (this, request) = (&this, &request);
             with_retries(request, no_wait, || this.round_trip(request)).await

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::link::{self, Backoff, Blocked};
-use crate::middleware::{ClientRequest, ClientResponse, Service};
+use crate::middleware::{CallKind, ClientRequest, ClientResponse, Service};
 use crate::protocol;
 
 /// Connects, and starts the supervisor that routes replies and reconnects.
@@ -40,10 +40,12 @@ pub(super) async fn connect(
     uri: &str,
     tls_ca_file: &str,
     exchange: &str,
+    events_exchange: &str,
 ) -> Result<(Arc<Shared>, tokio::task::JoinHandle<()>), Error> {
     let shared = Arc::new(Shared {
         masked_uri: crate::config::mask_uri(uri),
         exchange: exchange.into(),
+        events_exchange: events_exchange.into(),
         link: RwLock::new(None),
         blocked: Arc::default(),
         linked: Notify::new(),
@@ -83,7 +85,7 @@ impl Service<ClientRequest> for Transport {
                 async move { waiter.wait_linked(limit).await }
             };
             let (shared, request) = (&*shared, &request);
-            if request.one_way {
+            if request.kind != CallKind::Call {
                 return cast(shared, request).await;
             }
             super::with_retries(request, wait, || round_trip(shared, request)).await
@@ -186,24 +188,35 @@ async fn round_trip(shared: &Shared, request: &ClientRequest) -> Result<ClientRe
     }
 }
 
-/// Publishes a cast on the link's confirming channel and waits for the broker to take it.
+/// Publishes a cast, or an event, on the link's confirming channel and waits for the
+/// broker to take it.
 async fn cast(shared: &Shared, request: &ClientRequest) -> Result<ClientResponse, Error> {
     let function = request.function.as_str();
+    let event = request.kind == CallKind::Publish;
+    let what = if event { "event" } else { "cast" };
     let expired = tokio::time::sleep(request.timeout);
     tokio::pin!(expired);
     loop {
         let linked = shared.linked.notified();
         if let Some(link) = shared.link() {
             let publish = async {
-                let channel = link.casts().await?;
-                let properties =
-                    protocol::cast_properties(function, request.codec, &request.headers);
+                let channel = link.casts(shared).await?;
+                // An event goes to the events exchange by its topic; no subscriber is no
+                // error. A cast goes to its service queue, which must exist.
+                let (properties, exchange, routing_key) = if event {
+                    let properties = protocol::event_properties(request.codec, &request.headers);
+                    (properties, shared.events_exchange.clone(), function.into())
+                } else {
+                    let properties =
+                        protocol::cast_properties(function, request.codec, &request.headers);
+                    (properties, shared.exchange.clone(), request.queue.clone())
+                };
                 channel
                     .basic_publish(
-                        shared.exchange.clone(),
-                        request.queue.clone(),
+                        exchange,
+                        routing_key,
                         BasicPublishOptions {
-                            mandatory: true,
+                            mandatory: !event,
                             ..Default::default()
                         },
                         &request.body,
@@ -230,14 +243,14 @@ async fn cast(shared: &Shared, request: &ClientRequest) -> Result<ClientResponse
                 Ok(Confirmation::Nack(_)) => Err(Error::connection(
                     &shared.masked_uri,
                     format!(
-                        "the broker refused the cast of `{function}` (nack): it may not have been stored"
+                        "the broker refused the {what} `{function}` (nack): it may not have been stored"
                     ),
                 )),
                 // The link failed under it: whether the broker took it is unknown.
                 Err(err) => Err(Error::connection(
                     &shared.masked_uri,
                     format!(
-                        "the connection failed before the broker confirmed the cast of `{function}` (it may have been taken): {err}"
+                        "the connection failed before the broker confirmed the {what} `{function}` (it may have been taken): {err}"
                     ),
                 )),
             };
@@ -281,6 +294,7 @@ struct Target {
 pub(crate) struct Shared {
     pub(super) masked_uri: String,
     exchange: ShortString,
+    pub(super) events_exchange: ShortString,
     /// The live link; `None` while reconnecting.
     link: RwLock<Option<Arc<Link>>>,
     /// Whether, and why, the broker blocks this connection's publishes.
@@ -307,7 +321,7 @@ impl Shared {
 /// One connection, its channel, and the calls waiting for replies on it.
 #[derive(Debug)]
 pub(super) struct Link {
-    connection: Connection,
+    pub(super) connection: Connection,
     channel: Channel,
     pending: Pending,
     /// The channel casts are published on, in publisher-confirm mode; opened by the first
@@ -354,13 +368,16 @@ impl Link {
         Ok((link, replies))
     }
 
-    /// The confirming channel of casts, opened on first use.
-    async fn casts(&self) -> Result<&Channel, lapin::Error> {
+    /// The confirming channel of casts and events, opened on first use (and the events
+    /// exchange declared, so that publishing never meets a missing one).
+    async fn casts(&self, shared: &Shared) -> Result<&Channel, lapin::Error> {
         self.casts
             .get_or_try_init(|| async {
                 let channel = self.connection.create_channel().await?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                protocol::declare_events_exchange(&channel, shared.events_exchange.as_str())
                     .await?;
                 Ok(channel)
             })

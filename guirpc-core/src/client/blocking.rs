@@ -79,6 +79,11 @@ impl BlockingClient {
         self.block_on(self.client.cast(function, args))
     }
 
+    /// Publishes an event, blocking until the broker has taken it; see [`Client::publish`].
+    pub fn publish(&self, topic: &str, event: impl Serialize) -> Result<(), Error> {
+        self.block_on(self.client.publish(topic, event))
+    }
+
     /// What the typed stubs call.
     #[doc(hidden)]
     pub fn invoke<R: DeserializeOwned>(

@@ -36,6 +36,7 @@ pub struct ClientBuilder {
     uri: String,
     tls_ca_file: String,
     exchange: String,
+    events_exchange: String,
     queue: String,
     timeout: Duration,
     codec: Codec,
@@ -57,6 +58,7 @@ impl ClientBuilder {
             uri: settings.uri.clone(),
             tls_ca_file: settings.tls_ca_file.clone(),
             exchange: settings.exchange.clone(),
+            events_exchange: settings.events_exchange.clone(),
             queue: settings.queue.clone(),
             timeout: settings.timeout,
             codec: settings.codec,
@@ -82,6 +84,13 @@ impl ClientBuilder {
     /// exchange; a name makes the client declare that direct exchange.
     pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
         self.exchange = exchange.into();
+        self
+    }
+
+    /// The topic exchange events are published to and subscribed from (`guirpc.events`
+    /// by default).
+    pub fn events_exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.events_exchange = exchange.into();
         self
     }
 
@@ -138,8 +147,13 @@ impl ClientBuilder {
     /// Connects to the broker.
     pub async fn connect(self) -> Result<Client, Error> {
         validate_uri(&self.uri).map_err(Error::Config)?;
-        let (shared, supervisor) =
-            amqp::connect(&self.uri, &self.tls_ca_file, &self.exchange).await?;
+        let (shared, supervisor) = amqp::connect(
+            &self.uri,
+            &self.tls_ca_file,
+            &self.exchange,
+            &self.events_exchange,
+        )
+        .await?;
         let innermost = ClientService::new(amqp::Transport(shared.clone()));
         Ok(self.build(innermost, Transport::Amqp { shared, supervisor }))
     }

@@ -7,9 +7,11 @@
 mod amqp;
 mod blocking;
 mod builder;
+mod events;
 
 pub use blocking::BlockingClient;
 pub use builder::ClientBuilder;
+pub use events::{Event, Subscription};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +26,7 @@ use tracing::debug;
 
 use crate::codec::Codec;
 use crate::error::{Error, RemoteError};
-use crate::middleware::{ClientRequest, ClientResponse, ClientService};
+use crate::middleware::{CallKind, ClientRequest, ClientResponse, ClientService};
 use crate::protocol::{self, ErrorCode};
 
 /// An async client. Cheap to clone; clones share one connection and may be used from any
@@ -283,7 +285,7 @@ impl Client {
         } else {
             0
         };
-        let request = self.request(function, args, retries, false)?;
+        let request = self.request(function, args, retries, CallKind::Call)?;
         self.inner.service.clone().oneshot(request).await
     }
 
@@ -294,8 +296,31 @@ impl Client {
     /// it, across a broker restart too, until a server runs it; a failure there is logged,
     /// counted, and dead-lettered where the queue has a dead-letter exchange.
     pub async fn cast(&self, function: &str, args: impl Serialize) -> Result<(), Error> {
-        let request = self.request(function, &args, 0, true)?;
+        let request = self.request(function, &args, 0, CallKind::Cast)?;
         self.inner.service.clone().oneshot(request).await.map(drop)
+    }
+
+    /// Publishes an event on `topic` (`orders.created`, say) to the events exchange (a
+    /// topic exchange, `events.exchange`, `guirpc.events` by default). Returns once the
+    /// broker has taken it (publisher confirms); the event is persistent, so the durable
+    /// queues of subscribed services keep it across a broker restart. An event no one
+    /// subscribes to is dropped by the broker, as topic exchanges do: that is not an error.
+    pub async fn publish(&self, topic: &str, event: impl Serialize) -> Result<(), Error> {
+        let request = self.request(topic, &event, 0, CallKind::Publish)?;
+        self.inner.service.clone().oneshot(request).await.map(drop)
+    }
+
+    /// Subscribes to the events whose topic matches `pattern` (`orders.*`, `#`), for as
+    /// long as the returned [`Subscription`] lives: a queue of its own, exclusive to this
+    /// connection, bound to the events exchange, deleted when the subscription or the
+    /// connection ends. Events published before it are not seen.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        match &self.inner.transport {
+            Transport::Amqp { shared, .. } => events::subscribe(shared, pattern).await,
+            Transport::Memory => Err(Error::Config(
+                "the in-memory transport has no events to subscribe to".into(),
+            )),
+        }
     }
 
     /// A call as the pipeline takes it, its arguments encoded.
@@ -304,7 +329,7 @@ impl Client {
         function: &str,
         args: &impl Serialize,
         retries: u32,
-        one_way: bool,
+        kind: CallKind,
     ) -> Result<ClientRequest, Error> {
         let body = self.codec.encode(args).map_err(|source| Error::Encode {
             function: function.to_owned(),
@@ -318,7 +343,7 @@ impl Client {
             timeout: self.timeout,
             body,
             retries,
-            one_way,
+            kind,
         })
     }
 

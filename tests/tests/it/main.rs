@@ -5,6 +5,7 @@ mod calls;
 mod casts;
 mod clients;
 mod errors;
+mod events;
 mod fuzz;
 mod hostile;
 mod observability;
