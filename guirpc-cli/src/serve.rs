@@ -72,7 +72,7 @@ pub(crate) async fn run(
     let settings = args.broker.load(log, more, defaults)?;
     let _telemetry = logging::init(&settings, true)?;
     let registry = Registry::collect().map_err(|err| Failure::new(Exit::Usage, err.to_string()))?;
-    if registry.is_empty() {
+    if registry.is_empty() && guirpc_core::Subscriber::all().is_empty() {
         return delegate_to_crate();
     }
 
@@ -90,6 +90,19 @@ pub(crate) async fn run(
         .unwrap_or(0);
     for function in registry.iter() {
         outln!("  {:width$}  {}", function.signature(), function.summary());
+    }
+    for subscriber in guirpc_core::Subscriber::all() {
+        let mode = if subscriber.is_broadcast() {
+            "every instance"
+        } else {
+            "once per service"
+        };
+        outln!(
+            "  on events `{}` ({mode}): {}  {}",
+            subscriber.pattern(),
+            subscriber.name(),
+            subscriber.summary()
+        );
     }
     outln!(
         "delivery {}, prefetch {}, concurrency {}; Ctrl-C to stop",

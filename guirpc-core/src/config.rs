@@ -244,6 +244,8 @@ settings! {
         "If set (and built with the `otel` feature), the OTLP/HTTP collector `guirpc serve` sends spans to, `http://host:4318`.";
     events_exchange: String = crate::protocol::DEFAULT_EVENTS_EXCHANGE.to_owned(), ["events"."exchange"], env ["GUIRPC_EVENTS_EXCHANGE"],
         "The topic exchange events are published to and subscribed from.";
+    event_retries: u32 = 2, ["events"."retries"], env ["GUIRPC_EVENT_RETRIES"],
+        "How many more times a server runs an event whose `#[subscribe]` handler failed or panicked, before dead-lettering it.";
     timeout: Duration = Duration::from_secs(30), ["client"."timeout"], env ["GUIRPC_TIMEOUT"],
         "How long a call waits for its reply.";
     codec: Codec = Codec::MsgPack, ["client"."codec"], env ["GUIRPC_CODEC"],
@@ -461,6 +463,8 @@ impl Settings {
             max_message_size: self.max_message_size,
             dead_letter_exchange: self.dead_letter_exchange.clone(),
             metrics_addr: self.metrics_addr.clone(),
+            events_exchange: self.events_exchange.clone(),
+            event_retries: self.event_retries,
         }
     }
 }
@@ -527,6 +531,10 @@ pub struct ServiceSettings {
     /// Where `/metrics`, `/healthz`, `/readyz` and the status page are served; empty for
     /// nowhere.
     pub metrics_addr: String,
+    /// The topic exchange `#[subscribe]` functions are bound to.
+    pub events_exchange: String,
+    /// How many more times a failed event is run before it is dead-lettered.
+    pub event_retries: u32,
 }
 
 impl Default for ServiceSettings {

@@ -53,11 +53,11 @@ pub use client::{BlockingClient, Client, ClientBuilder, Event, Subscription};
 pub use codec::Codec;
 pub use config::Settings;
 pub use error::{Error, RemoteError};
-pub use guirpc_macros::rpc;
+pub use guirpc_macros::{rpc, subscribe};
 /// The AMQP client guirpc is built on, for its types (`FieldTable`, ...).
 pub use lapin;
 pub use metrics::Metrics;
 pub use metrics::http::Readiness;
 pub use protocol::ErrorCode;
-pub use registry::{Function, Registry};
+pub use registry::{Function, Registry, Subscriber};
 pub use server::{ServeError, Server, ServerBuilder, shutdown_signal};

@@ -71,6 +71,15 @@ pub struct ServerRequest {
     pub body: Vec<u8>,
     /// Why the request is refused before it is dispatched (an unsupported content type).
     pub(crate) unreadable: Option<String>,
+    /// For an event: the `#[subscribe]` function it goes to.
+    pub(crate) subscriber: Option<&'static crate::registry::Subscriber>,
+}
+
+impl ServerRequest {
+    /// Whether this is an event for a `#[subscribe]` function (`function` is its name).
+    pub fn is_event(&self) -> bool {
+        self.subscriber.is_some()
+    }
 }
 
 impl ServerRequest {

@@ -8,7 +8,7 @@ use crate::envelope;
 use crate::protocol::ErrorCode;
 
 pub use crate::client::Idempotency;
-pub use crate::registry::{Function, HandlerFuture, Invocation, Param, Reply};
+pub use crate::registry::{Function, HandlerFuture, Invocation, Param, Reply, Subscriber};
 pub use inventory;
 pub use serde;
 
@@ -28,6 +28,21 @@ pub fn decode_args<A: DeserializeOwned>(
             invocation.codec,
             ErrorCode::BadRequest,
             &format!("invalid arguments for `{function}`: {err}"),
+        )
+    })
+}
+
+/// Decodes an event for a `#[subscribe]` function; an event that does not decode is
+/// refused (and dead-lettered: running it again would fail again).
+pub fn decode_event<T: DeserializeOwned>(
+    subscriber: &str,
+    invocation: &Invocation,
+) -> Result<T, Reply> {
+    invocation.codec.decode(&invocation.body).map_err(|err| {
+        Reply::refusal(
+            invocation.codec,
+            ErrorCode::BadRequest,
+            &format!("the event for `{subscriber}` does not decode: {err}"),
         )
     })
 }

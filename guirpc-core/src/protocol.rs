@@ -19,6 +19,9 @@ pub const DEFAULT_EXCHANGE: &str = "";
 /// The topic exchange events are published to, unless configured otherwise
 /// (`events.exchange`): durable, declared by whoever publishes or subscribes first.
 pub const DEFAULT_EVENTS_EXCHANGE: &str = "guirpc.events";
+/// The header counting the attempts of an event a `#[subscribe]` function failed: absent
+/// on the first, 2 on the second, ...
+pub const HEADER_ATTEMPT: &str = "guirpc-attempt";
 /// Names an exchange in messages: `exchange `name``, or `the default exchange`.
 #[derive(Debug, Clone, Copy)]
 pub struct ExchangeName<'a>(pub &'a str);
@@ -63,6 +66,22 @@ pub struct Description {
     pub version: String,
     /// The functions, by name.
     pub functions: Vec<FunctionDescription>,
+    /// The `#[subscribe]` functions, by name (absent from servers before 0.1's events).
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionDescription>,
+}
+
+/// One `#[subscribe]` function of a [`Description`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionDescription {
+    /// The subscription's name.
+    pub name: String,
+    /// The topic pattern it is bound with.
+    pub pattern: String,
+    /// Whether every server instance gets every event.
+    pub broadcast: bool,
+    /// The first line of its doc comment.
+    pub summary: String,
 }
 
 /// One function of a [`Description`].

@@ -147,6 +147,92 @@ impl fmt::Debug for Function {
     }
 }
 
+/// A function registered with `#[subscribe]`: served on the events whose topic matches
+/// its pattern.
+pub struct Subscriber {
+    name: &'static str,
+    pattern: &'static str,
+    broadcast: bool,
+    doc: &'static str,
+    location: &'static str,
+    handler: HandlerFn,
+}
+
+inventory::collect!(Subscriber);
+
+impl Subscriber {
+    /// Used by `#[subscribe]`; not a stable interface.
+    #[doc(hidden)]
+    pub const fn __new(
+        name: &'static str,
+        pattern: &'static str,
+        broadcast: bool,
+        doc: &'static str,
+        location: &'static str,
+        handler: HandlerFn,
+    ) -> Self {
+        Subscriber {
+            name,
+            pattern,
+            broadcast,
+            doc,
+            location,
+            handler,
+        }
+    }
+
+    /// Every subscriber of this program, by name.
+    pub fn all() -> Vec<&'static Subscriber> {
+        let mut all: Vec<&'static Subscriber> = inventory::iter::<Subscriber>().collect();
+        all.sort_by_key(|s| (s.name, s.location));
+        all
+    }
+
+    /// The subscription's name: the function's, unless given.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The topic pattern (`orders.*`).
+    pub fn pattern(&self) -> &'static str {
+        self.pattern
+    }
+
+    /// Whether every server instance gets every event (else each service gets it once).
+    pub fn is_broadcast(&self) -> bool {
+        self.broadcast
+    }
+
+    /// The first line of the doc comment.
+    pub fn summary(&self) -> &'static str {
+        self.doc
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("")
+    }
+
+    /// Where the function is defined.
+    pub fn location(&self) -> &'static str {
+        self.location
+    }
+
+    pub(crate) fn handler(&self) -> HandlerFn {
+        self.handler
+    }
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("name", &self.name)
+            .field("pattern", &self.pattern)
+            .field("broadcast", &self.broadcast)
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Two functions were registered under one name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(

@@ -150,6 +150,7 @@ impl InMemory {
             codec: request.codec,
             body: request.body,
             unreadable: None,
+            subscriber: None,
         };
         let server = self.server.clone();
         tokio::spawn(async move {
@@ -195,6 +196,7 @@ impl InMemory {
             codec,
             body: request.body.clone(),
             unreadable,
+            subscriber: None,
         };
         match tokio::time::timeout(request.timeout, pipeline::run(&self.server, served)).await {
             Ok(reply) => Ok(ClientResponse {

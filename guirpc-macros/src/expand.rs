@@ -184,24 +184,24 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     })
 }
 
-struct Param<'a> {
-    name: Ident,
-    ty: &'a Type,
+pub(crate) struct Param<'a> {
+    pub name: Ident,
+    pub ty: &'a Type,
 }
 
 /// The return type, as the stubs (one module deeper) spell it.
-enum Output {
+pub(crate) enum Output {
     Plain(Box<Type>),
     Result(Box<Type>, Box<Type>),
 }
 
-struct Checked<'a> {
-    params: Vec<Param<'a>>,
-    output: Output,
+pub(crate) struct Checked<'a> {
+    pub params: Vec<Param<'a>>,
+    pub output: Output,
 }
 
 /// Everything `#[rpc]` refuses, each error at the offending token.
-fn check(function: &RpcFn) -> syn::Result<Checked<'_>> {
+pub(crate) fn check(function: &RpcFn) -> syn::Result<Checked<'_>> {
     let sig = &function.sig;
     let mut errors: Vec<syn::Error> = Vec::new();
     if let Some(unsafety) = &sig.unsafety {
@@ -368,7 +368,7 @@ fn rebase(mut ty: Type) -> Type {
     ty
 }
 
-fn doc_of(attrs: &[syn::Attribute]) -> String {
+pub(crate) fn doc_of(attrs: &[syn::Attribute]) -> String {
     let lines: Vec<String> = attrs
         .iter()
         .filter(|a| a.path().is_ident("doc"))

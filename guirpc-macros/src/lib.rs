@@ -80,6 +80,7 @@
 
 mod attr;
 mod expand;
+mod subscribe;
 
 use proc_macro::TokenStream;
 
@@ -95,6 +96,30 @@ pub fn rpc(args: TokenStream, item: TokenStream) -> TokenStream {
         Err(err) => return err.to_compile_error().into(),
     };
     match expand::expand(args, function) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+/// Serves a function on the events whose topic matches a pattern, beside the `#[rpc]`
+/// functions of every server in the program: `#[subscribe("orders.*")] async fn
+/// on_order(event: OrderCreated)`. The one parameter is the event. By default each service
+/// (each service queue) gets each event once, its servers sharing the work, through a
+/// durable queue `{service queue}.{function}`; `#[subscribe("orders.*", broadcast)]` gives
+/// every server instance every event, through a queue of its own. A handler that returns
+/// `Err` or panics has its event retried (`events.retries`), then dead-lettered; an event
+/// that does not decode is dead-lettered at once. `name = "..."` names the subscription.
+#[proc_macro_attribute]
+pub fn subscribe(args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = match syn::parse::<subscribe::SubscribeArgs>(args) {
+        Ok(args) => args,
+        Err(err) => return err.to_compile_error().into(),
+    };
+    let function = match syn::parse::<attr::RpcFn>(item) {
+        Ok(function) => function,
+        Err(err) => return err.to_compile_error().into(),
+    };
+    match subscribe::expand(args, function) {
         Ok(tokens) => tokens.into(),
         Err(err) => err.to_compile_error().into(),
     }

@@ -13,7 +13,7 @@ use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, va
 use crate::metrics::Metrics;
 use crate::metrics::http::{self, Endpoint};
 use crate::middleware::{self, Layer, Layers, Reply, ServerRequest, ServerService, Service};
-use crate::registry::Registry;
+use crate::registry::{Registry, Subscriber};
 use crate::testing::InMemoryServer;
 
 /// Configures and starts a [`Server`].
@@ -39,6 +39,7 @@ pub struct ServerBuilder {
     pub(super) queue_arguments: FieldTable,
     pub(super) layers: Layers<ServerService>,
     pub(super) metrics: Option<Metrics>,
+    pub(super) subscribers: Option<Vec<&'static Subscriber>>,
 }
 
 impl ServerBuilder {
@@ -96,6 +97,13 @@ impl ServerBuilder {
     /// same arguments: the broker refuses a declaration that differs.
     pub fn queue_arguments(mut self, arguments: FieldTable) -> Self {
         self.queue_arguments = arguments;
+        self
+    }
+
+    /// Serves these `#[subscribe]` functions instead of every one in the program (none:
+    /// `Vec::new()`).
+    pub fn subscribers(mut self, subscribers: Vec<&'static Subscriber>) -> Self {
+        self.subscribers = Some(subscribers);
         self
     }
 
@@ -225,6 +233,17 @@ impl ServerBuilder {
             Some(registry) => registry,
             None => Registry::collect()?,
         };
+        let subscribers = self.subscribers.unwrap_or_else(Subscriber::all);
+        for pair in subscribers.windows(2) {
+            if pair[0].name() == pair[1].name() {
+                return Err(ServeError::Config(format!(
+                    "two #[subscribe] functions are named `{}`: {} and {}; rename one with #[subscribe(\"...\", name = \"...\")]",
+                    pair[0].name(),
+                    pair[0].location(),
+                    pair[1].location()
+                )));
+            }
+        }
         let metrics = match self.metrics {
             None if metrics_on => Some(Metrics::new()),
             metrics => metrics,
@@ -237,6 +256,7 @@ impl ServerBuilder {
             instance: instance_name(),
             started: std::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
+            subscribers,
         });
         let dead_letter = !settings.dead_letter_exchange.is_empty()
             && settings.delivery == DeliveryGuarantee::AtLeastOnce;

@@ -64,6 +64,7 @@ pub(super) async fn handle(
         codec,
         body: data,
         unreadable,
+        subscriber: None,
     };
     let function = request.function.clone();
     let reply = pipeline::run(&shared.service, request).await;

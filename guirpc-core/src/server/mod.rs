@@ -28,6 +28,7 @@ use crate::registry::Registry;
 
 mod builder;
 mod dispatch;
+mod events;
 pub(crate) mod pipeline;
 mod reply;
 mod session;
@@ -112,6 +113,7 @@ impl Server {
             queue_arguments: FieldTable::default(),
             layers: Default::default(),
             metrics: None,
+            subscribers: None,
         }
     }
 

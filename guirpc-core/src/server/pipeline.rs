@@ -17,8 +17,11 @@ use tracing::{debug, error, warn};
 use crate::codec::Codec;
 use crate::metrics::{Metrics, ServerMetricsLayer};
 use crate::middleware::{Layer, Layers, Reply, ServerRequest, ServerService, Service};
-use crate::protocol::{self, Description, ErrorCode, FunctionDescription, ParamDescription, Pong};
-use crate::registry::{Invocation, Registry};
+use crate::protocol::{
+    self, Description, ErrorCode, FunctionDescription, ParamDescription, Pong,
+    SubscriptionDescription,
+};
+use crate::registry::{Invocation, Registry, Subscriber};
 use crate::trace::ServerTraceLayer;
 
 /// What the dispatcher needs to answer: the functions, and what pings report.
@@ -32,6 +35,8 @@ pub(crate) struct Dispatcher {
     pub started: Instant,
     /// Calls running now (pings report it).
     pub in_flight: AtomicUsize,
+    /// The `#[subscribe]` functions served.
+    pub subscribers: Vec<&'static Subscriber>,
 }
 
 /// Builds the pipeline: tracing outermost, then metrics (when on), then the user's layers
@@ -51,6 +56,7 @@ pub(crate) fn build(
             .iter()
             .map(|f| f.name().to_owned())
             .collect();
+        functions.extend(dispatcher.subscribers.iter().map(|s| s.name().to_owned()));
         functions.push(protocol::FUNCTION_DESCRIBE.to_owned());
         functions.push(protocol::FUNCTION_PING.to_owned());
         let layer =
@@ -155,6 +161,7 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         body,
         deadline,
         unreadable,
+        subscriber,
         ..
     } = request;
     let rejected = |codec: Codec, code: ErrorCode, message: &str| {
@@ -179,6 +186,24 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
             body.len()
         );
         return rejected(codec, ErrorCode::TooLarge, &message);
+    }
+    if let Some(subscriber) = subscriber {
+        let future = (subscriber.handler())(Invocation { codec, body });
+        return match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(reply) => reply,
+            Err(panic) => {
+                let what = panic_message(panic.as_ref());
+                error!(
+                    subscriber = subscriber.name(),
+                    "event handler panicked: {what}"
+                );
+                Reply::error(
+                    codec,
+                    ErrorCode::Internal,
+                    &format!("`{}` panicked: {what}", subscriber.name()),
+                )
+            }
+        };
     }
     if function.is_empty() {
         let message = format!(
@@ -288,6 +313,16 @@ fn describe(dispatcher: &Dispatcher) -> Description {
                     .collect(),
                 returns: f.returns().to_owned(),
                 blocking: f.is_blocking(),
+            })
+            .collect(),
+        subscriptions: dispatcher
+            .subscribers
+            .iter()
+            .map(|s| SubscriptionDescription {
+                name: s.name().to_owned(),
+                pattern: s.pattern().to_owned(),
+                broadcast: s.is_broadcast(),
+                summary: s.summary().to_owned(),
             })
             .collect(),
     }

@@ -19,6 +19,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::events;
 use super::reply::Replier;
 use super::settle::Settler;
 use super::{ServeError, Shared};
@@ -32,6 +33,8 @@ pub(super) struct Session {
     consumer: lapin::Consumer,
     settler: Arc<Settler>,
     replier: Arc<Replier>,
+    /// The `#[subscribe]` consumers, handed to their tasks when serving starts.
+    subscriptions: Vec<events::Subscription>,
 }
 
 enum SessionError {
@@ -112,17 +115,19 @@ impl Session {
             channel
                 .basic_qos(settings.prefetch, BasicQosOptions::default())
                 .await?;
-            channel
+            let subscriptions = events::open(shared, &connection, &queue_arguments(shared)).await?;
+            let consumer = channel
                 .basic_consume(
                     settings.queue.as_str().into(),
                     "".into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
-                .await
+                .await?;
+            Ok((consumer, subscriptions))
         };
-        let consumer = match topology.await {
-            Ok(consumer) => consumer,
+        let (consumer, subscriptions) = match topology.await {
+            Ok(consumed) => consumed,
             // A channel error is the broker's answer to the topology; a connection that
             // failed meanwhile is only a connection failure, retried.
             Err(err) if connection.status().connected() => {
@@ -145,6 +150,7 @@ impl Session {
             connection,
             channel,
             consumer,
+            subscriptions,
         })
     }
 
@@ -204,6 +210,9 @@ async fn consume(
     session: &mut Session,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
+    for subscription in session.subscriptions.drain(..) {
+        tokio::spawn(events::serve(shared.clone(), subscription, stop.clone()));
+    }
     loop {
         let permit = tokio::select! {
             biased;

@@ -1,0 +1,138 @@
+//! `#[subscribe("pattern")]`: a function served on the events whose topic matches.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::parse::{Parse, ParseStream};
+use syn::{LitStr, Token};
+
+use crate::attr::RpcFn;
+use crate::expand::{Output, check, doc_of};
+
+/// `#[subscribe("orders.*", broadcast, name = "...")]`.
+pub(crate) struct SubscribeArgs {
+    pattern: LitStr,
+    broadcast: bool,
+    name: Option<LitStr>,
+}
+
+impl Parse for SubscribeArgs {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.is_empty() {
+            return Err(
+                input.error("#[subscribe] takes a topic pattern: #[subscribe(\"orders.*\")]")
+            );
+        }
+        let pattern: LitStr = input.parse()?;
+        if pattern.value().trim().is_empty() {
+            return Err(syn::Error::new(
+                pattern.span(),
+                "the topic pattern cannot be empty",
+            ));
+        }
+        let mut args = SubscribeArgs {
+            pattern,
+            broadcast: false,
+            name: None,
+        };
+        while !input.is_empty() {
+            input.parse::<Token![,]>()?;
+            if input.is_empty() {
+                break;
+            }
+            let key: syn::Ident = input.parse()?;
+            if key == "broadcast" {
+                args.broadcast = true;
+            } else if key == "name" {
+                input.parse::<Token![=]>()?;
+                args.name = Some(input.parse()?);
+            } else {
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!(
+                        "unknown #[subscribe] option `{key}`; the options are `broadcast` and `name = \"...\"`"
+                    ),
+                ));
+            }
+        }
+        Ok(args)
+    }
+}
+
+pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenStream> {
+    let checked = check(&function)?;
+    let RpcFn {
+        attrs,
+        vis,
+        sig,
+        body,
+    } = &function;
+    let ident = &sig.ident;
+    let Some(body) = body else {
+        return Err(syn::Error::new_spanned(
+            sig,
+            "a #[subscribe] function needs a body: it is served, not called",
+        ));
+    };
+    let [param] = checked.params.as_slice() else {
+        return Err(syn::Error::new_spanned(
+            &sig.inputs,
+            "a #[subscribe] function takes exactly one parameter: the event",
+        ));
+    };
+    let (event, event_ty) = (&param.name, param.ty);
+    let name = args
+        .name
+        .map(|n| n.value())
+        .unwrap_or_else(|| ident.to_string());
+    let pattern = args.pattern.value();
+    let broadcast = args.broadcast;
+    let doc = doc_of(attrs);
+    let blocking = sig.asyncness.is_none();
+    let run = if blocking {
+        quote!(::guirpc_core::__private::run_blocking(move || #ident(#event)).await)
+    } else {
+        quote!(#ident(#event).await)
+    };
+    let reply = match checked.output {
+        Output::Plain(_) => {
+            quote!(::guirpc_core::__private::value_reply(#name, &invocation, &returned))
+        }
+        Output::Result(..) => {
+            quote!(::guirpc_core::__private::result_reply(#name, &invocation, &returned))
+        }
+    };
+    let location = quote_spanned! {ident.span()=>
+        ::core::concat!(::core::module_path!(), " (", ::core::file!(), ":", ::core::line!(), ")")
+    };
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig #body
+
+        const _: () = {
+            fn __guirpc_subscriber(
+                invocation: ::guirpc_core::__private::Invocation,
+            ) -> ::guirpc_core::__private::HandlerFuture {
+                ::std::boxed::Box::pin(async move {
+                    let #event: #event_ty =
+                        match ::guirpc_core::__private::decode_event(#name, &invocation) {
+                            ::core::result::Result::Ok(event) => event,
+                            ::core::result::Result::Err(reply) => return reply,
+                        };
+                    let returned = #run;
+                    #reply
+                })
+            }
+
+            ::guirpc_core::__private::inventory::submit! {
+                ::guirpc_core::__private::Subscriber::__new(
+                    #name,
+                    #pattern,
+                    #broadcast,
+                    #doc,
+                    #location,
+                    __guirpc_subscriber,
+                )
+            }
+        };
+    })
+}

@@ -1,0 +1,228 @@
+//! `#[subscribe]` functions served by `guirpc serve`'s servers, on the real broker: each
+//! service gets each event once (its servers sharing it), broadcast subscribers every
+//! instance, failures are retried then dead-lettered, undecodable events dead-lettered at
+//! once. One test, in steps: every server of this binary serves these subscribers, so the
+//! steps must not overlap.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use guirpc_core::lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use guirpc_core::lapin::types::FieldTable;
+use guirpc_core::lapin::{Connection, ExchangeKind};
+use guirpc_core::{Client, Server, subscribe};
+use guirpc_tests::{expiring, unique_queue, uri};
+use serde::{Deserialize, Serialize};
+
+const TOPIC: &str = "guirpc-test-orders.created";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Order {
+    token: String,
+    /// How many times the handler fails before it succeeds.
+    fail_times: u32,
+}
+
+fn seen() -> &'static Mutex<HashMap<String, u32>> {
+    static SEEN: std::sync::OnceLock<Mutex<HashMap<String, u32>>> = std::sync::OnceLock::new();
+    SEEN.get_or_init(Mutex::default)
+}
+
+fn count(key: &str) -> u32 {
+    seen().lock().unwrap().get(key).copied().unwrap_or(0)
+}
+
+/// Records an order; fails as often as the order asks.
+#[subscribe("guirpc-test-orders.created")]
+async fn on_order(order: Order) -> Result<(), String> {
+    let runs = {
+        let mut seen = seen().lock().unwrap();
+        let runs = seen.entry(order.token.clone()).or_default();
+        *runs += 1;
+        *runs
+    };
+    if runs <= order.fail_times {
+        return Err(format!("failing run {runs} of {}", order.token));
+    }
+    Ok(())
+}
+
+/// Every instance records every order.
+#[subscribe("guirpc-test-orders.*", broadcast)]
+fn on_any_order(order: Order) {
+    *seen()
+        .lock()
+        .unwrap()
+        .entry(format!("any:{}", order.token))
+        .or_default() += 1;
+}
+
+async fn wait_count(key: &str, expected: u32) {
+    for _ in 0..200 {
+        if count(key) >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then a moment more, for an extra delivery that must not come.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(key), expected, "{key}");
+}
+
+async fn server(queue: &str, dead_letters: Option<&str>) -> Server {
+    let mut settings = guirpc_core::Settings::default().service();
+    settings.uri = uri();
+    settings.queue = queue.to_owned();
+    if let Some(exchange) = dead_letters {
+        settings.dead_letter_exchange = exchange.to_owned();
+    }
+    Server::builder()
+        .settings(settings)
+        .queue_arguments(expiring())
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribers_get_events_once_per_service_or_per_instance_and_failures_end_dead_lettered() {
+    let token = |step: &str| format!("{step}-{}", std::process::id());
+    let publisher = Client::builder().uri(uri()).connect().await.unwrap();
+
+    // 1. Two services, one of them with two servers: once per service, and once per
+    // instance for the broadcast subscriber.
+    let (qa, qb) = (unique_queue("svc-a"), unique_queue("svc-b"));
+    let (a1, a2, b1) = (
+        server(&qa, None).await,
+        server(&qa, None).await,
+        server(&qb, None).await,
+    );
+    let t1 = token("once");
+    publisher
+        .publish(
+            TOPIC,
+            Order {
+                token: t1.clone(),
+                fail_times: 0,
+            },
+        )
+        .await
+        .unwrap();
+    wait_count(&t1, 2).await;
+    wait_count(&format!("any:{t1}"), 3).await;
+    // `guirpc list` sees them.
+    let description = Client::builder()
+        .uri(uri())
+        .queue(&qa)
+        .connect()
+        .await
+        .unwrap()
+        .describe()
+        .await
+        .unwrap();
+    let names: Vec<(&str, &str, bool)> = description
+        .subscriptions
+        .iter()
+        .map(|s| (s.name.as_str(), s.pattern.as_str(), s.broadcast))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("on_any_order", "guirpc-test-orders.*", true),
+            ("on_order", "guirpc-test-orders.created", false)
+        ]
+    );
+    a2.shutdown().await.unwrap();
+    b1.shutdown().await.unwrap();
+
+    // 2. A handler that fails once runs again and succeeds.
+    let t2 = token("retried");
+    publisher
+        .publish(
+            TOPIC,
+            Order {
+                token: t2.clone(),
+                fail_times: 1,
+            },
+        )
+        .await
+        .unwrap();
+    wait_count(&t2, 2).await;
+    a1.shutdown().await.unwrap();
+
+    // 3. One that always fails runs 1 + `events.retries` (2) times, then is dead-lettered;
+    // an event that does not decode is dead-lettered without running.
+    let qc = unique_queue("svc-c");
+    let dlx = format!("{qc}.dlx");
+    let letters = format!("{qc}.letters");
+    let plain = Connection::connect(&uri(), Default::default())
+        .await
+        .unwrap();
+    let channel = plain.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            dlx.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            letters.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            letters.as_str().into(),
+            dlx.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let c1 = server(&qc, Some(&dlx)).await;
+    let t3 = token("doomed");
+    publisher
+        .publish(
+            TOPIC,
+            Order {
+                token: t3.clone(),
+                fail_times: 99,
+            },
+        )
+        .await
+        .unwrap();
+    publisher.publish(TOPIC, "not an order").await.unwrap();
+    wait_count(&t3, 3).await;
+    // Two letters: the doomed order (from the pool queue) and the undecodable event (from
+    // both subscribers' queues: the broadcast one dead-letters it too).
+    let mut dead = 0;
+    for _ in 0..100 {
+        match channel
+            .basic_get(letters.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(_) => dead += 1,
+            None if dead >= 3 => break,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(dead, 3, "dead-lettered events");
+    c1.shutdown().await.unwrap();
+}
