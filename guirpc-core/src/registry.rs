@@ -86,11 +86,7 @@ impl Function {
 
     /// The first line of the doc comment.
     pub fn summary(&self) -> &'static str {
-        self.doc
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("")
+        first_line(self.doc)
     }
 
     /// The parameters, in order.
@@ -205,11 +201,7 @@ impl Subscriber {
 
     /// The first line of the doc comment.
     pub fn summary(&self) -> &'static str {
-        self.doc
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("")
+        first_line(self.doc)
     }
 
     /// Where the function is defined.
@@ -231,6 +223,14 @@ impl fmt::Debug for Subscriber {
             .field("location", &self.location)
             .finish_non_exhaustive()
     }
+}
+
+/// The first line of a doc comment that is not blank.
+fn first_line(doc: &'static str) -> &'static str {
+    doc.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
 }
 
 /// Two functions were registered under one name.

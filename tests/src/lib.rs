@@ -36,6 +36,49 @@ pub fn expiring() -> FieldTable {
     arguments
 }
 
+/// A fanout dead-letter exchange `{prefix}.dlx` and a queue `{prefix}.letters` bound to it,
+/// exclusive to `channel`'s connection: where a test's rejected messages land. Returns
+/// both names.
+pub async fn dead_letters(channel: &guirpc_core::lapin::Channel, prefix: &str) -> (String, String) {
+    use guirpc_core::lapin::ExchangeKind;
+    use guirpc_core::lapin::options::{
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    let (exchange, letters) = (format!("{prefix}.dlx"), format!("{prefix}.letters"));
+    let auto_delete = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            auto_delete,
+            FieldTable::default(),
+        )
+        .await
+        .expect("the dead-letter exchange is declared");
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(letters.as_str().into(), exclusive, FieldTable::default())
+        .await
+        .expect("the letters queue is declared");
+    channel
+        .queue_bind(
+            letters.as_str().into(),
+            exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("the letters queue is bound");
+    (exchange, letters)
+}
+
 /// A server for one test, on its own queue, and a client calling it.
 pub async fn serve(test: &str) -> (Server, Client) {
     let queue = unique_queue(test);

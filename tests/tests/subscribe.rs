@@ -8,11 +8,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use guirpc_core::lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use guirpc_core::lapin::types::FieldTable;
-use guirpc_core::lapin::{Connection, ExchangeKind};
+use guirpc_core::lapin::Connection;
+use guirpc_core::lapin::options::BasicGetOptions;
 use guirpc_core::{Client, Server, subscribe};
 use guirpc_tests::{expiring, unique_queue, uri};
 use serde::{Deserialize, Serialize};
@@ -156,45 +153,11 @@ async fn subscribers_get_events_once_per_service_or_per_instance_and_failures_en
     // 3. One that always fails runs 1 + `events.retries` (2) times, then is dead-lettered;
     // an event that does not decode is dead-lettered without running.
     let qc = unique_queue("svc-c");
-    let dlx = format!("{qc}.dlx");
-    let letters = format!("{qc}.letters");
     let plain = Connection::connect(&uri(), Default::default())
         .await
         .unwrap();
     let channel = plain.create_channel().await.unwrap();
-    channel
-        .exchange_declare(
-            dlx.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_declare(
-            letters.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            letters.as_str().into(),
-            dlx.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (dlx, letters) = guirpc_tests::dead_letters(&channel, &qc).await;
     let c1 = server(&qc, Some(&dlx)).await;
     let t3 = token("doomed");
     publisher

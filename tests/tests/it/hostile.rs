@@ -8,12 +8,11 @@ use futures_lite::StreamExt;
 use guirpc_core::Server;
 use guirpc_core::config::ServiceSettings;
 use guirpc_tests::{add, expiring, unique_queue, uri, wait_recorded};
+use lapin::BasicProperties;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicRejectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicRejectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, ExchangeKind};
 use serde_json::json;
 
 use crate::plain_amqp::{Plain, body, function, headers, json_request, status};
@@ -217,34 +216,8 @@ async fn a_redelivered_request_is_run_and_answered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_requests_are_dead_lettered_where_configured_and_answered() {
     let queue = unique_queue("dead-letter");
-    let exchange = format!("{queue}.dlx");
-    let letters = format!("{queue}.letters");
     let plain = Plain::connect().await;
-    plain
-        .channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    declare_private_queue(&plain, &letters).await;
-    plain
-        .channel
-        .queue_bind(
-            letters.as_str().into(),
-            exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (exchange, letters) = guirpc_tests::dead_letters(&plain.channel, &queue).await;
     let (_server, client) = start(&queue, |s| s.dead_letter_exchange = exchange.clone()).await;
     let mut caller = Plain::connect().await;
     let requests: [(BasicProperties, &[u8], &str); 3] = [
