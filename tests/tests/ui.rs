@@ -1,4 +1,4 @@
-//! Compile errors of `#[rpc]`, pinned: each points at the offending token.
+//! Compile errors of `#[rpc]` and `#[subscribe]`, pinned: each points at the offending token.
 
 #[test]
 fn unsupported_signatures_are_compile_errors() {
