@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use guirpc_core::lapin::Connection;
-use guirpc_core::lapin::options::BasicGetOptions;
+use guirpc_core::lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use guirpc_core::{Client, Server, subscribe};
 use guirpc_tests::{expiring, unique_queue, uri};
 use serde::{Deserialize, Serialize};
@@ -187,5 +187,38 @@ async fn subscribers_get_events_once_per_service_or_per_instance_and_failures_en
         }
     }
     assert_eq!(dead, 3, "dead-lettered events");
+
+    // 4. A subscription queue deleted under a running server: the server declares it
+    // again (it reconnects, as for a lost connection) and serves the events after.
+    channel
+        .queue_delete(
+            format!("{qc}.on_order").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let t4 = token("redeclared");
+    for _ in 0..100 {
+        if count(&t4) > 0 {
+            break;
+        }
+        // Events published before the queue is back are dropped, as for any unbound topic.
+        publisher
+            .publish(
+                TOPIC,
+                Order {
+                    token: t4.clone(),
+                    fail_times: 0,
+                },
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        count(&t4) > 0,
+        "the deleted subscription was never served again"
+    );
+    assert!(!c1.is_finished());
     c1.shutdown().await.unwrap();
 }

@@ -99,11 +99,14 @@ pub(super) async fn open(
     Ok(subscriptions)
 }
 
-/// Takes a subscription's events until told to stop or the channel ends.
+/// Takes a subscription's events until told to stop or the channel ends; an end while
+/// not stopping is told to `lost`, which ends the session (so the next one declares and
+/// consumes the queue again: a server never goes on without serving a subscription).
 pub(super) async fn serve(
     shared: Arc<Shared>,
     mut subscription: Subscription,
     mut stop: watch::Receiver<bool>,
+    lost: tokio::sync::mpsc::UnboundedSender<String>,
 ) {
     loop {
         let permit = tokio::select! {
@@ -130,13 +133,17 @@ pub(super) async fn serve(
                 });
             }
             Some(Err(err)) => {
-                debug!(
-                    "the consumer of `{}` ended: {err}",
-                    subscription.subscriber.name()
-                );
+                let name = subscription.subscriber.name();
+                let _ = lost.send(format!("the consumer of `{name}` ended: {err}"));
                 return;
             }
-            None => return,
+            None => {
+                let name = subscription.subscriber.name();
+                let _ = lost.send(format!(
+                    "the broker cancelled the consumer of `{name}` (its queue deleted?)"
+                ));
+                return;
+            }
         }
     }
     // Stopping: no new events; the running ones finish, the rest stay in the queue.

@@ -35,6 +35,10 @@ pub(super) struct Session {
     replier: Arc<Replier>,
     /// The `#[subscribe]` consumers, handed to their tasks when serving starts.
     subscriptions: Vec<events::Subscription>,
+    /// Told why when a subscription's consumer ends while the connection lives (its queue
+    /// deleted, say): the session is then lost too, and the next one declares it again.
+    lost: tokio::sync::mpsc::UnboundedReceiver<String>,
+    lost_tx: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 enum SessionError {
@@ -143,6 +147,7 @@ impl Session {
             ExchangeName(&settings.exchange),
             shared.masked_uri
         );
+        let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
         let dead_letter = !settings.dead_letter_exchange.is_empty();
         Ok(Session {
             settler: Arc::new(Settler::new(channel.clone(), dead_letter)),
@@ -151,6 +156,8 @@ impl Session {
             channel,
             consumer,
             subscriptions,
+            lost,
+            lost_tx,
         })
     }
 
@@ -211,7 +218,13 @@ async fn consume(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     for subscription in session.subscriptions.drain(..) {
-        tokio::spawn(events::serve(shared.clone(), subscription, stop.clone()));
+        let lost = session.lost_tx.clone();
+        tokio::spawn(events::serve(
+            shared.clone(),
+            subscription,
+            stop.clone(),
+            lost,
+        ));
     }
     loop {
         let permit = tokio::select! {
@@ -222,6 +235,7 @@ async fn consume(
         let delivery = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            Some(why) = session.lost.recv() => return Err(why),
             delivery = session.consumer.next() => delivery,
         };
         match delivery {
