@@ -59,22 +59,41 @@ pub(crate) async fn run(
         return Err(Failure::new(Exit::Usage, "--inflight must be at least 1"));
     }
     let client = args.client.connect(log, defaults).await?;
+    let function = args.function;
+    send(
+        single,
+        "casts",
+        args.inflight,
+        parse_args,
+        move |cast_args| {
+            let (client, function) = (client.clone(), function.clone());
+            async move { client.cast(&function, cast_args).await }
+        },
+    )
+    .await
+}
+
+/// Sends `single`, or, without it, one message per line of standard input.
+pub(crate) async fn send<F, Fut>(
+    single: Option<Value>,
+    what: &str,
+    inflight: usize,
+    parse: fn(&str) -> Result<Value, String>,
+    send_one: F,
+) -> Result<(), Failure>
+where
+    F: Fn(Value) -> Fut,
+    Fut: Future<Output = Result<(), guirpc_core::Error>> + Send + 'static,
+{
     match single {
-        Some(cast_args) => Ok(client.cast(&args.function, cast_args).await?),
-        None => {
-            let function = args.function;
-            send_lines("casts", args.inflight, parse_args, move |cast_args| {
-                let (client, function) = (client.clone(), function.clone());
-                async move { client.cast(&function, cast_args).await }
-            })
-            .await
-        }
+        Some(value) => Ok(send_one(value).await?),
+        None => send_lines(what, inflight, parse, send_one).await,
     }
 }
 
 /// Sends one message per line of standard input with `send`, at most `inflight` awaiting
 /// the broker's confirmation; names on stderr the lines that could not be read or sent.
-pub(crate) async fn send_lines<F, Fut>(
+async fn send_lines<F, Fut>(
     what: &str,
     inflight: usize,
     parse: fn(&str) -> Result<Value, String>,

@@ -4,7 +4,7 @@ use clap::Args as ClapArgs;
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
-use crate::cast::send_lines;
+use crate::cast::send;
 use crate::exit::{Exit, Failure};
 use crate::logging::LogArgs;
 use crate::settings::ClientArgs;
@@ -71,17 +71,12 @@ pub(crate) async fn publish(
         return Err(Failure::new(Exit::Usage, "--inflight must be at least 1"));
     }
     let client = args.client.connect(log, defaults).await?;
-    match single {
-        Some(event) => Ok(client.publish(&args.topic, event).await?),
-        None => {
-            let topic = args.topic;
-            send_lines("events", args.inflight, parse_event, move |event| {
-                let (client, topic) = (client.clone(), topic.clone());
-                async move { client.publish(&topic, event).await }
-            })
-            .await
-        }
-    }
+    let topic = args.topic;
+    send(single, "events", args.inflight, parse_event, move |event| {
+        let (client, topic) = (client.clone(), topic.clone());
+        async move { client.publish(&topic, event).await }
+    })
+    .await
 }
 
 pub(crate) async fn subscribe(

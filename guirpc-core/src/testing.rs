@@ -32,9 +32,9 @@ use std::task::{Context, Poll};
 use crate::client::{Transport, timed_out, with_retries};
 use crate::error::Error;
 use crate::middleware::{
-    CallKind, ClientRequest, ClientResponse, ClientService, ServerService, Service,
+    CallKind, ClientRequest, ClientResponse, ClientService, ServerRequest, ServerService, Service,
 };
-use crate::protocol::{self, RequestMeta};
+use crate::protocol;
 use crate::server::pipeline;
 use crate::{Client, ClientBuilder, Server};
 
@@ -139,19 +139,7 @@ impl InMemory {
         self.route(&request)?;
         let properties =
             protocol::cast_properties(&request.function, request.codec, &request.headers);
-        let meta = RequestMeta::read(&properties);
-        let served = crate::middleware::ServerRequest {
-            function: meta.function.unwrap_or_default(),
-            queue: self.queue.clone(),
-            correlation_id: None,
-            headers: properties.headers().clone().unwrap_or_default(),
-            deadline: None,
-            redelivered: false,
-            codec: request.codec,
-            body: request.body,
-            unreadable: None,
-            subscriber: None,
-        };
+        let (served, _) = ServerRequest::read(&properties, self.queue.clone(), false, request.body);
         let server = self.server.clone();
         tokio::spawn(async move {
             let reply = pipeline::run(&server, served).await;
@@ -181,23 +169,9 @@ impl InMemory {
             request.timeout,
             &request.headers,
         );
-        let meta = RequestMeta::read(&properties);
-        let (codec, unreadable) = match meta.codec {
-            Ok(codec) => (codec, None),
-            Err(unsupported) => (request.codec, Some(unsupported)),
-        };
-        let served = crate::middleware::ServerRequest {
-            function: meta.function.unwrap_or_default(),
-            queue: self.queue.clone(),
-            correlation_id: meta.correlation_id,
-            headers: properties.headers().clone().unwrap_or_default(),
-            deadline: meta.deadline,
-            redelivered: false,
-            codec,
-            body: request.body.clone(),
-            unreadable,
-            subscriber: None,
-        };
+        let (served, _) =
+            ServerRequest::read(&properties, self.queue.clone(), false, request.body.clone());
+        let codec = served.codec;
         match tokio::time::timeout(request.timeout, pipeline::run(&self.server, served)).await {
             Ok(reply) => Ok(ClientResponse {
                 ok: reply.is_ok(),

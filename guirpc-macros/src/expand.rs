@@ -140,14 +140,8 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     };
 
     let blocking = sig.asyncness.is_none();
-    let run = if blocking {
-        quote!(::guirpc_core::__private::run_blocking(move || #ident(#(#names),*)).await)
-    } else {
-        quote!(#ident(#(#names),*).await)
-    };
-    let location = quote_spanned! {ident.span()=>
-        ::core::concat!(::core::module_path!(), " (", ::core::file!(), ":", ::core::line!(), ")")
-    };
+    let run = run(sig, &names);
+    let location = location(ident);
     Ok(quote! {
         #(#attrs)*
         #vis #sig #body
@@ -182,6 +176,23 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
             }
         };
     })
+}
+
+/// Runs the function on its arguments: awaited, or a plain `fn` on the blocking pool.
+pub(crate) fn run(sig: &syn::Signature, args: &[&Ident]) -> TokenStream {
+    let ident = &sig.ident;
+    if sig.asyncness.is_none() {
+        quote!(::guirpc_core::__private::run_blocking(move || #ident(#(#args),*)).await)
+    } else {
+        quote!(#ident(#(#args),*).await)
+    }
+}
+
+/// Where the function is defined: `module::path (file:line)`.
+pub(crate) fn location(ident: &Ident) -> TokenStream {
+    quote_spanned! {ident.span()=>
+        ::core::concat!(::core::module_path!(), " (", ::core::file!(), ":", ::core::line!(), ")")
+    }
 }
 
 pub(crate) struct Param<'a> {

@@ -1,12 +1,12 @@
 //! `#[subscribe("pattern")]`: a function served on the events whose topic matches.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::quote;
 use syn::parse::{Parse, ParseStream};
 use syn::{LitStr, Token};
 
 use crate::attr::RpcFn;
-use crate::expand::{Output, check, doc_of};
+use crate::expand::{Output, check, doc_of, location, run};
 
 /// `#[subscribe("orders.*", broadcast, name = "...")]`.
 pub(crate) struct SubscribeArgs {
@@ -87,12 +87,7 @@ pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenS
     let pattern = args.pattern.value();
     let broadcast = args.broadcast;
     let doc = doc_of(attrs);
-    let blocking = sig.asyncness.is_none();
-    let run = if blocking {
-        quote!(::guirpc_core::__private::run_blocking(move || #ident(#event)).await)
-    } else {
-        quote!(#ident(#event).await)
-    };
+    let run = run(sig, &[event]);
     let reply = match checked.output {
         Output::Plain(_) => {
             quote!(::guirpc_core::__private::value_reply(#name, &invocation, &returned))
@@ -101,9 +96,7 @@ pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenS
             quote!(::guirpc_core::__private::result_reply(#name, &invocation, &returned))
         }
     };
-    let location = quote_spanned! {ident.span()=>
-        ::core::concat!(::core::module_path!(), " (", ::core::file!(), ":", ::core::line!(), ")")
-    };
+    let location = location(ident);
     Ok(quote! {
         #(#attrs)*
         #vis #sig #body

@@ -219,6 +219,26 @@ enum Observe {
     Neither,
 }
 
+impl Observe {
+    /// What records spans: a log subscriber taking every span at `info`, formatting them
+    /// as `guirpc serve` does, to a sink; or nothing.
+    fn subscriber(self) -> tracing::Dispatch {
+        if matches!(self, Observe::Both | Observe::Spans) {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(std::io::sink)
+                .with_max_level(tracing::Level::INFO)
+                .finish();
+            tracing::Dispatch::new(subscriber)
+        } else {
+            tracing::Dispatch::none()
+        }
+    }
+
+    fn metrics(self) -> bool {
+        matches!(self, Observe::Both | Observe::Metrics)
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, clap::ValueEnum)]
 enum Arm {
     Raw,
@@ -258,16 +278,7 @@ struct Observed {
 
 impl Observed {
     fn start(queue: &str, prefetch: u16, concurrency: usize, observe: Observe) -> Observed {
-        let spans = matches!(observe, Observe::Both | Observe::Spans);
-        let dispatch = if spans {
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(std::io::sink)
-                .with_max_level(tracing::Level::INFO)
-                .finish();
-            tracing::Dispatch::new(subscriber)
-        } else {
-            tracing::Dispatch::none()
-        };
+        let dispatch = observe.subscriber();
         let on_start = dispatch.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -278,7 +289,7 @@ impl Observed {
             .build()
             .unwrap();
         let metrics = guirpc_core::Metrics::new();
-        let metered = matches!(observe, Observe::Both | Observe::Metrics);
+        let metered = observe.metrics();
         let (server, client) = runtime.block_on(async {
             let mut server = Server::builder()
                 .uri(broker())
@@ -587,19 +598,11 @@ fn pipeline_round(calls: u64, observe: Observe) -> f64 {
         .enable_all()
         .build()
         .unwrap();
-    let dispatch = if matches!(observe, Observe::Both | Observe::Spans) {
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(std::io::sink)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        tracing::Dispatch::new(subscriber)
-    } else {
-        tracing::Dispatch::none()
-    };
+    let dispatch = observe.subscriber();
     let metrics = guirpc_core::Metrics::new();
     let mut server = Server::builder().queue("bench.pipeline");
     let mut client = Client::builder();
-    if matches!(observe, Observe::Both | Observe::Metrics) {
+    if observe.metrics() {
         server = server.metrics(&metrics);
         client = client.metrics(&metrics);
     }

@@ -12,11 +12,10 @@ use super::Shared;
 use super::pipeline;
 use super::reply::{Replier, Undelivered};
 use super::settle::{Settler, Verdict};
-use crate::codec::Codec;
 use crate::config::Delivery as DeliveryGuarantee;
 use crate::envelope;
 use crate::middleware::ServerRequest;
-use crate::protocol::{self, RequestMeta};
+use crate::protocol;
 
 pub(super) async fn handle(
     shared: Arc<Shared>,
@@ -32,40 +31,23 @@ pub(super) async fn handle(
         redelivered,
         ..
     } = delivery;
-    let meta = RequestMeta::read(&properties);
     let at_most_once = shared.settings.delivery == DeliveryGuarantee::AtMostOnce;
     if at_most_once {
         settler.finished(delivery_tag, Verdict::Served).await;
     }
+    let (request, reply_to) = ServerRequest::read(
+        &properties,
+        shared.dispatcher.queue.clone(),
+        redelivered,
+        data,
+    );
     if redelivered {
         debug!(
-            function = meta.function.as_deref(),
+            function = request.function,
             "a redelivered request: it may have run before"
         );
     }
-    let RequestMeta {
-        function,
-        codec,
-        correlation_id,
-        reply_to,
-        deadline,
-    } = meta;
-    let (codec, unreadable) = match codec {
-        Ok(codec) => (codec, None),
-        Err(unsupported) => (Codec::Json, Some(unsupported)),
-    };
-    let request = ServerRequest {
-        function: function.unwrap_or_default(),
-        queue: shared.dispatcher.queue.clone(),
-        correlation_id: correlation_id.clone(),
-        headers: properties.headers().clone().unwrap_or_default(),
-        deadline,
-        redelivered,
-        codec,
-        body: data,
-        unreadable,
-        subscriber: None,
-    };
+    let (codec, correlation_id) = (request.codec, request.correlation_id.clone());
     let function = request.function.clone();
     let reply = pipeline::run(&shared.service, request).await;
     let mut verdict = if reply.rejected {

@@ -21,7 +21,6 @@ use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
 use super::{Shared, pipeline};
-use crate::codec::Codec;
 use crate::middleware::ServerRequest;
 use crate::protocol::{self, ErrorCode, HEADER_ATTEMPT};
 use crate::registry::Subscriber;
@@ -169,35 +168,19 @@ async fn handle(
         routing_key,
         ..
     } = delivery;
-    let headers = properties.headers().clone().unwrap_or_default();
-    let attempt = match headers.inner().get(HEADER_ATTEMPT) {
+    let (mut request, _) = ServerRequest::read(
+        &properties,
+        shared.dispatcher.queue.clone(),
+        redelivered,
+        data,
+    );
+    request.function = subscriber.name().to_owned();
+    request.subscriber = Some(subscriber);
+    let attempt = match request.headers.inner().get(HEADER_ATTEMPT) {
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX).max(1),
         _ => 1,
     };
-    let content_type = properties.content_type().as_ref().map(ShortString::as_str);
-    let (codec, unreadable) = match Codec::from_content_type(content_type) {
-        Some(codec) => (codec, None),
-        None => (
-            Codec::Json,
-            Some(format!(
-                "unsupported content_type `{}`",
-                content_type.unwrap_or_default()
-            )),
-        ),
-    };
-    let request = ServerRequest {
-        function: subscriber.name().to_owned(),
-        queue: shared.dispatcher.queue.clone(),
-        correlation_id: None,
-        headers: headers.clone(),
-        deadline: None,
-        redelivered,
-        codec,
-        body: data,
-        unreadable,
-        subscriber: Some(subscriber),
-    };
-    let body = request.body.clone();
+    let (codec, headers, body) = (request.codec, request.headers.clone(), request.body.clone());
     let reply = pipeline::run(&shared.service, request).await;
     let name = subscriber.name();
     let settled = if reply.is_ok() {

@@ -89,26 +89,30 @@ impl Service<ServerRequest> for CatchPanic {
     type Error = Infallible;
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
     }
 
+    /// Calls the service it wraps, readied by `poll_ready`, with no clone of its layers: a
+    /// panic while making the future or while it runs becomes the reply.
     fn call(&mut self, request: ServerRequest) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move {
-            let (codec, function) = (request.codec, request.function.clone());
-            match AssertUnwindSafe(inner.oneshot(request))
-                .catch_unwind()
-                .await
-            {
-                Ok(reply) => reply,
-                Err(panic) => Ok(layer_panicked(
-                    codec,
-                    &format!("`{function}`"),
-                    panic.as_ref(),
-                )),
-            }
-        })
+        let (codec, function) = (request.codec, request.function.clone());
+        let panicked = move |panic: Box<dyn std::any::Any + Send>| {
+            Ok(layer_panicked(
+                codec,
+                &format!("`{function}`"),
+                panic.as_ref(),
+            ))
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.call(request))) {
+            Ok(future) => Box::pin(async move {
+                match AssertUnwindSafe(future).catch_unwind().await {
+                    Ok(reply) => reply,
+                    Err(panic) => panicked(panic),
+                }
+            }),
+            Err(panic) => Box::pin(std::future::ready(panicked(panic))),
+        }
     }
 }
 
