@@ -219,6 +219,12 @@ impl RemoteError {
         envelope::detail(self.codec, &self.body)
     }
 
+    /// The same error, naming `function` as the one called.
+    pub(crate) fn for_function(mut self, function: &str) -> RemoteError {
+        function.clone_into(&mut self.function);
+        self
+    }
+
     /// Reads an error reply. Also used for replies that carry no valid envelope, which
     /// become an `internal` error saying so.
     pub(crate) fn from_reply(function: &str, codec: Codec, body: Vec<u8>) -> RemoteError {

@@ -42,6 +42,7 @@ pub mod otel;
 pub mod protocol;
 pub mod registry;
 mod server;
+pub mod stream;
 pub mod testing;
 pub mod trace;
 
@@ -61,3 +62,4 @@ pub use metrics::http::Readiness;
 pub use protocol::ErrorCode;
 pub use registry::{Function, Registry, Subscriber};
 pub use server::{ServeError, Server, ServerBuilder, shutdown_signal};
+pub use stream::{BlockingItems, ItemStream};

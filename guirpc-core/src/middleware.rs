@@ -73,12 +73,21 @@ pub struct ServerRequest {
     pub(crate) unreadable: Option<String>,
     /// For an event: the `#[subscribe]` function it goes to.
     pub(crate) subscriber: Option<&'static crate::registry::Subscriber>,
+    /// The caller's initial credit, when it asks for a stream.
+    pub(crate) credit: Option<u32>,
+    /// Where a streaming function's items go (set by the transport).
+    pub(crate) items: Option<crate::stream::ItemSink>,
 }
 
 impl ServerRequest {
     /// Whether this is an event for a `#[subscribe]` function (`function` is its name).
     pub fn is_event(&self) -> bool {
         self.subscriber.is_some()
+    }
+
+    /// Whether the caller asked for the result as a stream of items.
+    pub fn wants_stream(&self) -> bool {
+        self.credit.is_some()
     }
 }
 
@@ -107,6 +116,8 @@ impl ServerRequest {
             body,
             unreadable,
             subscriber: None,
+            credit: meta.stream,
+            items: None,
         };
         (request, meta.reply_to)
     }
@@ -228,6 +239,9 @@ pub enum CallKind {
     /// An event: `function` is its topic, published to the events exchange, done once
     /// the broker has taken it; `queue` is unused.
     Publish,
+    /// A call whose result may come as a stream of items: the response comes with the
+    /// first message, and the items follow.
+    Stream,
 }
 
 impl ClientRequest {
@@ -251,6 +265,8 @@ pub struct ClientResponse {
     pub(crate) ok: bool,
     pub(crate) codec: Codec,
     pub(crate) body: Vec<u8>,
+    /// A stream's items, after its first message (which made this response).
+    pub(crate) items: Option<crate::stream::Items>,
 }
 
 impl ClientResponse {
@@ -264,9 +280,15 @@ impl ClientResponse {
         self.codec
     }
 
-    /// The encoded body.
+    /// The encoded body (empty for a stream, whose items follow).
     pub fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// Whether this opens a stream of items (the call asked for one, and the function
+    /// streams).
+    pub fn is_stream(&self) -> bool {
+        self.items.is_some()
     }
 
     /// `ok`, or the error code of an error reply.

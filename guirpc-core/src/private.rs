@@ -9,6 +9,7 @@ use crate::protocol::ErrorCode;
 
 pub use crate::client::Idempotency;
 pub use crate::registry::{Function, HandlerFuture, Invocation, Param, Reply, Subscriber};
+pub use crate::stream::ItemSink;
 pub use inventory;
 pub use serde;
 
@@ -107,4 +108,44 @@ pub fn result_reply<T: Serialize, E: Serialize>(
             }
         }
     }
+}
+
+/// Takes where a streaming function's items go, or refuses a call that did not ask for a
+/// stream: its items would have nowhere to go.
+pub fn stream_sink(function: &str, invocation: &mut Invocation) -> Result<ItemSink, Reply> {
+    invocation.items.take().ok_or_else(|| {
+        Reply::refusal(
+            invocation.codec,
+            ErrorCode::BadRequest,
+            &format!(
+                "`{function}` streams its result: call it asking for a stream (its typed stub, \
+                 `Client::stream`, `guirpc call`; the `guirpc-stream` header of docs/PROTOCOL.md)"
+            ),
+        )
+    })
+}
+
+/// Sends a streaming function's items, each encoded like a return value.
+pub async fn stream_values<T: Serialize>(
+    function: &str,
+    invocation: &Invocation,
+    sink: ItemSink,
+    items: impl futures_lite::Stream<Item = T>,
+) -> Reply {
+    let to_reply = |item: T| value_reply(function, invocation, &item);
+    sink.drive(function, invocation.codec, items, to_reply)
+        .await
+}
+
+/// Sends a streaming function's `Ok` items; its first `Err` ends the stream as a
+/// function's error ends a call.
+pub async fn stream_results<T: Serialize, E: Serialize>(
+    function: &str,
+    invocation: &Invocation,
+    sink: ItemSink,
+    items: impl futures_lite::Stream<Item = Result<T, E>>,
+) -> Reply {
+    let to_reply = |item: Result<T, E>| result_reply(function, invocation, &item);
+    sink.drive(function, invocation.codec, items, to_reply)
+        .await
 }

@@ -50,6 +50,25 @@ pub const STATUS_OK: &str = "ok";
 /// The `type` of a reply whose body is an error envelope.
 pub const STATUS_ERROR: &str = "error";
 
+/// Request header asking for the result as a stream of items: its value is the caller's
+/// initial credit, how many items the server may send before the caller grants more.
+pub const HEADER_STREAM: &str = "guirpc-stream";
+/// Header of a stream's first item: the queue the caller sends credit and cancellation to.
+pub const HEADER_CREDIT_TO: &str = "guirpc-credit-to";
+/// Header of a stream's first item: the server's ID of the stream, the `correlation_id`
+/// of the caller's credit messages.
+pub const HEADER_STREAM_ID: &str = "guirpc-stream-id";
+/// The `type` of one item of a stream; its `message_id` is its sequence number, from 0.
+pub const STATUS_ITEM: &str = "item";
+/// The `type` of the message ending a stream; its `message_id` is the number of items.
+pub const STATUS_END: &str = "end";
+/// The `type` of a caller's message granting a stream more credit (`message_id` items).
+pub const CREDIT: &str = "credit";
+/// The `type` of a caller's message cancelling a stream.
+pub const CANCEL: &str = "cancel";
+/// The most credit a server holds for one stream, however much a caller grants.
+pub const MAX_CREDIT: u32 = 4096;
+
 /// The built-in function every server answers with a [`Description`] of what it serves.
 pub const FUNCTION_DESCRIBE: &str = "guirpc.describe";
 /// The built-in function every server answers with a [`Pong`].
@@ -97,6 +116,9 @@ pub struct FunctionDescription {
     pub returns: String,
     /// Whether it runs on the blocking pool.
     pub blocking: bool,
+    /// Whether it streams its result, one item at a time (call it asking for a stream).
+    #[serde(default)]
+    pub streams: bool,
 }
 
 /// One parameter of a [`FunctionDescription`].
@@ -144,6 +166,8 @@ pub enum ErrorCode {
     DeadlineExceeded,
     /// The request body is larger than the server accepts.
     TooLarge,
+    /// The caller cancelled the call (it dropped its stream).
+    Cancelled,
     /// A code this version does not know; treat it like [`ErrorCode::Internal`].
     Unknown(String),
 }
@@ -158,6 +182,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::Cancelled => "cancelled",
             ErrorCode::Unknown(code) => code,
         }
     }
@@ -171,6 +196,7 @@ impl ErrorCode {
             "internal" => ErrorCode::Internal,
             "deadline_exceeded" => ErrorCode::DeadlineExceeded,
             "too_large" => ErrorCode::TooLarge,
+            "cancelled" => ErrorCode::Cancelled,
             other => ErrorCode::Unknown(other.to_owned()),
         }
     }
@@ -190,6 +216,8 @@ pub(crate) struct RequestMeta {
     pub correlation_id: Option<ShortString>,
     pub reply_to: Option<ShortString>,
     pub deadline: Option<SystemTime>,
+    /// The initial credit of a call asking for a stream.
+    pub stream: Option<u32>,
 }
 
 impl RequestMeta {
@@ -208,6 +236,9 @@ impl RequestMeta {
             correlation_id: props.correlation_id().clone(),
             reply_to: props.reply_to().clone().filter(|r| !r.as_str().is_empty()),
             deadline: header(HEADER_DEADLINE).and_then(deadline_of),
+            stream: header(HEADER_STREAM).and_then(value_as_u64).map(|credit| {
+                u32::try_from(credit).unwrap_or(MAX_CREDIT).clamp(1, MAX_CREDIT)
+            }),
         }
     }
 }
@@ -328,6 +359,83 @@ pub(crate) fn reply_properties(
     match correlation_id {
         Some(id) => props.with_correlation_id(id),
         None => props,
+    }
+}
+
+/// The properties of one item of a stream. The first also says where the caller sends
+/// credit (`credit_to`: the queue, and the server's ID of the stream).
+pub(crate) fn item_properties(
+    codec: Codec,
+    correlation_id: Option<ShortString>,
+    seq: u64,
+    credit_to: Option<(&ShortString, u64)>,
+) -> BasicProperties {
+    let props = BasicProperties::default()
+        .with_content_type(codec.content_type().into())
+        .with_type(STATUS_ITEM.into())
+        .with_message_id(itoa::Buffer::new().format(seq).into());
+    let props = match correlation_id {
+        Some(id) => props.with_correlation_id(id),
+        None => props,
+    };
+    match credit_to {
+        Some((queue, id)) => {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                HEADER_CREDIT_TO.into(),
+                AMQPValue::LongString(queue.as_str().into()),
+            );
+            headers.insert(
+                HEADER_STREAM_ID.into(),
+                AMQPValue::LongLongInt(i64::try_from(id).unwrap_or(i64::MAX)),
+            );
+            props.with_headers(headers)
+        }
+        None => props,
+    }
+}
+
+/// The properties of a stream's last message: the end marker (after `count` items), or
+/// an error envelope.
+pub(crate) fn end_properties(
+    codec: Codec,
+    correlation_id: Option<ShortString>,
+    ok: bool,
+    count: u64,
+) -> BasicProperties {
+    let props = reply_properties(codec, correlation_id, ok)
+        .with_message_id(itoa::Buffer::new().format(count).into());
+    if ok {
+        props.with_type(STATUS_END.into())
+    } else {
+        props
+    }
+}
+
+/// The properties of a caller's credit (`Some(n)`) or cancellation (`None`) of a stream.
+pub(crate) fn credit_properties(stream_id: &ShortString, credit: Option<u32>) -> BasicProperties {
+    let props = BasicProperties::default().with_correlation_id(stream_id.clone());
+    match credit {
+        Some(n) => props
+            .with_type(CREDIT.into())
+            .with_message_id(itoa::Buffer::new().format(n).into()),
+        None => props.with_type(CANCEL.into()),
+    }
+}
+
+/// An unsigned number in a header or a short string property, whatever its AMQP type.
+pub(crate) fn value_as_u64(value: &AMQPValue) -> Option<u64> {
+    match *value {
+        AMQPValue::ShortShortInt(v) => u64::try_from(v).ok(),
+        AMQPValue::ShortShortUInt(v) => Some(v.into()),
+        AMQPValue::ShortInt(v) => u64::try_from(v).ok(),
+        AMQPValue::ShortUInt(v) => Some(v.into()),
+        AMQPValue::LongInt(v) => u64::try_from(v).ok(),
+        AMQPValue::LongUInt(v) => Some(v.into()),
+        AMQPValue::LongLongInt(v) => u64::try_from(v).ok(),
+        AMQPValue::LongString(ref s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
+        AMQPValue::ShortString(ref s) => s.as_str().trim().parse().ok(),
+        _ => None,
     }
 }
 

@@ -23,6 +23,8 @@ pub type HandlerFn = fn(Invocation) -> HandlerFuture;
 pub struct Invocation {
     pub codec: Codec,
     pub body: Vec<u8>,
+    /// Where a streaming function's items go, when the caller asked for a stream.
+    pub items: Option<crate::stream::ItemSink>,
 }
 
 /// What a handler produced: a return value or an error envelope, encoded.
@@ -44,6 +46,7 @@ pub struct Function {
     params: &'static [Param],
     returns: &'static str,
     blocking: bool,
+    streams: bool,
     location: &'static str,
     handler: HandlerFn,
 }
@@ -60,6 +63,7 @@ impl Function {
         params: &'static [Param],
         returns: &'static str,
         blocking: bool,
+        streams: bool,
         location: &'static str,
         handler: HandlerFn,
     ) -> Self {
@@ -69,6 +73,7 @@ impl Function {
             params,
             returns,
             blocking,
+            streams,
             location,
             handler,
         }
@@ -104,6 +109,11 @@ impl Function {
         self.blocking
     }
 
+    /// Whether the function streams its result, one item at a time.
+    pub fn streams(&self) -> bool {
+        self.streams
+    }
+
     /// Where the function is defined: `module::path (file:line)`.
     pub fn location(&self) -> &'static str {
         self.location
@@ -117,7 +127,11 @@ impl Function {
     /// tests; not a stable interface).
     #[doc(hidden)]
     pub fn __invoke(&self, codec: Codec, body: Vec<u8>) -> HandlerFuture {
-        (self.handler)(Invocation { codec, body })
+        (self.handler)(Invocation {
+            codec,
+            body,
+            items: None,
+        })
     }
 
     /// The signature, as a person reads it: `add(a: i64, b: i64) -> i64`.
@@ -138,6 +152,7 @@ impl fmt::Debug for Function {
             .field("params", &self.params)
             .field("returns", &self.returns)
             .field("blocking", &self.blocking)
+            .field("streams", &self.streams)
             .field("location", &self.location)
             .finish_non_exhaustive()
     }
@@ -323,10 +338,11 @@ mod tests {
         &[],
         "i64",
         false,
+        false,
         "a (a.rs:1)",
         never,
     );
-    static B: Function = Function::__new("f", "", &[], "i64", true, "b (b.rs:9)", never);
+    static B: Function = Function::__new("f", "", &[], "i64", true, false, "b (b.rs:9)", never);
     static C: Function = Function::__new(
         "g",
         "",
@@ -336,6 +352,7 @@ mod tests {
         }],
         "()",
         true,
+        false,
         "c",
         never,
     );

@@ -36,6 +36,7 @@ use crate::middleware::{
 };
 use crate::protocol;
 use crate::server::pipeline;
+use crate::stream::{self, Control, ItemSink, Last, Outlet, Piece, Stopped};
 use crate::{Client, ClientBuilder, Server};
 
 /// A client of every `#[rpc]` function of this program, served in memory, with the
@@ -112,8 +113,10 @@ impl Service<ClientRequest> for InMemory {
                         ok: true,
                         codec: request.codec,
                         body: Vec::new(),
+                        items: None,
                     });
                 }
+                CallKind::Stream => return this.open_stream(request).await,
                 _ => {}
             }
             let (this, request) = (&this, &request);
@@ -155,12 +158,12 @@ impl InMemory {
             ok: true,
             codec: request.codec,
             body: Vec::new(),
+            items: None,
         })
     }
 
-    async fn round_trip(&self, request: &ClientRequest) -> Result<ClientResponse, Error> {
-        self.route(request)?;
-        // The request as the broker would deliver it: the same properties, read the same way.
+    /// The request as the broker would deliver it: the same properties, read the same way.
+    fn deliver(&self, request: &ClientRequest) -> ServerRequest {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let properties = protocol::request_properties(
             &request.function,
@@ -169,16 +172,99 @@ impl InMemory {
             request.timeout,
             &request.headers,
         );
-        let (served, _) =
-            ServerRequest::read(&properties, self.queue.clone(), false, request.body.clone());
+        ServerRequest::read(&properties, self.queue.clone(), false, request.body.clone()).0
+    }
+
+    /// A stream is served in the background, its items handed over through a channel as
+    /// long as the credit window: the function waits while the caller does not take them.
+    async fn open_stream(&self, request: ClientRequest) -> Result<ClientResponse, Error> {
+        self.route(&request)?;
+        let mut served = self.deliver(&request);
+        let window = served.credit.unwrap_or(stream::DEFAULT_WINDOW);
+        let (tx, rx) = stream::channel(window);
+        let (sink, progress) = ItemSink::new(MemoryOutlet(tx.clone()));
+        served.items = Some(sink);
+        let codec = served.codec;
+        let server = self.server.clone();
+        let serving = tokio::spawn(async move {
+            let reply = pipeline::run(&server, served).await;
+            let last = match progress.last() {
+                Last::End { count } if reply.is_ok() => Piece::End { count },
+                Last::Nothing(_) => return,
+                _ => Piece::Reply {
+                    ok: reply.is_ok(),
+                    codec,
+                    body: reply.body,
+                },
+            };
+            let _ = tx.send(last).await;
+        });
+        let control = Box::new(Serving {
+            task: serving.abort_handle(),
+            open: true,
+        });
+        let expired = Box::pin(tokio::time::sleep(request.timeout));
+        let cut = Arc::new(|why: String| Error::connection("memory", why));
+        stream::open(&request, rx, control, expired, cut, || {
+            unreachable!("routed above")
+        })
+        .await
+    }
+
+    async fn round_trip(&self, request: &ClientRequest) -> Result<ClientResponse, Error> {
+        self.route(request)?;
+        let served = self.deliver(request);
         let codec = served.codec;
         match tokio::time::timeout(request.timeout, pipeline::run(&self.server, served)).await {
             Ok(reply) => Ok(ClientResponse {
                 ok: reply.is_ok(),
                 codec,
                 body: reply.body,
+                items: None,
             }),
             Err(_) => Err(timed_out(request)),
+        }
+    }
+}
+
+/// Hands a stream's items to the in-memory caller.
+struct MemoryOutlet(tokio::sync::mpsc::Sender<Piece>);
+
+impl Outlet for MemoryOutlet {
+    fn send(
+        &mut self,
+        seq: u64,
+        body: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>> {
+        Box::pin(async move {
+            let item = Piece::Item {
+                seq,
+                body,
+                credit_to: None,
+            };
+            self.0.send(item).await.map_err(|_| Stopped::Cancelled)
+        })
+    }
+}
+
+/// The in-memory stream's function, cancelled when its caller drops the stream.
+struct Serving {
+    task: tokio::task::AbortHandle,
+    open: bool,
+}
+
+impl Control for Serving {
+    fn consumed(&mut self, _: Option<(lapin::types::ShortString, lapin::types::ShortString)>) {}
+
+    fn finished(&mut self) {
+        self.open = false;
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if self.open {
+            self.task.abort();
         }
     }
 }

@@ -43,22 +43,41 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
         format_ident!("client")
     };
 
+    let args = quote!(&__Args { #(#names),* });
     let (ok_ty, stub_body, stub_blocking_body, stub_err, reply) = match &signature.output {
         Output::Plain(ty) => (
             quote!(#ty),
-            quote!(#client.invoke(NAME, &__Args { #(#names),* }, #idempotency).await),
-            quote!(#client.invoke(NAME, &__Args { #(#names),* }, #idempotency)),
+            quote!(#client.invoke(NAME, #args, #idempotency).await),
+            quote!(#client.invoke(NAME, #args, #idempotency)),
             quote!(::guirpc_core::Error),
             quote!(::guirpc_core::__private::value_reply(#ident::NAME, &invocation, &returned)),
         ),
         Output::Result(ok, err) => (
             quote!(#ok),
-            quote!(#client.invoke_fallible::<#ok, #err>(NAME, &__Args { #(#names),* }, #idempotency).await),
-            quote!(#client.invoke_fallible::<#ok, #err>(NAME, &__Args { #(#names),* }, #idempotency)),
+            quote!(#client.invoke_fallible::<#ok, #err>(NAME, #args, #idempotency).await),
+            quote!(#client.invoke_fallible::<#ok, #err>(NAME, #args, #idempotency)),
             quote!(::guirpc_core::Error<#err>),
             quote!(::guirpc_core::__private::result_reply(#ident::NAME, &invocation, &returned)),
         ),
+        Output::Stream(item) => (
+            quote!(#item),
+            quote!(#client.invoke_stream::<#item>(NAME, #args)),
+            quote!(#client.invoke_stream::<#item>(NAME, #args)),
+            quote!(::core::convert::Infallible),
+            quote!(::guirpc_core::__private::stream_values(#ident::NAME, &invocation, __sink, returned).await),
+        ),
+        Output::StreamResult(ok, err) => (
+            quote!(#ok),
+            quote!(#client.invoke_stream_fallible::<#ok, #err>(NAME, #args)),
+            quote!(#client.invoke_stream_fallible::<#ok, #err>(NAME, #args)),
+            quote!(#err),
+            quote!(::guirpc_core::__private::stream_results(#ident::NAME, &invocation, __sink, returned).await),
+        ),
     };
+    let streams = matches!(
+        signature.output,
+        Output::Stream(_) | Output::StreamResult(..)
+    );
 
     let stub_doc = format!(" Typed call stubs of the remote function `{name}`.");
     // What a bad-request message says was expected, instead of the struct's hidden name.
@@ -80,22 +99,34 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     let cast_blocking_doc = format!(
         " Casts `{name}` to the client's service queue, blocking until the broker has taken it."
     );
-    let stubs = quote! {
-        #[doc = #stub_doc]
-        #vis mod #ident {
-            #[allow(unused_imports)]
-            use super::*;
-
-            /// The name callers use.
-            pub const NAME: &str = #name;
-
-            #[doc(hidden)]
-            #[derive(::guirpc_core::__private::serde::Serialize, ::guirpc_core::__private::serde::Deserialize)]
-            #[serde(crate = "::guirpc_core::__private::serde", deny_unknown_fields, expecting = #expecting)]
-            pub struct __Args {
-                #(pub #names: #stub_types,)*
+    let calls = if streams {
+        let stream_doc = format!(
+            " Calls `{name}`, whose items arrive as they are produced: dropping the stream cancels the call."
+        );
+        let stream_blocking_doc = format!(
+            " Calls `{name}`: an iterator of its items, each `next` blocking until the item comes."
+        );
+        quote! {
+            #[doc = #stream_doc]
+            #[allow(clippy::too_many_arguments)]
+            pub fn call(
+                #client: &::guirpc_core::Client,
+                #(#names: #stub_types),*
+            ) -> ::guirpc_core::ItemStream<#ok_ty, #stub_err> {
+                #stub_body
             }
 
+            #[doc = #stream_blocking_doc]
+            #[allow(clippy::too_many_arguments)]
+            pub fn call_blocking(
+                #client: &::guirpc_core::BlockingClient,
+                #(#names: #stub_types),*
+            ) -> ::guirpc_core::BlockingItems<#ok_ty, #stub_err> {
+                #stub_blocking_body
+            }
+        }
+    } else {
+        quote! {
             #[doc = #call_doc]
             #[allow(clippy::too_many_arguments)]
             pub async fn call(
@@ -133,6 +164,25 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
             }
         }
     };
+    let stubs = quote! {
+        #[doc = #stub_doc]
+        #vis mod #ident {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The name callers use.
+            pub const NAME: &str = #name;
+
+            #[doc(hidden)]
+            #[derive(::guirpc_core::__private::serde::Serialize, ::guirpc_core::__private::serde::Deserialize)]
+            #[serde(crate = "::guirpc_core::__private::serde", deny_unknown_fields, expecting = #expecting)]
+            pub struct __Args {
+                #(pub #names: #stub_types,)*
+            }
+
+            #calls
+        }
+    };
 
     let Some(body) = body else {
         // A declaration: callable, not served here.
@@ -141,6 +191,19 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
 
     let blocking = sig.asyncness.is_none();
     let run = run(sig, &names);
+    // A streaming function's items need somewhere to go: a call that did not ask for a
+    // stream is refused before the function runs.
+    let take_sink = if streams {
+        quote! {
+            let mut invocation = invocation;
+            let __sink = match ::guirpc_core::__private::stream_sink(#ident::NAME, &mut invocation) {
+                ::core::result::Result::Ok(sink) => sink,
+                ::core::result::Result::Err(reply) => return reply,
+            };
+        }
+    } else {
+        quote!()
+    };
     let location = location(ident);
     Ok(quote! {
         #(#attrs)*
@@ -153,6 +216,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
                 invocation: ::guirpc_core::__private::Invocation,
             ) -> ::guirpc_core::__private::HandlerFuture {
                 ::std::boxed::Box::pin(async move {
+                    #take_sink
                     let #ident::__Args { #(#names),* } =
                         match ::guirpc_core::__private::decode_args(#ident::NAME, &invocation) {
                             ::core::result::Result::Ok(args) => args,
@@ -170,6 +234,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
                     &[#(::guirpc_core::__private::Param { name: #name_strs, ty: #type_names }),*],
                     #returns,
                     #blocking,
+                    #streams,
                     #location,
                     __guirpc_handler,
                 )
@@ -204,6 +269,10 @@ pub(crate) struct Param<'a> {
 pub(crate) enum Output {
     Plain(Box<Type>),
     Result(Box<Type>, Box<Type>),
+    /// `impl Stream<Item = T>`.
+    Stream(Box<Type>),
+    /// `impl Stream<Item = Result<T, E>>`.
+    StreamResult(Box<Type>, Box<Type>),
 }
 
 pub(crate) struct Checked<'a> {
@@ -263,6 +332,22 @@ pub(crate) fn check(function: &RpcFn) -> syn::Result<Checked<'_>> {
     }
     let output = match &sig.output {
         ReturnType::Default => Output::Plain(Box::new(syn::parse_quote!(()))),
+        ReturnType::Type(_, ty) if stream_item(ty).is_some() => {
+            let item = stream_item(ty).expect("checked");
+            if let Err(err) = owned_type(item, "item") {
+                errors.push(err);
+            }
+            match result_parts(item) {
+                Ok(Some((ok, err))) => {
+                    Output::StreamResult(Box::new(rebase(ok)), Box::new(rebase(err)))
+                }
+                Ok(None) => Output::Stream(Box::new(rebase(item.clone()))),
+                Err(err) => {
+                    errors.push(err);
+                    Output::Stream(Box::new(rebase(item.clone())))
+                }
+            }
+        }
         ReturnType::Type(_, ty) => {
             if let Err(err) = owned_type(ty, "return") {
                 errors.push(err);
@@ -286,6 +371,30 @@ pub(crate) fn check(function: &RpcFn) -> syn::Result<Checked<'_>> {
     }
 }
 
+/// The item type of `impl Stream<Item = T>` (any path ending in `Stream`, with more
+/// bounds such as `+ Send` allowed).
+fn stream_item(ty: &Type) -> Option<&Type> {
+    let Type::ImplTrait(imp) = ty else {
+        return None;
+    };
+    imp.bounds.iter().find_map(|bound| {
+        let syn::TypeParamBound::Trait(bound) = bound else {
+            return None;
+        };
+        let last = bound.path.segments.last()?;
+        if last.ident != "Stream" {
+            return None;
+        }
+        let PathArguments::AngleBracketed(args) = &last.arguments else {
+            return None;
+        };
+        args.args.iter().find_map(|arg| match arg {
+            GenericArgument::AssocType(assoc) if assoc.ident == "Item" => Some(&assoc.ty),
+            _ => None,
+        })
+    })
+}
+
 /// References and `impl Trait` cannot travel: find them anywhere in a type.
 fn owned_type(ty: &Type, what: &str) -> syn::Result<()> {
     match ty {
@@ -298,7 +407,10 @@ fn owned_type(ty: &Type, what: &str) -> syn::Result<()> {
         )),
         Type::ImplTrait(imp) => Err(syn::Error::new_spanned(
             imp,
-            format!("#[rpc] {what} types must be concrete types, not `impl Trait`"),
+            format!(
+                "#[rpc] {what} types must be concrete types, not `impl Trait` (a function \
+                 streaming its result returns `impl Stream<Item = T>`)"
+            ),
         )),
         Type::Paren(inner) => owned_type(&inner.elem, what),
         Type::Group(inner) => owned_type(&inner.elem, what),

@@ -95,6 +95,12 @@ pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenS
         Output::Result(..) => {
             quote!(::guirpc_core::__private::result_reply(#name, &invocation, &returned))
         }
+        Output::Stream(_) | Output::StreamResult(..) => {
+            return Err(syn::Error::new_spanned(
+                &sig.output,
+                "#[subscribe] functions cannot return a stream: no one reads an event handler's result",
+            ));
+        }
     };
     let location = location(ident);
     Ok(quote! {

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use futures_lite::StreamExt;
 use guirpc_core::lapin::types::{AMQPValue, FieldTable};
+use guirpc_core::stream::Stream;
 use guirpc_core::{Client, Server, rpc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -288,6 +290,96 @@ pub async fn busy(ms: u64) {
     peak.fetch_max(running, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     now.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// How far each [`count_up`] stream got, by token: items produced, and whether the
+/// stream (the function's state) was dropped, as it is at the end or on cancellation.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub produced: u64,
+    pub dropped: bool,
+}
+
+/// The progress of every [`count_up`] stream, by token.
+pub fn progress() -> &'static Mutex<HashMap<String, Progress>> {
+    static PROGRESS: OnceLock<Mutex<HashMap<String, Progress>>> = OnceLock::new();
+    PROGRESS.get_or_init(Default::default)
+}
+
+/// The progress of the [`count_up`] stream of `token`.
+pub fn progress_of(token: &str) -> Progress {
+    progress()
+        .lock()
+        .unwrap()
+        .get(token)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Marks its stream dropped.
+struct Producer {
+    token: String,
+    next: u64,
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        progress()
+            .lock()
+            .unwrap()
+            .entry(self.token.clone())
+            .or_default()
+            .dropped = true;
+    }
+}
+
+/// Streams `0..n`, pausing `pause_ms` before each item, recording its progress under
+/// `token`.
+#[rpc]
+pub async fn count_up(token: String, n: u64, pause_ms: u64) -> impl Stream<Item = u64> {
+    progress()
+        .lock()
+        .unwrap()
+        .insert(token.clone(), Progress::default());
+    let producer = Producer { token, next: 0 };
+    futures_lite::stream::unfold(producer, move |mut producer| async move {
+        if producer.next == n {
+            return None;
+        }
+        if pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        }
+        let item = producer.next;
+        producer.next += 1;
+        progress()
+            .lock()
+            .unwrap()
+            .entry(producer.token.clone())
+            .or_default()
+            .produced += 1;
+        Some((item, producer))
+    })
+}
+
+/// Streams the lines `line 0`, `line 1`, ... up to `n`, failing with `Err` at `fail_at`.
+#[rpc]
+pub fn lines(n: u32, fail_at: Option<u32>) -> impl Stream<Item = Result<String, DivError>> {
+    futures_lite::stream::iter((0..n).map(move |i| {
+        if Some(i) == fail_at {
+            Err(DivError::ByZero(i64::from(i)))
+        } else {
+            Ok(format!("line {i}"))
+        }
+    }))
+}
+
+/// Streams `n` items, panicking at `panic_at`.
+#[rpc]
+pub async fn shaky(n: u32, panic_at: u32) -> impl Stream<Item = u32> {
+    futures_lite::stream::iter(0..n).map(move |i| {
+        assert!(i != panic_at, "shaky gave up at {i}");
+        i
+    })
 }
 
 /// Calls `add` on `queue` in turn, through a client of its own: a call a handler makes,

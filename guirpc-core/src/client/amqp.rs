@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
@@ -26,7 +27,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::codec::Codec;
@@ -34,6 +35,7 @@ use crate::error::Error;
 use crate::link::{self, Backoff, Blocked};
 use crate::middleware::{CallKind, ClientRequest, ClientResponse, Service};
 use crate::protocol;
+use crate::stream::{self, Piece};
 
 /// Connects, and starts the supervisor that routes replies and reconnects.
 pub(super) async fn connect(
@@ -85,10 +87,13 @@ impl Service<ClientRequest> for Transport {
                 async move { waiter.wait_linked(limit).await }
             };
             let (shared, request) = (&*shared, &request);
-            if request.kind != CallKind::Call {
-                return cast(shared, request).await;
+            match request.kind {
+                CallKind::Call => {
+                    super::with_retries(request, wait, || round_trip(shared, request)).await
+                }
+                CallKind::Stream => open_stream(shared, request).await,
+                _ => cast(shared, request).await,
             }
-            super::with_retries(request, wait, || round_trip(shared, request)).await
         })
     }
 }
@@ -110,18 +115,23 @@ impl Shared {
     }
 }
 
-async fn round_trip(shared: &Shared, request: &ClientRequest) -> Result<ClientResponse, Error> {
+/// Publishes a request once there is a link (waiting for one until the call's timer
+/// runs out), its reply awaited as `register` arranges: what `register` returned, and the
+/// guard that forgets the call however it ends.
+async fn send_request<R>(
+    shared: &Shared,
+    request: &ClientRequest,
+    expired: &mut Pin<&mut tokio::time::Sleep>,
+    register: impl Fn(&Pending, u64) -> Option<R>,
+) -> Result<(Waiting, R), Error> {
     let function = request.function.as_str();
-    // One timer for the whole call, the wait for a connection included.
-    let expired = tokio::time::sleep(request.timeout);
-    tokio::pin!(expired);
     // A call that has not been sent waits for a connection until its deadline; only a
     // call in flight when its connection drops fails at once.
-    let (mut waiting, reply) = loop {
+    loop {
         let linked = shared.linked.notified();
         if let Some(link) = shared.link() {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            if let Some(reply) = link.pending.insert(id) {
+            if let Some(reply) = register(&link.pending, id) {
                 let waiting = Waiting {
                     link,
                     id,
@@ -146,19 +156,26 @@ async fn round_trip(shared: &Shared, request: &ClientRequest) -> Result<ClientRe
                 );
                 tokio::select! {
                     published = publish => match published {
-                        Ok(_) => break (waiting, reply),
+                        Ok(_) => return Ok((waiting, reply)),
                         // Not sent: the link is dying; wait for the next.
                         Err(err) => debug!(function, "the request was not sent: {err}"),
                     },
-                    () = &mut expired => return Err(timed_out(shared, request)),
+                    () = expired.as_mut() => return Err(timed_out(shared, request)),
                 }
             }
         }
         tokio::select! {
             () = linked => {}
-            () = &mut expired => return Err(not_connected(shared, request)),
+            () = expired.as_mut() => return Err(not_connected(shared, request)),
         }
-    };
+    }
+}
+
+async fn round_trip(shared: &Shared, request: &ClientRequest) -> Result<ClientResponse, Error> {
+    // One timer for the whole call, the wait for a connection included.
+    let expired = tokio::time::sleep(request.timeout);
+    tokio::pin!(expired);
+    let (mut waiting, reply) = send_request(shared, request, &mut expired, Pending::insert).await?;
     let answer = tokio::select! {
         answer = reply => answer,
         () = &mut expired => return Err(timed_out(shared, request)),
@@ -174,17 +191,125 @@ async fn round_trip(shared: &Shared, request: &ClientRequest) -> Result<ClientRe
                 ok: protocol::reply_is_ok(&delivery.properties),
                 codec,
                 body: delivery.data,
+                items: None,
             })
         }
-        Ok(Answer::Returned) => Err(Error::NoRoute {
-            function: function.to_owned(),
-            queue: request.queue.to_string(),
-            exchange: shared.exchange.to_string(),
-        }),
+        Ok(Answer::Returned) => Err(no_route(shared, request)),
         Err(_) => Err(Error::connection(
             &shared.masked_uri,
             "the connection to the broker was lost before the reply arrived (the call may have run)",
         )),
+    }
+}
+
+/// Sends a call asking for a stream, and waits for its first message.
+async fn open_stream(shared: &Shared, request: &ClientRequest) -> Result<ClientResponse, Error> {
+    let window = request
+        .headers
+        .inner()
+        .get(protocol::HEADER_STREAM)
+        .and_then(protocol::value_as_u64)
+        .map_or(stream::DEFAULT_WINDOW, |w| {
+            u32::try_from(w)
+                .unwrap_or(protocol::MAX_CREDIT)
+                .clamp(1, protocol::MAX_CREDIT)
+        });
+    // The deadline bounds the whole stream: its timer goes on with the items.
+    let mut expired = Box::pin(tokio::time::sleep(request.timeout));
+    let (tx, rx) = stream::channel(window);
+    let (waiting, ()) = send_request(shared, request, &mut expired.as_mut(), |pending, id| {
+        pending.insert_stream(id, tx.clone())
+    })
+    .await?;
+    drop(tx);
+    let credit = Credit {
+        waiting,
+        to: None,
+        window: u64::from(window),
+        granted: u64::from(window),
+        consumed: 0,
+        open: true,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let uri = shared.masked_uri.clone();
+    let cut = Arc::new(move |why: String| Error::connection(&uri, why));
+    stream::open(request, rx, Box::new(credit), expired, cut, || {
+        no_route(shared, request)
+    })
+    .await
+}
+
+fn no_route(shared: &Shared, request: &ClientRequest) -> Error {
+    Error::NoRoute {
+        function: request.function.clone(),
+        queue: request.queue.to_string(),
+        exchange: shared.exchange.to_string(),
+    }
+}
+
+/// A stream's credit: granted back to the server as the caller's code consumes items,
+/// half a window at a time; a cancellation when the stream is dropped before its end.
+struct Credit {
+    /// Forgets the stream's entry when the stream goes.
+    waiting: Waiting,
+    /// The credit queue and the server's ID of the stream, from the first item.
+    to: Option<(ShortString, ShortString)>,
+    window: u64,
+    granted: u64,
+    consumed: u64,
+    /// Whether the stream is still running (else nothing is due).
+    open: bool,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Credit {
+    fn send(&self, credit: Option<u32>) {
+        let Some((queue, id)) = self.to.clone() else {
+            return;
+        };
+        let channel = self.waiting.link.channel.clone();
+        self.runtime.spawn(async move {
+            let properties = protocol::credit_properties(&id, credit);
+            if let Err(err) = channel
+                .basic_publish(
+                    "".into(),
+                    queue,
+                    BasicPublishOptions::default(),
+                    &[],
+                    properties,
+                )
+                .await
+            {
+                debug!("cannot send a stream's credit: {err}");
+            }
+        });
+    }
+}
+
+impl stream::Control for Credit {
+    fn consumed(&mut self, credit_to: Option<(ShortString, ShortString)>) {
+        if self.to.is_none() {
+            self.to = credit_to;
+        }
+        self.consumed += 1;
+        let outstanding = self.granted.saturating_sub(self.consumed);
+        if outstanding <= self.window / 2 {
+            let more = self.window - outstanding;
+            self.granted += more;
+            self.send(Some(u32::try_from(more).unwrap_or(u32::MAX)));
+        }
+    }
+
+    fn finished(&mut self) {
+        self.open = false;
+    }
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        if self.open {
+            self.send(None);
+        }
     }
 }
 
@@ -234,12 +359,9 @@ async fn cast(shared: &Shared, request: &ClientRequest) -> Result<ClientResponse
                     ok: true,
                     codec: request.codec,
                     body: Vec::new(),
+                    items: None,
                 }),
-                Ok(Confirmation::Ack(Some(_))) => Err(Error::NoRoute {
-                    function: function.to_owned(),
-                    queue: request.queue.to_string(),
-                    exchange: shared.exchange.to_string(),
-                }),
+                Ok(Confirmation::Ack(Some(_))) => Err(no_route(shared, request)),
                 Ok(Confirmation::Nack(_)) => Err(Error::connection(
                     &shared.masked_uri,
                     format!(
@@ -431,24 +553,93 @@ struct Pending {
 
 #[derive(Debug, Default)]
 struct PendingCalls {
-    waiting: HashMap<u64, oneshot::Sender<Answer>, BuildHasherDefault<IdHasher>>,
+    waiting: HashMap<u64, Waiter, BuildHasherDefault<IdHasher>>,
     /// Set once replies can no longer arrive; no call may wait after that.
     closed: bool,
 }
 
+/// Who waits for the replies of a call.
+#[derive(Debug)]
+enum Waiter {
+    /// A call: its one reply.
+    Call(oneshot::Sender<Answer>),
+    /// A stream: its messages, until one ends it.
+    Stream(mpsc::Sender<Piece>),
+}
+
 impl Pending {
     fn insert(&self, id: u64) -> Option<oneshot::Receiver<Answer>> {
+        let (tx, rx) = oneshot::channel();
+        self.wait(id, Waiter::Call(tx)).then_some(rx)
+    }
+
+    fn insert_stream(&self, id: u64, tx: mpsc::Sender<Piece>) -> Option<()> {
+        self.wait(id, Waiter::Stream(tx)).then_some(())
+    }
+
+    fn wait(&self, id: u64, waiter: Waiter) -> bool {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         if calls.closed {
-            return None;
+            return false;
         }
-        let (tx, rx) = oneshot::channel();
-        calls.waiting.insert(id, tx);
+        calls.waiting.insert(id, waiter);
         drop(calls);
         if self.router_parked.swap(false, Ordering::SeqCst) {
             self.busy.notify_one();
         }
-        Some(rx)
+        true
+    }
+
+    /// Hands a reply to whoever waits for it; the reply back when no one does.
+    fn route(&self, id: u64, delivery: Delivery) -> Option<Delivery> {
+        use std::collections::hash_map::Entry;
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let Entry::Occupied(entry) = calls.waiting.entry(id) else {
+            return Some(delivery);
+        };
+        match entry.get() {
+            Waiter::Call(_) => {
+                let Waiter::Call(tx) = entry.remove() else {
+                    unreachable!("matched as a call")
+                };
+                drop(calls);
+                let _ = tx.send(Answer::Reply(delivery));
+            }
+            Waiter::Stream(tx) => {
+                let piece = piece(delivery);
+                if !matches!(piece, Piece::Item { .. }) {
+                    // The stream's last message: no more after it.
+                    let _ = tx.try_send(piece);
+                    entry.remove();
+                    return None;
+                }
+                match tx.try_send(piece) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        warn!(
+                            "a server sent more stream items than its credit allowed; the stream is cut off"
+                        );
+                        entry.remove();
+                    }
+                    // The stream was dropped; its guard removes the entry.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// Fails a call whose request the broker returned.
+    fn returned(&self, id: u64) {
+        match self.remove(id) {
+            Some(Waiter::Call(tx)) => {
+                let _ = tx.send(Answer::Returned);
+            }
+            Some(Waiter::Stream(tx)) => {
+                let _ = tx.try_send(Piece::Returned);
+            }
+            None => {}
+        }
     }
 
     /// Parks the router unless a call waits (then it must go on collecting returns).
@@ -461,7 +652,7 @@ impl Pending {
         true
     }
 
-    fn remove(&self, id: u64) -> Option<oneshot::Sender<Answer>> {
+    fn remove(&self, id: u64) -> Option<Waiter> {
         self.calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -560,8 +751,8 @@ async fn route_replies(replies: &mut lapin::Consumer, link: &Link) {
                 match link.channel.wait_for_confirms().await {
                     Ok(returned) => {
                         for message in returned {
-                            if let Some(waiting) = correlation(&message.delivery).and_then(|id| link.pending.remove(id)) {
-                                let _ = waiting.send(Answer::Returned);
+                            if let Some(id) = correlation(&message.delivery) {
+                                link.pending.returned(id);
                             }
                         }
                     }
@@ -572,11 +763,12 @@ async fn route_replies(replies: &mut lapin::Consumer, link: &Link) {
         };
         match delivery {
             Some(Ok(delivery)) => {
-                match correlation(&delivery).and_then(|id| link.pending.remove(id)) {
-                    Some(waiting) => {
-                        let _ = waiting.send(Answer::Reply(delivery));
-                    }
-                    None => debug!("dropping a reply no call waits for (late, or a duplicate)"),
+                let unwanted = match correlation(&delivery) {
+                    Some(id) => link.pending.route(id, delivery),
+                    None => Some(delivery),
+                };
+                if let Some(delivery) = unwanted {
+                    refuse(link, delivery);
                 }
             }
             Some(Err(err)) => {
@@ -584,6 +776,71 @@ async fn route_replies(replies: &mut lapin::Consumer, link: &Link) {
                 return;
             }
             None => return,
+        }
+    }
+}
+
+/// A reply no call waits for (late, or a duplicate) is dropped; the first item of a
+/// stream no one waits for any more (its caller gave up before it came) is cancelled, so
+/// that its server stops.
+fn refuse(link: &Link, delivery: Delivery) {
+    debug!("dropping a reply no call waits for (late, or a duplicate)");
+    if let Piece::Item {
+        credit_to: Some((queue, id)),
+        ..
+    } = piece(delivery)
+    {
+        let channel = link.channel.clone();
+        tokio::spawn(async move {
+            let properties = protocol::credit_properties(&id, None);
+            let _ = channel
+                .basic_publish(
+                    "".into(),
+                    queue,
+                    BasicPublishOptions::default(),
+                    &[],
+                    properties,
+                )
+                .await;
+        });
+    }
+}
+
+/// A stream's message, as the caller's stream takes it.
+fn piece(delivery: Delivery) -> Piece {
+    let properties = &delivery.properties;
+    let seq = || {
+        properties
+            .message_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    };
+    match properties.kind().as_ref().map(ShortString::as_str) {
+        Some(protocol::STATUS_ITEM) => {
+            let headers = properties.headers().as_ref();
+            let header = |name: &str| headers.and_then(|h| h.inner().get(name));
+            let queue = header(protocol::HEADER_CREDIT_TO).and_then(protocol::value_as_str);
+            let id = header(protocol::HEADER_STREAM_ID).and_then(protocol::value_as_u64);
+            let credit_to = queue
+                .zip(id)
+                .map(|(queue, id)| (queue.as_ref().into(), itoa::Buffer::new().format(id).into()));
+            Piece::Item {
+                seq: seq(),
+                credit_to,
+                body: delivery.data,
+            }
+        }
+        Some(protocol::STATUS_END) => Piece::End { count: seq() },
+        _ => {
+            let content_type = properties.content_type().as_ref();
+            Piece::Reply {
+                ok: protocol::reply_is_ok(properties),
+                // An unknown content type reads as JSON, whose failure says what came.
+                codec: Codec::from_content_type(content_type.map(ShortString::as_str))
+                    .unwrap_or(Codec::Json),
+                body: delivery.data,
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::{Client, ClientBuilder, Idempotency};
 use crate::codec::Codec;
 use crate::error::Error;
+use crate::stream::BlockingItems;
 
 /// A client for synchronous code: the same calls as [`Client`], each blocking the calling
 /// thread until its reply (or its timeout). Cheap to clone, and safe to use from many
@@ -72,6 +73,52 @@ impl BlockingClient {
         args: impl Serialize,
     ) -> Result<R, Error> {
         self.block_on(self.client.call_idempotent(function, args))
+    }
+
+    /// Calls a function that streams its result: an iterator of its items, each `next`
+    /// blocking until the item comes; see [`Client::stream`].
+    pub fn stream<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> BlockingItems<R> {
+        self.invoke_stream(function, &args)
+    }
+
+    /// Calls a function that streams items of type `Result<R, E>`; see
+    /// [`Client::stream_fallible`].
+    pub fn stream_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> BlockingItems<R, E> {
+        self.invoke_stream_fallible(function, &args)
+    }
+
+    /// What the typed stubs of streaming functions call.
+    #[doc(hidden)]
+    pub fn invoke_stream<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+    ) -> BlockingItems<R> {
+        BlockingItems::new(
+            self.client.invoke_stream(function, args),
+            self.runtime.clone(),
+        )
+    }
+
+    /// What the typed stubs of streaming functions with fallible items call.
+    #[doc(hidden)]
+    pub fn invoke_stream_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+    ) -> BlockingItems<R, E> {
+        BlockingItems::new(
+            self.client.invoke_stream_fallible(function, args),
+            self.runtime.clone(),
+        )
     }
 
     /// Casts `function`, blocking until the broker has taken it; see [`Client::cast`].
@@ -167,7 +214,7 @@ impl BlockingClient {
     }
 }
 
-fn outside_runtime<E>() -> Result<(), Error<E>> {
+pub(crate) fn outside_runtime<E>() -> Result<(), Error<E>> {
     match tokio::runtime::Handle::try_current() {
         Ok(_) => Err(Error::Config(
             "the blocking client cannot be used inside an async runtime: use guirpc_core::Client there".into(),

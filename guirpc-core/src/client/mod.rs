@@ -10,6 +10,7 @@ mod builder;
 mod events;
 
 pub use blocking::BlockingClient;
+pub(crate) use blocking::outside_runtime;
 pub use builder::ClientBuilder;
 pub use events::{Event, Subscription};
 
@@ -28,6 +29,7 @@ use crate::codec::Codec;
 use crate::error::{Error, RemoteError};
 use crate::middleware::{CallKind, ClientRequest, ClientResponse, ClientService};
 use crate::protocol::{self, ErrorCode};
+use crate::stream::ItemStream;
 
 /// An async client. Cheap to clone; clones share one connection and may be used from any
 /// number of tasks at once.
@@ -253,6 +255,67 @@ impl Client {
             .map_err(|err| typed(function, err))
     }
 
+    /// Calls a function that streams its result: its items arrive as they are produced,
+    /// each a `Result<R, Error>`, in a [`ItemStream`] (see [`crate::stream`]). The
+    /// client's timeout bounds the whole stream; dropping the stream cancels the function.
+    /// A function that does not stream answers with one item.
+    pub fn stream<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> ItemStream<R> {
+        self.invoke_stream(function, &args)
+    }
+
+    /// Calls a function that streams items of type `Result<R, E>`: its first `Err(e)`
+    /// ends the stream as [`Error::Handler`].
+    pub fn stream_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: impl Serialize,
+    ) -> ItemStream<R, E> {
+        self.invoke_stream_fallible(function, &args)
+    }
+
+    /// What the typed stubs of streaming functions call.
+    #[doc(hidden)]
+    pub fn invoke_stream<R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+    ) -> ItemStream<R> {
+        self.open_stream(function, args, |_, err| err)
+    }
+
+    /// What the typed stubs of streaming functions with fallible items call.
+    #[doc(hidden)]
+    pub fn invoke_stream_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+    ) -> ItemStream<R, E> {
+        self.open_stream(function, args, typed::<E>)
+    }
+
+    fn open_stream<R, E>(
+        &self,
+        function: &str,
+        args: &impl Serialize,
+        typed: fn(&str, Error) -> Error<E>,
+    ) -> ItemStream<R, E> {
+        let mut request = match self.request(function, args, 0, CallKind::Stream) {
+            Ok(request) => request,
+            Err(err) => return ItemStream::failed(function, typed, err),
+        };
+        request.headers.insert(
+            protocol::HEADER_STREAM.into(),
+            lapin::types::AMQPValue::LongUInt(crate::stream::DEFAULT_WINDOW),
+        );
+        let opening = ItemStream::<R, E>::opening(&request);
+        let response = self.inner.service.clone().oneshot(request);
+        ItemStream::new(opening, typed, Box::pin(response))
+    }
+
     /// Asks the service what it serves (the built-in `guirpc.describe`).
     pub async fn describe(&self) -> Result<protocol::Description, Error> {
         self.call_idempotent(protocol::FUNCTION_DESCRIBE, ()).await
@@ -410,7 +473,7 @@ pub(crate) fn timed_out(request: &ClientRequest) -> Error {
 }
 
 /// Turns a handler error carried in a remote error into the function's own type.
-fn typed<E: DeserializeOwned>(function: &str, err: Error<Infallible>) -> Error<E> {
+pub(crate) fn typed<E: DeserializeOwned>(function: &str, err: Error<Infallible>) -> Error<E> {
     match err {
         Error::Remote(remote) if remote.code() == &ErrorCode::HandlerError => {
             match remote.detail::<E>() {

@@ -12,15 +12,18 @@ use super::Shared;
 use super::pipeline;
 use super::reply::{Replier, Undelivered};
 use super::settle::{Settler, Verdict};
+use super::streams::{ReplyTo, Streams};
 use crate::config::Delivery as DeliveryGuarantee;
 use crate::envelope;
 use crate::middleware::ServerRequest;
 use crate::protocol;
+use crate::stream::{ItemSink, Last, Stopped};
 
 pub(super) async fn handle(
     shared: Arc<Shared>,
     settler: Arc<Settler>,
     replier: Arc<Replier>,
+    streams: Option<Arc<Streams>>,
     delivery: Delivery,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -35,12 +38,28 @@ pub(super) async fn handle(
     if at_most_once {
         settler.finished(delivery_tag, Verdict::Served).await;
     }
-    let (request, reply_to) = ServerRequest::read(
+    let (mut request, reply_to) = ServerRequest::read(
         &properties,
         shared.dispatcher.queue.clone(),
         redelivered,
         data,
     );
+    // A caller asking for a stream gets one from a function that streams; any other
+    // function answers it with a plain reply.
+    let progress = match (&reply_to, request.credit, &streams) {
+        (Some(to), Some(credit), Some(streams)) => {
+            let reply = ReplyTo {
+                to: to.clone(),
+                correlation_id: request.correlation_id.clone(),
+                codec: request.codec,
+                redelivered,
+            };
+            let (sink, progress) = ItemSink::new(streams.outlet(replier.clone(), reply, credit));
+            request.items = Some(sink);
+            Some(progress)
+        }
+        _ => None,
+    };
     if redelivered {
         debug!(
             function = request.function,
@@ -56,8 +75,32 @@ pub(super) async fn handle(
         Verdict::Served
     };
     let function = function.as_str();
+    let last = progress.map_or(Last::Plain, |progress| progress.last());
+    if let Last::Nothing(stopped) = last {
+        match stopped {
+            // Not acknowledged: the broker redelivers the request once we reconnect.
+            Stopped::SessionLost => {
+                warn!(function, "the connection was lost during a stream");
+                return;
+            }
+            Stopped::Cancelled => debug!(function, "the caller cancelled a stream"),
+            Stopped::GaveUp(why) => error!(
+                function,
+                "the broker refused an item of this stream on every attempt ({why}); the request is settled without its end"
+            ),
+        }
+        if !at_most_once {
+            settler.finished(delivery_tag, verdict).await;
+        }
+        return;
+    }
     if let Some(reply_to) = reply_to {
-        let properties = protocol::reply_properties(codec, correlation_id, reply.is_ok());
+        let properties = match last {
+            Last::End { count } => {
+                protocol::end_properties(codec, correlation_id, reply.is_ok(), count)
+            }
+            _ => protocol::reply_properties(codec, correlation_id, reply.is_ok()),
+        };
         match replier
             .send(reply_to, properties, reply.body(), redelivered)
             .await

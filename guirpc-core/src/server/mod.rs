@@ -34,6 +34,7 @@ mod reply;
 mod session;
 mod settle;
 mod signals;
+mod streams;
 
 pub use builder::ServerBuilder;
 use signals::Signals;

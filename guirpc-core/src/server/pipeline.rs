@@ -166,6 +166,7 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         deadline,
         unreadable,
         subscriber,
+        items,
         ..
     } = request;
     let rejected = |codec: Codec, code: ErrorCode, message: &str| {
@@ -192,7 +193,11 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         return rejected(codec, ErrorCode::TooLarge, &message);
     }
     if let Some(subscriber) = subscriber {
-        let future = (subscriber.handler())(Invocation { codec, body });
+        let future = (subscriber.handler())(Invocation {
+            codec,
+            body,
+            items: None,
+        });
         return match AssertUnwindSafe(future).catch_unwind().await {
             Ok(reply) => reply,
             Err(panic) => {
@@ -235,7 +240,11 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         debug!("{message}");
         return Reply::error(codec, ErrorCode::DeadlineExceeded, &message);
     }
-    let future = (registered.handler())(Invocation { codec, body });
+    let items = items.map(|mut sink| {
+        sink.deadline = deadline;
+        sink
+    });
+    let future = (registered.handler())(Invocation { codec, body, items });
     match AssertUnwindSafe(future).catch_unwind().await {
         Ok(reply) => reply,
         Err(panic) => {
@@ -317,6 +326,7 @@ fn describe(dispatcher: &Dispatcher) -> Description {
                     .collect(),
                 returns: f.returns().to_owned(),
                 blocking: f.is_blocking(),
+                streams: f.streams(),
             })
             .collect(),
         subscriptions: dispatcher

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::events;
 use super::reply::Replier;
 use super::settle::Settler;
+use super::streams::Streams;
 use super::{ServeError, Shared};
 use crate::link::{self, Backoff};
 use crate::protocol::{self, ExchangeName};
@@ -35,6 +36,10 @@ pub(super) struct Session {
     replier: Arc<Replier>,
     /// The `#[subscribe]` consumers, handed to their tasks when serving starts.
     subscriptions: Vec<events::Subscription>,
+    /// The streams of streaming functions, when some function streams, and the consumer
+    /// of their credit queue (handed to its task when serving starts).
+    streams: Option<Arc<Streams>>,
+    credit: Option<lapin::Consumer>,
     /// Told why when a subscription's consumer ends while the connection lives (its queue
     /// deleted, say): the session is then lost too, and the next one declares it again.
     lost: tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -120,6 +125,11 @@ impl Session {
                 .basic_qos(settings.prefetch, BasicQosOptions::default())
                 .await?;
             let subscriptions = events::open(shared, &connection, &queue_arguments(shared)).await?;
+            let streams = if shared.dispatcher.registry.iter().any(|f| f.streams()) {
+                Some(Streams::open(&channel).await?)
+            } else {
+                None
+            };
             let consumer = channel
                 .basic_consume(
                     settings.queue.as_str().into(),
@@ -128,9 +138,9 @@ impl Session {
                     FieldTable::default(),
                 )
                 .await?;
-            Ok((consumer, subscriptions))
+            Ok((consumer, subscriptions, streams))
         };
-        let (consumer, subscriptions) = match topology.await {
+        let (consumer, subscriptions, streams) = match topology.await {
             Ok(consumed) => consumed,
             // A channel error is the broker's answer to the topology; a connection that
             // failed meanwhile is only a connection failure, retried.
@@ -149,7 +159,10 @@ impl Session {
         );
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
         let dead_letter = !settings.dead_letter_exchange.is_empty();
+        let (streams, credit) = streams.unzip();
         Ok(Session {
+            streams,
+            credit,
             settler: Arc::new(Settler::new(channel.clone(), dead_letter)),
             replier: Arc::new(Replier::new(shared, channel.clone())),
             connection,
@@ -226,6 +239,15 @@ async fn consume(
             lost,
         ));
     }
+    if let Some(credit) = session.credit.take()
+        && let Some(streams) = session.streams.clone()
+    {
+        let lost = session.lost_tx.clone();
+        tokio::spawn(async move {
+            let why = streams.serve(credit).await;
+            let _ = lost.send(format!("the credit queue of streams failed: {why}"));
+        });
+    }
     loop {
         let permit = tokio::select! {
             biased;
@@ -245,6 +267,7 @@ async fn consume(
                     shared.clone(),
                     session.settler.clone(),
                     session.replier.clone(),
+                    session.streams.clone(),
                     delivery,
                     permit,
                 ));

@@ -11,3 +11,4 @@ mod hostile;
 mod observability;
 mod plain_amqp;
 mod serving;
+mod streams;
