@@ -252,6 +252,9 @@ pub(crate) trait Control: Send {
     fn consumed(&mut self, credit_to: Option<(ShortString, ShortString)>);
     /// The stream ended or failed: no credit or cancellation is due any more.
     fn finished(&mut self);
+    /// The server started the stream again (its connection was lost, and the request
+    /// delivered anew): a cancellation, when due, goes to the new stream's address.
+    fn restarted(&mut self, credit_to: Option<(ShortString, ShortString)>);
 }
 
 /// The messages of one stream, as they arrive (the transport's half of an
@@ -372,10 +375,13 @@ impl Items {
                 self.control.consumed(credit_to);
                 Next::Item(body)
             }
-            Some(Piece::Item { seq, .. }) => self.fail(Some(format!(
-                "item {seq} of the stream arrived where item {} was due: the server lost its connection and started the stream again",
-                self.received
-            ))),
+            Some(Piece::Item { seq, credit_to, .. }) => {
+                self.control.restarted(credit_to);
+                self.fail(Some(format!(
+                    "item {seq} of the stream arrived where item {} was due: the server lost its connection and started the stream again",
+                    self.received
+                )))
+            }
             Some(Piece::End { count }) if count == self.received => {
                 self.finish();
                 return Poll::Ready(None);
@@ -384,9 +390,19 @@ impl Items {
                 "the stream ended after {} item(s) where the server sent {count}",
                 self.received
             ))),
-            Some(Piece::Reply { ok: false, codec, body }) => {
+            Some(Piece::Reply {
+                ok: false,
+                codec,
+                body,
+            }) => {
+                let remote = RemoteError::from_reply("", codec, body);
+                if remote.code() == &ErrorCode::DeadlineExceeded {
+                    // The server ended the stream by the deadline the caller also keeps:
+                    // one error for both, whichever side saw it first.
+                    return Poll::Ready(Some(self.fail(None)));
+                }
                 self.finish();
-                Next::Failed(Error::Remote(RemoteError::from_reply("", codec, body)))
+                Next::Failed(Error::Remote(remote))
             }
             Some(Piece::Reply { ok: true, .. } | Piece::Returned) => self.fail(Some(
                 "the server answered the stream with a plain reply in its middle".into(),

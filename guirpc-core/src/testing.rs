@@ -259,6 +259,8 @@ impl Control for Serving {
     fn finished(&mut self) {
         self.open = false;
     }
+
+    fn restarted(&mut self, _: Option<(lapin::types::ShortString, lapin::types::ShortString)>) {}
 }
 
 impl Drop for Serving {

@@ -458,3 +458,93 @@ async fn a_confirmed_cast_survives_a_broker_restart() {
     }
     drop(broker);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_whose_callers_connection_drops_ends_with_a_retriable_error() {
+    use futures_lite::StreamExt;
+    use guirpc_tests::{count_up, progress_of};
+    let (_one, broker) = private_broker("stream-client-drop").await;
+    let _server = server(&broker, "streams", 8).await;
+    let client = client(&broker, "streams", Duration::from_secs(60)).await;
+    let mut items = count_up::call(&client, "client-drop".into(), 1_000_000, 5);
+    for i in 0..5 {
+        assert_eq!(items.next().await.unwrap().unwrap(), i);
+    }
+    let dropped_at = Instant::now();
+    let broker = tokio::task::spawn_blocking(move || {
+        assert_eq!(broker.close_connections_named("guirpc client"), 1);
+        broker
+    })
+    .await
+    .unwrap();
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(10), items.next()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(err))) => break err,
+            Ok(None) => panic!("the stream ended as if complete"),
+            Err(_) => panic!("the stream hangs after its connection dropped"),
+        }
+    };
+    assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+    assert!(err.is_retriable());
+    assert!(dropped_at.elapsed() < Duration::from_secs(3));
+    assert!(items.next().await.is_none());
+    // With no one to take its items, the server's stream stops at its credit and ends by
+    // its deadline at the latest; the client reconnects and streams again.
+    assert!(client.wait_connected(Duration::from_secs(5)).await);
+    let again: Vec<u64> = count_up::call(&client, "client-drop-again".into(), 10, 0)
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(again.len(), 10);
+    assert!(progress_of("client-drop").produced < 1_000_000);
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_whose_servers_connection_drops_ends_with_a_retriable_error() {
+    use futures_lite::StreamExt;
+    use guirpc_tests::{count_up, progress_of};
+    let (_one, broker) = private_broker("stream-server-drop").await;
+    let _server = server(&broker, "streams", 8).await;
+    let client = client(&broker, "streams", Duration::from_secs(60)).await;
+    let mut items = count_up::call(&client, "server-drop".into(), 1_000_000, 5);
+    for i in 0..5 {
+        assert_eq!(items.next().await.unwrap().unwrap(), i);
+    }
+    let dropped_at = Instant::now();
+    let broker = tokio::task::spawn_blocking(move || {
+        assert_eq!(broker.close_connections_named("guirpc server streams"), 1);
+        broker
+    })
+    .await
+    .unwrap();
+    // The server reconnects and is delivered the request again: it starts the stream
+    // anew, which the caller tells apart from the rest of the old one.
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(20), items.next()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(err))) => break err,
+            Ok(None) => panic!("the stream ended as if complete"),
+            Err(_) => panic!("the stream hangs after the server's connection dropped"),
+        }
+    };
+    assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+    assert!(err.is_retriable());
+    println!(
+        "the caller heard of the server's lost connection {:?} after it",
+        dropped_at.elapsed()
+    );
+    drop(items);
+    // The stream started again is cancelled with the caller's stream.
+    let started = Instant::now();
+    while !progress_of("server-drop").dropped && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        progress_of("server-drop").dropped,
+        "the restarted stream runs on: {:?}",
+        progress_of("server-drop")
+    );
+    drop(broker);
+}

@@ -210,3 +210,52 @@ async fn server_and_client_layers_and_metrics_run_around_in_memory_calls() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_run_in_memory_with_the_same_flow_control_errors_and_cancellation() {
+    use futures_lite::StreamExt;
+    use guirpc_tests::{count_up, lines, progress_of};
+    let client = offline_client().await;
+    let items: Vec<u64> = count_up::call(&client, "memory".into(), 100, 0)
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(items, (0..100).collect::<Vec<_>>());
+    let mut failing = lines::call(&client, 5, Some(1));
+    assert_eq!(failing.next().await.unwrap().unwrap(), "line 0");
+    assert!(matches!(
+        failing.next().await,
+        Some(Err(Error::Handler {
+            error: DivError::ByZero(1),
+            ..
+        }))
+    ));
+    assert!(failing.next().await.is_none());
+    // A slow caller holds the function to the window; dropping the stream cancels it.
+    let mut slow = count_up::call(&client, "memory-slow".into(), 1_000_000, 0);
+    assert_eq!(slow.next().await.unwrap().unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let window = u64::from(guirpc_core::stream::DEFAULT_WINDOW);
+    assert!(progress_of("memory-slow").produced <= window + 4);
+    drop(slow);
+    let mut waited = 0;
+    while !progress_of("memory-slow").dropped && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    assert!(progress_of("memory-slow").dropped);
+    // Its deadline bounds it.
+    let mut timed = count_up::call(
+        &client.with_timeout(Duration::from_millis(300)),
+        "memory-deadline".into(),
+        1_000,
+        50,
+    );
+    let err = loop {
+        match timed.next().await.unwrap() {
+            Ok(_) => {}
+            Err(err) => break err,
+        }
+    };
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+}

@@ -303,6 +303,12 @@ impl stream::Control for Credit {
     fn finished(&mut self) {
         self.open = false;
     }
+
+    fn restarted(&mut self, credit_to: Option<(ShortString, ShortString)>) {
+        if credit_to.is_some() {
+            self.to = credit_to;
+        }
+    }
 }
 
 impl Drop for Credit {

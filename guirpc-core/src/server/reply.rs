@@ -117,6 +117,36 @@ impl Replier {
         }
     }
 
+    /// Publishes one item of a stream without waiting for it to be written: its frames
+    /// are queued in order on the channel at once, and the stream's credit bounds how many
+    /// can wait there. A redelivered request's items go through the quarantine, as its
+    /// replies do.
+    pub(super) async fn send_item(
+        &self,
+        reply_to: ShortString,
+        properties: BasicProperties,
+        body: &[u8],
+        redelivered: bool,
+    ) -> Result<(), Undelivered> {
+        if redelivered {
+            return self.send_quarantined(reply_to, properties, body).await;
+        }
+        let publish = self.channel.basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        );
+        match futures_lite::future::poll_once(publish).await {
+            Some(Err(err)) => {
+                debug!("cannot publish a stream item: {err}");
+                Err(Undelivered::SessionLost)
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn send_quarantined(
         &self,
         reply_to: ShortString,

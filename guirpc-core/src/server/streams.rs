@@ -188,7 +188,7 @@ impl Outlet for AmqpOutlet {
                 credit_to,
             );
             self.replier
-                .send(
+                .send_item(
                     self.reply.to.clone(),
                     properties,
                     &body,
