@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 
 use clap::Args as ClapArgs;
+use futures_lite::StreamExt;
 use guirpc_core::{Client, Error};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
@@ -22,9 +23,13 @@ use crate::settings::ClientArgs;
 /// Exit codes: 0 ok, 1 the function failed or refused the call, 2 usage or configuration,
 /// 3 broker unreachable, 4 timeout, 5 no such service queue.
 ///
+/// A function that streams its result prints one JSON line per item as the items come,
+/// until its end (an error ends it early, printed as below); the call's --timeout bounds
+/// the whole stream.
+///
 /// With --stdin, reads one JSON argument value per line and writes one line per input line,
 /// in input order: the result, or {"error": {"code", "message", "detail"}}; exit code 1 if
-/// any line failed.
+/// any line failed. (Streaming functions are called one at a time, without --stdin.)
 ///
 /// Examples:
 ///   guirpc call add '{"a": 1, "b": 2}'
@@ -100,30 +105,36 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// One call; a function that streams its result prints one line per item, as the items
+/// come (a function that does not, its one result).
 async fn call_once(
     client: &Client,
     function: &str,
     args: Value,
     pretty: bool,
 ) -> Result<(), Failure> {
-    match client.call::<Value>(function, args).await {
-        Ok(result) => {
-            let text = if pretty {
-                serde_json::to_string_pretty(&result)
-            } else {
-                serde_json::to_string(&result)
-            };
-            outln!("{}", text.expect("a JSON value always prints"));
-            Ok(())
-        }
-        Err(err) => {
-            // The envelope goes to standard output for scripts; the sentence to standard error.
-            if let Error::Remote(_) = &err {
-                outln!("{}", error_line(&err));
+    let mut items = client.stream::<Value>(function, args);
+    while let Some(item) = items.next().await {
+        match item {
+            Ok(result) => {
+                let text = if pretty {
+                    serde_json::to_string_pretty(&result)
+                } else {
+                    serde_json::to_string(&result)
+                };
+                outln!("{}", text.expect("a JSON value always prints"));
             }
-            Err(err.into())
+            Err(err) => {
+                // The envelope goes to standard output for scripts; the sentence to
+                // standard error.
+                if let Error::Remote(_) = &err {
+                    outln!("{}", error_line(&err));
+                }
+                return Err(err.into());
+            }
         }
     }
+    Ok(())
 }
 
 /// One result line per input line, in order, with at most `inflight` calls running.

@@ -27,6 +27,21 @@ fn div(a: i64, b: i64) -> Result<i64, String> {
     }
 }
 
+/// Counts down from `from` to 1, one item at a time; fails at `fail_at`.
+#[rpc]
+async fn countdown(
+    from: u32,
+    fail_at: Option<u32>,
+) -> impl guirpc_core::stream::Stream<Item = Result<u32, String>> {
+    futures_lite::stream::iter((1..=from).rev().map(move |n| {
+        if Some(n) == fail_at {
+            Err(format!("stopped at {n}"))
+        } else {
+            Ok(n)
+        }
+    }))
+}
+
 /// Sleeps, then answers.
 #[rpc]
 async fn nap(ms: u64) -> u64 {
@@ -148,6 +163,29 @@ async fn call_prints_the_result_as_json_in_both_codecs() {
     .await
     .unwrap();
     assert_eq!(text(&out.stdout).trim(), "3", "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn call_prints_one_line_per_item_of_a_stream() {
+    let server = serve("stream").await;
+    let q = server.queue();
+    let out = guirpc(&["call", "countdown", "[3, null]", "-q", q], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "3\n2\n1\n");
+    // An error ends the stream: the items before it, then the error line; exit code 1.
+    let out = guirpc(
+        &["call", "countdown", r#"{"from": 5, "fail_at": 3}"#, "-q", q],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], ["5", "4"]);
+    let error: Value = serde_json::from_str(lines[2]).unwrap();
+    assert_eq!(error["error"]["code"], "handler_error");
+    assert_eq!(error["error"]["detail"], "stopped at 3");
+    assert_eq!(lines.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,12 +359,13 @@ async fn list_shows_every_function_with_its_signature_and_description() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["add", "div", "nap", "tally"]);
+    assert_eq!(names, ["add", "countdown", "div", "nap", "tally"]);
     assert_eq!(
         functions[0]["params"],
         json!([{"name": "a", "type": "i64"}, {"name": "b", "type": "i64"}])
     );
-    assert_eq!(functions[1]["blocking"], true);
+    assert_eq!(functions[1]["streams"], true);
+    assert_eq!(functions[2]["blocking"], true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
