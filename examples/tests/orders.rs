@@ -1,11 +1,13 @@
 //! The orders example, run for real: the orders service announces each order as an event,
-//! the shipping service ships it, each as its own process on the real broker.
+//! the shipping service ships it, the reports service streams a report of them, each as
+//! its own process on the real broker.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use futures_lite::StreamExt;
 use guirpc_core::Client;
 
 fn broker() -> String {
@@ -58,7 +60,9 @@ async fn an_order_placed_with_the_orders_service_is_shipped_by_the_shipping_serv
         format!("example-orders.{id}"),
         format!("example-shipping.{id}"),
     );
+    let reports_queue = format!("example-reports.{id}");
     let shipping = serve(env!("CARGO_BIN_EXE_shipping"), &shipping_queue);
+    let reports = serve(env!("CARGO_BIN_EXE_reports"), &reports_queue);
     let orders = serve(env!("CARGO_BIN_EXE_orders"), &orders_queue);
 
     let client = Client::builder().uri(broker()).connect().await.unwrap();
@@ -90,12 +94,46 @@ async fn an_order_placed_with_the_orders_service_is_shipped_by_the_shipping_serv
     shipped.sort_unstable();
     assert_eq!(shipped, placed);
 
+    // The report streams one line per order of at least 2, as the ledger has them.
+    let reports_client = client.with_queue(&reports_queue);
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..100 {
+        lines = reports_client
+            .stream::<serde_json::Value>("report", serde_json::json!({"min_quantity": 2}))
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let items: Vec<&str> = lines.iter().map(|l| l["item"].as_str().unwrap()).collect();
+    assert_eq!(items, ["tea", "cups"]);
+    assert_eq!(lines[1]["running_total"], 8);
+    // From the shell: one JSON line per order.
+    let out = Command::new(env!("CARGO_BIN_EXE_reports"))
+        .args(["call", "report", "[1]", "-q", &reports_queue])
+        .env("GUIRPC_URI", broker())
+        .env_remove("GUIRPC_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+
     terminate(orders);
     terminate(shipping);
+    terminate(reports);
     for queue in [
         orders_queue,
         format!("{shipping_queue}.ship"),
         shipping_queue,
+        format!("{reports_queue}.record"),
+        reports_queue,
     ] {
         let _ = Command::new("rabbitmqctl")
             .args(["delete_queue", &queue])
