@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use clap::{Args as ClapArgs, ValueEnum};
+use guirpc_core::pipe::PipeFunction;
 use guirpc_core::protocol::ExchangeName;
 use guirpc_core::{Registry, ServeError, Server};
 
@@ -17,7 +18,13 @@ use crate::settings::{BrokerArgs, value_name};
 /// Run from a service crate's directory, the standalone `guirpc` runs the crate's own binary
 /// (`cargo run -- serve ...`), which links its functions.
 ///
-/// Example: guirpc serve --queue calculator --concurrency 32
+/// --pipe serves a program in any language as a function: it reads one JSON line per call
+/// on its standard input and writes one JSON line per answer (docs/PIPES.md). The standalone
+/// `guirpc` serves pipe functions with no Rust crate at all.
+///
+/// Examples:
+///   guirpc serve --queue calculator --concurrency 32
+///   guirpc serve --queue text --pipe 'text.wc=python3 wc.py' --pipe-workers 4
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
     #[command(flatten)]
@@ -37,6 +44,15 @@ pub(crate) struct Args {
     /// Send spans to this OTLP/HTTP collector (builds with the `otel` feature)
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Serve a function through worker processes running COMMAND (repeatable)
+    #[arg(long, value_name = "NAME=COMMAND")]
+    pipe: Vec<String>,
+    /// Worker processes per --pipe function
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "pipe")]
+    pipe_workers: usize,
+    /// How long a --pipe worker may take for one call before it is replaced
+    #[arg(long, value_name = "DURATION", requires = "pipe", value_parser = guirpc_core::config::parse_duration)]
+    pipe_timeout: Option<std::time::Duration>,
 }
 
 /// When a request is acknowledged.
@@ -72,7 +88,21 @@ pub(crate) async fn run(
     let settings = args.broker.load(log, more, defaults)?;
     let _telemetry = logging::init(&settings, true)?;
     let registry = Registry::collect().map_err(|err| Failure::new(Exit::Usage, err.to_string()))?;
-    if registry.is_empty() && guirpc_core::Subscriber::all().is_empty() {
+    let mut pipes = settings.pipes.clone();
+    for spec in &args.pipe {
+        let mut pipe = PipeFunction::parse(spec)
+            .map_err(|err| Failure::new(Exit::Usage, format!("--pipe {err}")))?
+            .workers(args.pipe_workers);
+        if let Some(timeout) = args.pipe_timeout {
+            pipe = pipe.timeout(timeout);
+        }
+        pipe.check()
+            .map_err(|err| Failure::new(Exit::Usage, format!("--pipe: {err}")))?;
+        // A flag stands in for the file's function of that name.
+        pipes.retain(|p| p.name != pipe.name);
+        pipes.push(pipe);
+    }
+    if registry.is_empty() && pipes.is_empty() && guirpc_core::Subscriber::all().is_empty() {
         return delegate_to_crate();
     }
 
@@ -90,6 +120,15 @@ pub(crate) async fn run(
         .unwrap_or(0);
     for function in registry.iter() {
         outln!("  {:width$}  {}", function.signature(), function.summary());
+    }
+    for pipe in &pipes {
+        outln!(
+            "  {}  (pipe: {}, {} worker(s))  {}",
+            pipe.name,
+            pipe.command.join(" "),
+            pipe.workers,
+            pipe.description
+        );
     }
     for subscriber in guirpc_core::Subscriber::all() {
         let mode = if subscriber.is_broadcast() {
@@ -115,9 +154,14 @@ pub(crate) async fn run(
         settings.concurrency
     );
 
-    let server = Server::builder()
-        .settings(settings.service())
-        .registry(registry)
+    let server = pipes
+        .into_iter()
+        .fold(
+            Server::builder()
+                .settings(settings.service())
+                .registry(registry),
+            |builder, pipe| builder.pipe(pipe),
+        )
         .start()
         .await
         .map_err(|err| match err {

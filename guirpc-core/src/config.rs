@@ -173,6 +173,8 @@ macro_rules! settings {
         #[non_exhaustive]
         pub struct Settings {
             $(#[doc = $doc] pub $field: $ty,)*
+            /// The functions served through worker processes: the `[[pipe]]` tables.
+            pub pipes: Vec<crate::pipe::PipeFunction>,
             sources: Vec<Source>,
         }
 
@@ -180,6 +182,7 @@ macro_rules! settings {
             fn default() -> Self {
                 Settings {
                     $($field: $default,)*
+                    pipes: Vec::new(),
                     sources: vec![Source::Default; KEYS.len()],
                 }
             }
@@ -256,6 +259,26 @@ settings! {
         "`error`, `warn`, `info`, `debug` or `trace`.";
     log_format: LogFormat = LogFormat::Text, ["log"."format"], env ["GUIRPC_LOG_FORMAT"],
         "`text` or `json`.";
+}
+
+/// The `[[pipe]]` tables: one per function served through worker processes.
+fn read_pipes(value: &toml::Value) -> Result<Vec<crate::pipe::PipeFunction>, String> {
+    let toml::Value::Array(tables) = value else {
+        return Err("`pipe` must be tables: write [[pipe]] above each pipe function".into());
+    };
+    let mut pipes: Vec<crate::pipe::PipeFunction> = Vec::with_capacity(tables.len());
+    for (index, table) in tables.iter().enumerate() {
+        let pipe: crate::pipe::PipeFunction =
+            table.clone().try_into().map_err(|err: toml::de::Error| {
+                format!("[[pipe]] number {}: {}", index + 1, err.message().trim())
+            })?;
+        pipe.check()?;
+        if pipes.iter().any(|p| p.name == pipe.name) {
+            return Err(format!("two [[pipe]] tables are named `{}`", pipe.name));
+        }
+        pipes.push(pipe);
+    }
+    Ok(pipes)
 }
 
 /// A configuration that cannot be used.
@@ -358,6 +381,11 @@ impl Settings {
             at(line, err.message().trim().to_owned())
         })?;
         for (section, entries) in &table {
+            if section == "pipe" {
+                self.pipes =
+                    read_pipes(entries).map_err(|err| at(find_line(text, None, "[pipe]"), err))?;
+                continue;
+            }
             let Some(entries) = entries.as_table() else {
                 return Err(at(
                     find_line(text, None, section),

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod middleware;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod pipe;
 pub mod protocol;
 pub mod registry;
 mod server;

@@ -23,6 +23,8 @@ pub type HandlerFn = fn(Invocation) -> HandlerFuture;
 pub struct Invocation {
     pub codec: Codec,
     pub body: Vec<u8>,
+    /// When the caller stops waiting.
+    pub deadline: Option<std::time::SystemTime>,
     /// Where a streaming function's items go, when the caller asked for a stream.
     pub items: Option<crate::stream::ItemSink>,
 }
@@ -39,7 +41,17 @@ pub struct Param {
     pub ty: &'static str,
 }
 
-/// A function registered with `#[rpc]`.
+/// A handler made at run time (a pipe function's), where `#[rpc]` makes a `fn`.
+pub(crate) type DynamicHandler = std::sync::Arc<dyn Fn(Invocation) -> HandlerFuture + Send + Sync>;
+
+/// How a function is run.
+enum Handler {
+    Static(HandlerFn),
+    Dynamic(DynamicHandler),
+}
+
+/// A function registered with `#[rpc]`, or served through a pipe
+/// ([`crate::pipe::PipeFunction`]).
 pub struct Function {
     name: &'static str,
     doc: &'static str,
@@ -48,7 +60,7 @@ pub struct Function {
     blocking: bool,
     streams: bool,
     location: &'static str,
-    handler: HandlerFn,
+    handler: Handler,
 }
 
 inventory::collect!(Function);
@@ -75,8 +87,39 @@ impl Function {
             blocking,
             streams,
             location,
-            handler,
+            handler: Handler::Static(handler),
         }
+    }
+
+    /// A function made at run time, which lives as long as the program (a server makes
+    /// one per pipe function, once).
+    pub(crate) fn dynamic(
+        name: &str,
+        doc: &str,
+        params: &[String],
+        location: String,
+        handler: DynamicHandler,
+    ) -> &'static Function {
+        fn leak(text: &str) -> &'static str {
+            Box::leak(text.to_owned().into_boxed_str())
+        }
+        let params: Vec<Param> = params
+            .iter()
+            .map(|name| Param {
+                name: leak(name),
+                ty: "json",
+            })
+            .collect();
+        Box::leak(Box::new(Function {
+            name: leak(name),
+            doc: leak(doc),
+            params: Box::leak(params.into_boxed_slice()),
+            returns: "json",
+            blocking: false,
+            streams: false,
+            location: Box::leak(location.into_boxed_str()),
+            handler: Handler::Dynamic(handler),
+        }))
     }
 
     /// The name callers use.
@@ -119,17 +162,22 @@ impl Function {
         self.location
     }
 
-    pub(crate) fn handler(&self) -> HandlerFn {
-        self.handler
+    /// Runs the function on a request.
+    pub(crate) fn invoke(&self, invocation: Invocation) -> HandlerFuture {
+        match &self.handler {
+            Handler::Static(handler) => handler(invocation),
+            Handler::Dynamic(handler) => handler(invocation),
+        }
     }
 
     /// Runs the function on an encoded request body, as a server does (for fuzzing and
     /// tests; not a stable interface).
     #[doc(hidden)]
     pub fn __invoke(&self, codec: Codec, body: Vec<u8>) -> HandlerFuture {
-        (self.handler)(Invocation {
+        self.invoke(Invocation {
             codec,
             body,
+            deadline: None,
             items: None,
         })
     }
@@ -301,6 +349,19 @@ impl Registry {
             }
         }
         Ok(Registry { functions: by_name })
+    }
+
+    /// This registry and `function`, unless its name is taken.
+    pub fn with(mut self, function: &'static Function) -> Result<Registry, DuplicateFunction> {
+        if let Some(first) = self.functions.get(function.name) {
+            return Err(DuplicateFunction {
+                name: function.name.to_owned(),
+                first: first.location.to_owned(),
+                second: function.location.to_owned(),
+            });
+        }
+        self.functions.insert(function.name, function);
+        Ok(self)
     }
 
     /// The function of that name.

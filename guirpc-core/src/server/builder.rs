@@ -13,6 +13,7 @@ use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, va
 use crate::metrics::Metrics;
 use crate::metrics::http::{self, Endpoint};
 use crate::middleware::{self, Layer, Layers, Reply, ServerRequest, ServerService, Service};
+use crate::pipe::{PipeFunction, Pool};
 use crate::registry::{Registry, Subscriber};
 use crate::testing::InMemoryServer;
 
@@ -40,6 +41,7 @@ pub struct ServerBuilder {
     pub(super) layers: Layers<ServerService>,
     pub(super) metrics: Option<Metrics>,
     pub(super) subscribers: Option<Vec<&'static Subscriber>>,
+    pub(super) pipes: Vec<PipeFunction>,
 }
 
 impl ServerBuilder {
@@ -148,8 +150,28 @@ impl ServerBuilder {
     /// Connects (retrying with backoff while the broker is unreachable), declares the
     /// exchange, queue and binding, and starts consuming. Returns once requests are being
     /// served.
-    pub async fn start(self) -> Result<Server, ServeError> {
+    pub async fn start(mut self) -> Result<Server, ServeError> {
         validate_uri(&self.settings.uri).map_err(ServeError::Config)?;
+        // Worker processes first: a command that cannot start is a configuration error.
+        let mut pools = Vec::with_capacity(self.pipes.len());
+        for pipe in std::mem::take(&mut self.pipes) {
+            let pool = Pool::start(
+                pipe,
+                self.settings.max_message_size,
+                self.settings.shutdown_grace,
+            )
+            .await
+            .map_err(ServeError::Config)?;
+            pools.push(pool);
+        }
+        let mut registry = match self.registry.take() {
+            Some(registry) => registry,
+            None => Registry::collect()?,
+        };
+        for pool in &pools {
+            registry = registry.with(pool.function())?;
+        }
+        self.registry = Some(registry);
         // Bound first: a taken port is a configuration error, found before connecting.
         let listener = match self.settings.metrics_addr.as_str() {
             "" => None,
@@ -200,7 +222,15 @@ impl ServerBuilder {
         });
         let session = session::Session::open_with_retry(&shared).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(session::supervise(shared.clone(), session, stop_rx));
+        let served = session::supervise(shared.clone(), session, stop_rx);
+        let task = tokio::spawn(async move {
+            let result = served.await;
+            // No call runs any more: the workers' input closes, and they end.
+            for pool in pools {
+                pool.shutdown().await;
+            }
+            result
+        });
         Ok(Server {
             shared,
             stop: stop_tx,
@@ -210,8 +240,16 @@ impl ServerBuilder {
         })
     }
 
+    /// Serves a function through worker processes that read JSON lines on their standard
+    /// input and answer on their standard output (see [`crate::pipe`]); the workers start
+    /// with the server and stop with it.
+    pub fn pipe(mut self, pipe: PipeFunction) -> Self {
+        self.pipes.push(pipe);
+        self
+    }
+
     /// The server's functions, layers and metrics, serving in this process without a
-    /// broker: for tests (see [`crate::testing`]).
+    /// broker: for tests (see [`crate::testing`]). Pipe functions are not served in memory.
     #[allow(clippy::result_large_err)]
     pub fn in_memory(self) -> Result<InMemoryServer, ServeError> {
         let prepared = self.prepare(false)?;

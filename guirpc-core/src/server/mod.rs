@@ -115,6 +115,7 @@ impl Server {
             layers: Default::default(),
             metrics: None,
             subscribers: None,
+            pipes: Vec::new(),
         }
     }
 

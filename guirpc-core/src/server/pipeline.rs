@@ -196,6 +196,7 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         let future = (subscriber.handler())(Invocation {
             codec,
             body,
+            deadline: None,
             items: None,
         });
         return match AssertUnwindSafe(future).catch_unwind().await {
@@ -244,7 +245,12 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         sink.deadline = deadline;
         sink
     });
-    let future = (registered.handler())(Invocation { codec, body, items });
+    let future = registered.invoke(Invocation {
+        codec,
+        body,
+        deadline,
+        items,
+    });
     match AssertUnwindSafe(future).catch_unwind().await {
         Ok(reply) => reply,
         Err(panic) => {

@@ -9,6 +9,7 @@ mod events;
 mod fuzz;
 mod hostile;
 mod observability;
+mod pipes;
 mod plain_amqp;
 mod serving;
 mod streams;

@@ -1,0 +1,283 @@
+//! Pipe functions: programs in bash, Python and Rust, reading JSON lines on stdin and
+//! answering on stdout, served by a real server on the real broker.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use guirpc_core::pipe::PipeFunction;
+use guirpc_core::{Client, Codec, Error, ErrorCode, Metrics, Server};
+use guirpc_tests::{expiring, sample, unique_queue, uri};
+use serde_json::{Value, json};
+
+/// The Rust worker (`tests/src/bin/pipe-worker.rs`).
+fn rust_worker(name: &str) -> PipeFunction {
+    PipeFunction::new(name, vec![env!("CARGO_BIN_EXE_pipe-worker").to_owned()])
+}
+
+/// Writes a worker script for the test, its path.
+fn script(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("guirpc-pipes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const PYTHON: &str = r#"
+import json, os, sys
+for line in sys.stdin:
+    call = json.loads(line)
+    args = call["args"]
+    if args.get("fail"):
+        answer = {"error": {"message": "asked to fail", "detail": {"why": args["fail"]}}}
+    else:
+        answer = {"ok": {"words": len(args["text"].split()), "function": call["function"], "pid": os.getpid()}}
+    print(json.dumps(answer), flush=True)
+"#;
+
+const BASH: &str = r#"
+while IFS= read -r line; do
+  printf '%s\n' "$(jq -c '{ok: (.args.text | split(" ") | length)}' <<<"$line")"
+done
+"#;
+
+async fn serve(test: &str, pipes: Vec<PipeFunction>) -> (Server, Client) {
+    serve_with(test, pipes, None).await
+}
+
+async fn serve_with(
+    test: &str,
+    pipes: Vec<PipeFunction>,
+    metrics: Option<&Metrics>,
+) -> (Server, Client) {
+    let queue = unique_queue(test);
+    let mut builder = Server::builder()
+        .uri(uri())
+        .queue(&queue)
+        .queue_arguments(expiring())
+        .shutdown_grace(Duration::from_secs(5));
+    if let Some(metrics) = metrics {
+        builder = builder.metrics(metrics);
+    }
+    let server = pipes
+        .into_iter()
+        .fold(builder, |builder, pipe| builder.pipe(pipe))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder()
+        .uri(uri())
+        .queue(&queue)
+        .timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .unwrap();
+    (server, client)
+}
+
+fn alive(pid: u64) -> bool {
+    // A reaped process has no /proc entry; a zombie's state is `Z`.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.contains(") Z "),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bash_python_and_rust_programs_serve_functions_like_rust_ones() {
+    let python = script("words.py", PYTHON);
+    let bash = script("words.sh", BASH);
+    let mut words = PipeFunction::new(
+        "text.words",
+        vec!["python3".into(), python.display().to_string()],
+    );
+    words.params = vec!["text".into()];
+    words.description = "Counts words, in Python.".into();
+    let metrics = Metrics::new();
+    let (server, client) = serve_with(
+        "pipes",
+        vec![
+            words,
+            PipeFunction::parse(&format!("text.wc=bash {}", bash.display())).unwrap(),
+            rust_worker("sum").workers(2),
+        ],
+        Some(&metrics),
+    )
+    .await;
+    // Both codecs: MessagePack callers' arguments reach the worker as JSON, and its answer
+    // comes back in MessagePack.
+    for codec in [Codec::MsgPack, Codec::Json] {
+        let client = client.with_codec(codec);
+        let counted: Value = client
+            .call("text.words", json!({"text": "one two three"}))
+            .await
+            .unwrap();
+        assert_eq!(counted["words"], 3);
+        assert_eq!(counted["function"], "text.words");
+        // In order, named by the declared parameters.
+        let counted: Value = client.call("text.words", ["a b"]).await.unwrap();
+        assert_eq!(counted["words"], 2);
+        let wc: u64 = client
+            .call("text.wc", json!({"text": "the quick brown fox"}))
+            .await
+            .unwrap();
+        assert_eq!(wc, 4);
+        let sum: Value = client.call("sum", json!({"a": 2, "b": 3})).await.unwrap();
+        assert_eq!(sum["sum"], 5);
+    }
+    // An error line reaches the caller as the function's error, detail and all.
+    let err = client
+        .call::<Value>("text.words", json!({"text": "", "fail": "on purpose"}))
+        .await
+        .unwrap_err();
+    let Error::Remote(remote) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(remote.code(), &ErrorCode::HandlerError);
+    assert!(remote.message().contains("asked to fail"), "{remote}");
+    assert_eq!(
+        remote.detail::<Value>().unwrap().unwrap(),
+        json!({"why": "on purpose"})
+    );
+    let err = client
+        .call::<Value>("sum", json!({"a": -4, "b": 7}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::HandlerError));
+    let err = client
+        .call::<Value>("text.words", ["too", "many"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    // Described and counted like any function.
+    let description = client.describe().await.unwrap();
+    let words = description
+        .functions
+        .iter()
+        .find(|f| f.name == "text.words")
+        .unwrap();
+    assert_eq!(words.doc, "Counts words, in Python.");
+    assert_eq!(words.params[0].name, "text");
+    let text = metrics.encode();
+    let series = format!(
+        "guirpc_server_calls_total{{queue=\"{}\",function=\"sum\",code=\"ok\"}}",
+        server.queue()
+    );
+    assert_eq!(sample(&text, &series), Some(2.0), "{text}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_crashes_writes_garbage_hangs_or_never_reads_costs_one_call() {
+    let never_reads = PipeFunction::parse("deaf=sleep 600")
+        .unwrap()
+        .timeout(Duration::from_millis(700));
+    let (server, client) = serve(
+        "pipe-faults",
+        vec![
+            rust_worker("sum").timeout(Duration::from_secs(1)),
+            never_reads,
+        ],
+    )
+    .await;
+    let pid_of = |answer: &Value| answer["pid"].as_u64().unwrap();
+    let first: Value = client.call("sum", json!({"a": 1, "b": 1})).await.unwrap();
+    for (a, says) in [
+        (-1, "exited (exit status: 3) while running the call"),
+        (-2, "answered with a line that is not JSON"),
+        (-3, "did not answer within the pipe's timeout of 1s"),
+        (-5, "exited (exit status: 0) while running the call"),
+    ] {
+        let started = Instant::now();
+        let err = client
+            .call::<Value>("sum", json!({"a": a, "b": 0}))
+            .await
+            .unwrap_err();
+        let Error::Remote(remote) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(remote.code(), &ErrorCode::Internal, "{remote}");
+        assert!(remote.message().contains(says), "{a}: {remote}");
+        assert!(remote.message().contains("worker 1 (pid "), "{remote}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The worker was replaced: the next call is answered, by a new process.
+        let next: Value = client.call("sum", json!({"a": 2, "b": 2})).await.unwrap();
+        assert_eq!(next["sum"], 4);
+        assert_ne!(pid_of(&next), pid_of(&first), "{a}: the same worker");
+    }
+    // A worker that never reads its input runs into the timeout, every time.
+    for _ in 0..2 {
+        let err = client.call::<Value>("deaf", ()).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Internal), "{err}");
+    }
+    // A caller's deadline shorter than the pipe's timeout: the caller hears of it by its
+    // timeout; the worker running past it is replaced.
+    let impatient = client.with_timeout(Duration::from_millis(300));
+    let err = impatient
+        .call::<Value>("sum", json!({"a": -3, "b": 0}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    let next: Value = client.call("sum", json!({"a": 5, "b": 5})).await.unwrap();
+    assert_eq!(next["sum"], 10);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_calls_through_four_workers_lose_none() {
+    let (server, client) = serve("pipe-load", vec![rust_worker("sum").workers(4)]).await;
+    let total = 10_000i64;
+    let mut pending = tokio::task::JoinSet::new();
+    let mut pids = std::collections::HashSet::new();
+    let mut answered = 0;
+    for i in 0..total {
+        if pending.len() >= 64 {
+            let (i, answer): (i64, Value) = pending.join_next().await.unwrap().unwrap();
+            assert_eq!(answer["sum"], i * 2);
+            pids.insert(answer["pid"].as_u64().unwrap());
+            answered += 1;
+        }
+        let client = client.clone();
+        pending.spawn(async move {
+            let answer: Value = client.call("sum", json!({"a": i, "b": i})).await.unwrap();
+            (i, answer)
+        });
+    }
+    while let Some(done) = pending.join_next().await {
+        let (i, answer) = done.unwrap();
+        assert_eq!(answer["sum"], i * 2);
+        pids.insert(answer["pid"].as_u64().unwrap());
+        answered += 1;
+    }
+    assert_eq!(answered, total);
+    assert_eq!(pids.len(), 4, "every worker served");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_answers_running_calls_then_ends_every_worker() {
+    let (server, client) = serve("pipe-shutdown", vec![rust_worker("sum").workers(3)]).await;
+    let running: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .call::<Value>("sum", json!({"a": -6, "b": 800}))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = Instant::now();
+    server.shutdown().await.unwrap();
+    let mut pids = Vec::new();
+    for call in running {
+        let answer = call.await.unwrap().unwrap();
+        assert_eq!(answer["sum"], 794);
+        pids.push(answer["pid"].as_u64().unwrap());
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(5));
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} outlived its server");
+    }
+}
