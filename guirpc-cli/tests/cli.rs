@@ -890,3 +890,130 @@ fn subscribe_prints_the_events_publish_sends_one_json_line_each() {
     subscriber.kill().unwrap();
     subscriber.wait().unwrap();
 }
+
+/// Starts `guirpc serve` with `args` in `dir`, and waits until it serves.
+fn serve_process(args: &[&str], dir: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guirpc"))
+        .arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .env("GUIRPC_URI", broker())
+        .env_remove("GUIRPC_CONFIG")
+        .env_remove("GUIRPC_QUEUE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("serving") => return child,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("guirpc serve did not start serving");
+            }
+        }
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.contains(") Z "),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standalone_binary_serves_pipe_functions_and_no_worker_outlives_it() {
+    let dir = std::env::temp_dir().join(format!("guirpc-cli-pipes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("pid.py"),
+        "import json, os, sys\nfor line in sys.stdin:\n    call = json.loads(line)\n    print(json.dumps({\"ok\": {\"pid\": os.getpid(), \"args\": call[\"args\"]}}), flush=True)\n",
+    )
+    .unwrap();
+    let queue = unique_queue("pipes");
+    // From the command line, in a directory with no crate: no Rust function at all.
+    let mut server = serve_process(
+        &[
+            "--queue",
+            &queue,
+            "--pipe",
+            "pid=python3 pid.py",
+            "--pipe-workers",
+            "2",
+        ],
+        &dir,
+    );
+    let out = guirpc(&["call", "pid", r#"{"x": 1}"#, "-q", &queue], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["args"], json!({"x": 1}));
+    let pid = answer["pid"].as_u64().unwrap();
+    assert!(alive(pid));
+    // Killed outright, the server cannot end its workers: they see their input close.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let started = std::time::Instant::now();
+    while alive(pid) && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive(pid), "worker {pid} outlived its killed server");
+
+    // From guirpc.toml: a [[pipe]] table, described for `guirpc list`.
+    std::fs::write(
+        dir.join("guirpc.toml"),
+        format!(
+            "[service]\nqueue = \"{queue}\"\n\n[[pipe]]\nname = \"whoami\"\ncommand = [\"python3\", \"pid.py\"]\nworkers = 2\ntimeout = \"5s\"\ndescription = \"Says which worker answers.\"\nparams = [\"x\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = serve_process(&[], &dir);
+    let out = guirpc(&["call", "whoami", "[7]", "-q", &queue], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["args"], json!({"x": 7}));
+    let out = guirpc(&["list", "-q", &queue], None).await;
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("whoami") && listed.contains("Says which worker answers."),
+        "{listed}"
+    );
+    let pid = answer["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let mut server = server;
+    assert!(server.wait().unwrap().success());
+    assert!(!alive(pid), "worker {pid} outlived its stopped server");
+
+    // A bad table is a configuration error naming it.
+    std::fs::write(
+        dir.join("guirpc.toml"),
+        "[[pipe]]\nname = \"broken\"\nworkers = 2\n",
+    )
+    .unwrap();
+    let out = run(&["serve".into()], None, Some(&dir));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("command"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_queue", &queue])
+        .output();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
