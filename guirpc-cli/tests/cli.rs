@@ -1017,3 +1017,47 @@ async fn the_standalone_binary_serves_pipe_functions_and_no_worker_outlives_it()
         .output();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipes_example_serves_a_python_and_a_bash_function() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pipes/guirpc.toml");
+    let queue = unique_queue("pipes-example");
+    let config = config.display().to_string();
+    // From another directory: the commands run in the file's.
+    let mut server = serve_process(
+        &["--config", &config, "--queue", &queue],
+        &std::env::temp_dir(),
+    );
+    let out = guirpc(
+        &[
+            "call",
+            "text.wc",
+            r#"{"text": "to be or not"}"#,
+            "-q",
+            &queue,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(text(&out.stdout).trim(), "4", "{}", text(&out.stderr));
+    let out = guirpc(&["call", "text.shout", r#"["quiet"]"#, "-q", &queue], None).await;
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "\"QUIET\"",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = guirpc(&["call", "text.wc", r#"{"text": 5}"#, "-q", &queue], None).await;
+    assert_eq!(out.status.code(), Some(1));
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["code"], "handler_error");
+    assert_eq!(error["error"]["detail"], json!({"got": 5}));
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.wait().unwrap().success());
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_queue", &queue])
+        .output();
+}

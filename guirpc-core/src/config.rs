@@ -261,8 +261,12 @@ settings! {
         "`text` or `json`.";
 }
 
-/// The `[[pipe]]` tables: one per function served through worker processes.
-fn read_pipes(value: &toml::Value) -> Result<Vec<crate::pipe::PipeFunction>, String> {
+/// The `[[pipe]]` tables: one per function served through worker processes. Their
+/// commands run in the file's directory, or in `dir` relative to it.
+fn read_pipes(
+    value: &toml::Value,
+    base: Option<&Path>,
+) -> Result<Vec<crate::pipe::PipeFunction>, String> {
     let toml::Value::Array(tables) = value else {
         return Err("`pipe` must be tables: write [[pipe]] above each pipe function".into());
     };
@@ -272,6 +276,13 @@ fn read_pipes(value: &toml::Value) -> Result<Vec<crate::pipe::PipeFunction>, Str
             table.clone().try_into().map_err(|err: toml::de::Error| {
                 format!("[[pipe]] number {}: {}", index + 1, err.message().trim())
             })?;
+        let mut pipe = pipe;
+        if let Some(base) = base.filter(|base| !base.as_os_str().is_empty()) {
+            pipe.dir = Some(match pipe.dir.take() {
+                Some(dir) => base.join(dir),
+                None => base.to_owned(),
+            });
+        }
         pipe.check()?;
         if pipes.iter().any(|p| p.name == pipe.name) {
             return Err(format!("two [[pipe]] tables are named `{}`", pipe.name));
@@ -382,8 +393,8 @@ impl Settings {
         })?;
         for (section, entries) in &table {
             if section == "pipe" {
-                self.pipes =
-                    read_pipes(entries).map_err(|err| at(find_line(text, None, "[pipe]"), err))?;
+                self.pipes = read_pipes(entries, path.parent())
+                    .map_err(|err| at(find_line(text, None, "[pipe]"), err))?;
                 continue;
             }
             let Some(entries) = entries.as_table() else {

@@ -63,7 +63,8 @@ pub struct PipeFunction {
     /// How long a worker may take for one call before it is killed and replaced.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
-    /// The workers' working directory (the server's, if unset).
+    /// The workers' working directory (the server's, if unset; in `guirpc.toml`, relative
+    /// to the file, which is the default).
     #[serde(default)]
     pub dir: Option<PathBuf>,
     /// Environment variables set for the workers, beside the server's own.
