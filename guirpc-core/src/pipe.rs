@@ -395,6 +395,11 @@ impl Pool {
         }
         match answered.await {
             Ok(Ok(value)) => answer_reply(name, codec, value),
+            // A broken worker is refused like a panicking function: dead-lettered where
+            // configured.
+            Ok(Err(failure)) if failure.code == ErrorCode::Internal => {
+                Reply::refusal(codec, failure.code, &failure.message)
+            }
             Ok(Err(failure)) => Reply::error(codec, failure.code, &failure.message),
             Err(_) => Reply::error(
                 codec,

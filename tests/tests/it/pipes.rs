@@ -281,3 +281,28 @@ async fn shutdown_answers_running_calls_then_ends_every_worker() {
         assert!(!alive(pid), "worker {pid} outlived its server");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_that_cannot_start_stops_the_server_at_start() {
+    let err = Server::builder()
+        .uri(uri())
+        .queue(unique_queue("pipe-missing"))
+        .pipe(PipeFunction::parse("missing=/no/such/program --flag").unwrap())
+        .start()
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, guirpc_core::ServeError::Config(_)) && message.contains("/no/such/program"),
+        "{message}"
+    );
+    // Two functions of one name, a Rust one and a pipe: refused too.
+    let err = Server::builder()
+        .uri(uri())
+        .queue(unique_queue("pipe-duplicate"))
+        .pipe(rust_worker("add"))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("`add`"), "{err}");
+}
