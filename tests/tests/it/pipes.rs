@@ -31,7 +31,7 @@ for line in sys.stdin:
     if args.get("fail"):
         answer = {"error": {"message": "asked to fail", "detail": {"why": args["fail"]}}}
     else:
-        answer = {"ok": {"words": len(args["text"].split()), "function": call["function"], "pid": os.getpid()}}
+        answer = {"ok": {"words": len(args["text"].split()), "function": call["function"], "pid": os.getpid(), "greeting": os.environ.get("GREETING"), "deadline_ms": call["deadline_ms"]}}
     print(json.dumps(answer), flush=True)
 "#;
 
@@ -92,6 +92,7 @@ async fn bash_python_and_rust_programs_serve_functions_like_rust_ones() {
         vec!["python3".into(), python.display().to_string()],
     );
     words.params = vec!["text".into()];
+    words.env.insert("GREETING".into(), "hello".into());
     words.description = "Counts words, in Python.".into();
     let metrics = Metrics::new();
     let (server, client) = serve_with(
@@ -114,6 +115,14 @@ async fn bash_python_and_rust_programs_serve_functions_like_rust_ones() {
             .unwrap();
         assert_eq!(counted["words"], 3);
         assert_eq!(counted["function"], "text.words");
+        assert_eq!(counted["greeting"], "hello");
+        // The caller's deadline, for a worker that wants to give up in time.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let deadline = counted["deadline_ms"].as_u64().unwrap();
+        assert!(deadline > now_ms && deadline <= now_ms + 21_000, "{deadline}");
         // In order, named by the declared parameters.
         let counted: Value = client.call("text.words", ["a b"]).await.unwrap();
         assert_eq!(counted["words"], 2);
