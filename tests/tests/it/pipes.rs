@@ -122,7 +122,10 @@ async fn bash_python_and_rust_programs_serve_functions_like_rust_ones() {
             .unwrap()
             .as_millis() as u64;
         let deadline = counted["deadline_ms"].as_u64().unwrap();
-        assert!(deadline > now_ms && deadline <= now_ms + 21_000, "{deadline}");
+        assert!(
+            deadline > now_ms && deadline <= now_ms + 21_000,
+            "{deadline}"
+        );
         // In order, named by the declared parameters.
         let counted: Value = client.call("text.words", ["a b"]).await.unwrap();
         assert_eq!(counted["words"], 2);
