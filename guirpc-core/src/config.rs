@@ -94,6 +94,46 @@ macro_rules! number_value {
 }
 number_value!(u16, u32, usize);
 
+impl Value for bool {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "true" | "yes" | "1" => Ok(true),
+            "false" | "no" | "0" => Ok(false),
+            other => Err(format!("expected `true` or `false`, got `{other}`")),
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// The type of the service queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// A classic queue: one node holds it (the broker's default).
+    #[default]
+    Classic,
+    /// A quorum queue: replicated on a majority of a cluster's nodes (Raft), so that it
+    /// survives the loss of a node; takes `service.delivery_limit`.
+    Quorum,
+}
+
+impl Value for QueueType {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            other => Err(format!("expected `classic` or `quorum`, got `{other}`")),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            QueueType::Classic => "classic".into(),
+            QueueType::Quorum => "quorum".into(),
+        }
+    }
+}
+
 impl Value for Duration {
     fn parse(text: &str) -> Result<Self, String> {
         parse_duration(text)
@@ -222,7 +262,9 @@ macro_rules! settings {
 
 settings! {
     uri: String = DEFAULT_URI.to_owned(), ["broker"."uri"], env ["GUIRPC_URI", "AMQP_URI"],
-        "The broker to connect to, `amqp://user:password@host:port/vhost` (`amqps://` with the `tls` feature).";
+        "The broker to connect to, `amqp://user:password@host:port/vhost` (`amqps://` with the `tls` feature); several nodes of a cluster as a comma-separated list (a list in the file): the first that answers, the next when its connection is lost.";
+    shuffle: bool = false, ["broker"."shuffle"], env ["GUIRPC_SHUFFLE"],
+        "With several URIs: start at a random one instead of the first, to spread the connections of many processes over the nodes.";
     exchange: String = crate::protocol::DEFAULT_EXCHANGE.to_owned(), ["broker"."exchange"], env ["GUIRPC_EXCHANGE"],
         "The direct exchange requests are published to; \"\" (the default) is the broker's default exchange, which routes by queue name with no declaration or binding.";
     tls_ca_file: String = String::new(), ["broker"."tls_ca_file"], env ["GUIRPC_TLS_CA_FILE"],
@@ -239,6 +281,10 @@ settings! {
         "How long a stopping server waits for running calls.";
     max_message_size: usize = 16 * 1024 * 1024, ["service"."max_message_size"], env ["GUIRPC_MAX_MESSAGE_SIZE"],
         "The largest request body, in bytes, a server decodes; a larger one is answered `too_large`.";
+    queue_type: QueueType = QueueType::Classic, ["service"."queue_type"], env ["GUIRPC_QUEUE_TYPE"],
+        "`classic`, or `quorum` (replicated on a cluster's nodes: survives the loss of one; needs a cluster to be worth it).";
+    delivery_limit: u32 = 0, ["service"."delivery_limit"], env ["GUIRPC_DELIVERY_LIMIT"],
+        "Quorum queues: a request delivered this many times without being settled (its server crashed each time) is dead-lettered; 0 for the broker's default.";
     dead_letter_exchange: String = String::new(), ["service"."dead_letter_exchange"], env ["GUIRPC_DEAD_LETTER_EXCHANGE"],
         "If set, the queue dead-letters to this exchange the requests a server rejects (no function header, unsupported content type, unknown function, too large, panicked) after answering them, and casts that failed.";
     metrics_addr: String = String::new(), ["service"."metrics_addr"], env ["GUIRPC_METRICS_ADDR"],
@@ -423,6 +469,18 @@ impl Settings {
                     toml::Value::Integer(i) => i.to_string(),
                     toml::Value::Float(f) => f.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
+                    // A list of URIs: the nodes of a cluster.
+                    toml::Value::Array(items)
+                        if section == "broker"
+                            && name == "uri"
+                            && items.iter().all(toml::Value::is_str) =>
+                    {
+                        items
+                            .iter()
+                            .filter_map(toml::Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }
                     other => {
                         return Err(at(
                             line,
@@ -492,9 +550,12 @@ impl Settings {
     pub fn service(&self) -> ServiceSettings {
         ServiceSettings {
             uri: self.uri.clone(),
+            shuffle: self.shuffle,
             tls_ca_file: self.tls_ca_file.clone(),
             exchange: self.exchange.clone(),
             queue: self.queue.clone(),
+            queue_type: self.queue_type,
+            delivery_limit: self.delivery_limit,
             prefetch: self.prefetch,
             concurrency: self.concurrency,
             delivery: self.delivery,
@@ -547,8 +608,10 @@ fn find_line(text: &str, section: Option<&str>, name: &str) -> Option<usize> {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ServiceSettings {
-    /// The broker URI.
+    /// The broker URI, or several nodes' comma-separated.
     pub uri: String,
+    /// With several URIs: start at a random one.
+    pub shuffle: bool,
     /// For `amqps://`: the CA certificates to trust (PEM file); empty for the system's.
     pub tls_ca_file: String,
     /// The exchange requests arrive through.
@@ -565,6 +628,11 @@ pub struct ServiceSettings {
     pub shutdown_grace: Duration,
     /// The largest request body decoded.
     pub max_message_size: usize,
+    /// The type of the service queue.
+    pub queue_type: QueueType,
+    /// Quorum queues: deliveries after which an unsettled request is dead-lettered (0: the
+    /// broker's default).
+    pub delivery_limit: u32,
     /// Where rejected requests are dead-lettered; empty for nowhere (they are acknowledged).
     pub dead_letter_exchange: String,
     /// Where `/metrics`, `/healthz`, `/readyz` and the status page are served; empty for
@@ -634,6 +702,9 @@ pub fn format_duration(duration: Duration) -> String {
 /// assert_eq!(mask_uri("amqp://rabbit"), "amqp://rabbit");
 /// ```
 pub fn mask_uri(uri: &str) -> String {
+    if uri.contains(',') {
+        return uris(uri).map(mask_uri).collect::<Vec<_>>().join(",");
+    }
     let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
         return uri.to_owned();
     };
@@ -652,8 +723,22 @@ pub fn mask_uri(uri: &str) -> String {
     }
 }
 
-/// Checks that a URI is one the AMQP client can use; the error masks the password.
-pub fn validate_uri(uri: &str) -> Result<(), String> {
+/// The URIs of a `broker.uri` list: comma-separated (a comma in a password is written
+/// `%2C`), blanks around them ignored.
+pub fn uris(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|uri| !uri.is_empty())
+}
+
+/// Checks that every URI of a `broker.uri` list is one the AMQP client can use; the error
+/// masks the password.
+pub fn validate_uri(list: &str) -> Result<(), String> {
+    if uris(list).next().is_none() {
+        return Err("no broker URI: set broker.uri (amqp://user:password@host:port/vhost)".into());
+    }
+    uris(list).try_for_each(validate_one_uri)
+}
+
+fn validate_one_uri(uri: &str) -> Result<(), String> {
     uri.parse::<lapin::uri::AMQPUri>().map_err(|err| {
         format!(
             "invalid broker URI `{}`: {err} (expected amqp://user:password@host:port/vhost)",

@@ -4,6 +4,7 @@
 //! broker's blocked/unblocked events (a memory or disk alarm), logged and kept as state.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -40,6 +41,104 @@ pub(crate) async fn connect(
     };
     let runtime = lapin::runtime::default_runtime()?;
     Ok(Connection::connect_with_config(uri, properties, tls, runtime).await?)
+}
+
+/// The broker nodes a server or client may connect to (`broker.uri`, a comma-separated
+/// list), and the one it uses: it connects to the first that answers, starting where its
+/// last connection was, or at the node after it once that connection is lost, so that a
+/// lost node is left for the next. TLS settings apply to each.
+#[derive(Debug)]
+pub(crate) struct Brokers {
+    uris: Vec<String>,
+    masked: Vec<String>,
+    ca_file: String,
+    /// The node of the live (or last) connection.
+    current: AtomicUsize,
+    /// Where the next attempt starts.
+    next: AtomicUsize,
+    connected: AtomicBool,
+}
+
+/// Where a connection was made.
+#[derive(Debug)]
+pub(crate) struct Connected {
+    pub connection: Connection,
+    /// The node's URI, password masked.
+    pub masked_uri: String,
+    /// The node connected to before, when this is another one.
+    pub moved_from: Option<String>,
+}
+
+impl Brokers {
+    /// The nodes of `list`, tried in order, or from a random one when `shuffle` (which
+    /// spreads the connections of many processes over the nodes).
+    pub(crate) fn new(list: &str, ca_file: &str, shuffle: bool) -> Brokers {
+        let uris: Vec<String> = crate::config::uris(list).map(str::to_owned).collect();
+        let start = if shuffle && uris.len() > 1 {
+            fastrand::usize(..uris.len())
+        } else {
+            0
+        };
+        Brokers {
+            masked: uris
+                .iter()
+                .map(|uri| crate::config::mask_uri(uri))
+                .collect(),
+            uris,
+            ca_file: ca_file.to_owned(),
+            current: AtomicUsize::new(start),
+            next: AtomicUsize::new(start),
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    /// Every node, passwords masked: `amqp://guest:****@a/%2f,amqp://guest:****@b/%2f`.
+    pub(crate) fn masked(&self) -> String {
+        self.masked.join(",")
+    }
+
+    /// The node of the live (or last) connection, unmasked: where a server's second
+    /// connection (its reply quarantine) goes too.
+    pub(crate) fn current_uri(&self) -> &str {
+        &self.uris[self.current.load(Ordering::Acquire)]
+    }
+
+    /// The connection was lost: the next attempt starts at the next node.
+    pub(crate) fn lost(&self) {
+        let current = self.current.load(Ordering::Acquire);
+        self.next
+            .store((current + 1) % self.uris.len().max(1), Ordering::Release);
+    }
+
+    /// Connects to the first node that answers, trying each once.
+    pub(crate) async fn connect(&self, name: &str) -> Result<Connected, ConnectError> {
+        let count = self.uris.len();
+        if count == 0 {
+            return Err("no broker URI is configured".into());
+        }
+        let start = self.next.load(Ordering::Acquire);
+        let mut failures = Vec::new();
+        for step in 0..count {
+            let index = (start + step) % count;
+            match connect(&self.uris[index], &self.ca_file, name).await {
+                Ok(connection) => {
+                    let before = self.current.swap(index, Ordering::AcqRel);
+                    self.next.store(index, Ordering::Release);
+                    let first = !self.connected.swap(true, Ordering::AcqRel);
+                    let moved_from =
+                        (!first && before != index).then(|| self.masked[before].clone());
+                    return Ok(Connected {
+                        connection,
+                        masked_uri: self.masked[index].clone(),
+                        moved_from,
+                    });
+                }
+                Err(err) if count == 1 => return Err(err),
+                Err(err) => failures.push(format!("{}: {err}", self.masked[index])),
+            }
+        }
+        Err(format!("no broker node answered ({})", failures.join("; ")).into())
+    }
 }
 
 /// The waits between attempts to reconnect: doubling from 100 ms up to 4 s, each

@@ -548,3 +548,66 @@ async fn a_stream_whose_servers_connection_drops_ends_with_a_retriable_error() {
     );
     drop(broker);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_and_clients_move_to_the_next_node_of_the_uri_list() {
+    let turn = ONE_AT_A_TIME.lock().await;
+    // Two independent nodes: what a URI list gives a server and a client, whatever the
+    // nodes are (the cluster test has them share queues).
+    let (first, second) = tokio::task::spawn_blocking(|| {
+        (
+            PrivateBroker::start("failover-a"),
+            PrivateBroker::start("failover-b"),
+        )
+    })
+    .await
+    .unwrap();
+    let list = format!("{}, {}", first.uri(), second.uri());
+    let metrics = guirpc_core::Metrics::new();
+    let _server = Server::builder()
+        .uri(&list)
+        .queue("failover")
+        .metrics(&metrics)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::builder()
+        .uri(&list)
+        .queue("failover")
+        .timeout(Duration::from_secs(5))
+        .metrics(&metrics)
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(add::call(&client, 1, 2).await.unwrap(), 3);
+    assert_eq!(first.connection_names().len(), 2, "both on the first node");
+    // The first node goes away: both move to the second, and calls go on there.
+    let stopped = Instant::now();
+    let first = tokio::task::spawn_blocking(move || {
+        first.stop_app();
+        first
+    })
+    .await
+    .unwrap();
+    let answered = eventually(Duration::from_secs(30), || add::call(&client, 2, 3)).await;
+    assert_eq!(answered.unwrap(), 5);
+    println!(
+        "calls answered again {:?} after the first node stopped",
+        stopped.elapsed()
+    );
+    let names = second.connection_names();
+    assert!(
+        names.iter().any(|n| n.contains("guirpc server"))
+            && names.iter().any(|n| n.contains("guirpc client")),
+        "{names:?}"
+    );
+    let text = metrics.encode();
+    for role in ["server", "client"] {
+        let series = format!(
+            "guirpc_broker_moves_total{{role=\"{role}\",node=\"{}\"}}",
+            guirpc_core::config::mask_uri(&second.uri())
+        );
+        assert_eq!(guirpc_tests::sample(&text, &series), Some(1.0), "{text}");
+    }
+    drop((first, second, turn));
+}

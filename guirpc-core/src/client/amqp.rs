@@ -32,20 +32,20 @@ use tracing::{debug, info, warn};
 
 use crate::codec::Codec;
 use crate::error::Error;
-use crate::link::{self, Backoff, Blocked};
+use crate::link::{self, Backoff, Blocked, Brokers};
 use crate::middleware::{CallKind, ClientRequest, ClientResponse, Service};
 use crate::protocol;
 use crate::stream::{self, Piece};
 
 /// Connects, and starts the supervisor that routes replies and reconnects.
 pub(super) async fn connect(
-    uri: &str,
-    tls_ca_file: &str,
+    brokers: Brokers,
     exchange: &str,
     events_exchange: &str,
+    metrics: Option<crate::Metrics>,
 ) -> Result<(Arc<Shared>, tokio::task::JoinHandle<()>), Error> {
     let shared = Arc::new(Shared {
-        masked_uri: crate::config::mask_uri(uri),
+        masked_uri: brokers.masked(),
         exchange: exchange.into(),
         events_exchange: events_exchange.into(),
         link: RwLock::new(None),
@@ -53,10 +53,7 @@ pub(super) async fn connect(
         linked: Notify::new(),
         next_id: AtomicU64::new(1),
     });
-    let target = Target {
-        uri: uri.to_owned(),
-        tls_ca_file: tls_ca_file.to_owned(),
-    };
+    let target = Target { brokers, metrics };
     let (link, replies) = Link::open(&target, &shared).await?;
     let link = Arc::new(link);
     *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
@@ -410,11 +407,11 @@ fn not_connected(shared: &Shared, request: &ClientRequest) -> Error {
     )
 }
 
-/// Where a client connects.
-#[derive(Debug, Clone)]
+/// Where a client connects, and where it counts moving to another node.
+#[derive(Debug)]
 struct Target {
-    uri: String,
-    tls_ca_file: String,
+    brokers: Brokers,
+    metrics: Option<crate::Metrics>,
 }
 
 /// What the client's calls and its supervisor share.
@@ -460,9 +457,18 @@ pub(super) struct Link {
 impl Link {
     async fn open(target: &Target, shared: &Arc<Shared>) -> Result<(Link, lapin::Consumer), Error> {
         let failed = |err: lapin::Error| Error::connection(&shared.masked_uri, err);
-        let connection = link::connect(&target.uri, &target.tls_ca_file, "guirpc client")
+        let connected = target
+            .brokers
+            .connect("guirpc client")
             .await
             .map_err(|err| Error::connection(&shared.masked_uri, err))?;
+        if let Some(from) = &connected.moved_from {
+            warn!("moved from {from} to {}", connected.masked_uri);
+            if let Some(metrics) = &target.metrics {
+                metrics.count_move("client", &connected.masked_uri);
+            }
+        }
+        let connection = connected.connection;
         link::watch_blocked(
             &connection,
             shared.masked_uri.clone(),
@@ -533,6 +539,7 @@ async fn supervise(
         link.pending.close();
         shared.blocked.clear();
         warn!("lost the connection to {}; reconnecting", shared.masked_uri);
+        target.brokers.lost();
         let mut backoff = Backoff::new();
         (link, replies) = loop {
             backoff.wait().await;

@@ -7,6 +7,7 @@ use super::{BlockingClient, Client, Inner, Transport, amqp};
 use crate::codec::Codec;
 use crate::config::{Settings, validate_uri};
 use crate::error::Error;
+use crate::link::Brokers;
 use crate::metrics::Metrics;
 use crate::middleware::{
     self, ClientRequest, ClientResponse, ClientService, Layer, Layers, Service,
@@ -43,6 +44,7 @@ pub struct ClientBuilder {
     retries: u32,
     layers: Layers<ClientService>,
     metrics: Option<Metrics>,
+    shuffle: bool,
 }
 
 impl Default for ClientBuilder {
@@ -65,12 +67,20 @@ impl ClientBuilder {
             retries: settings.retries,
             layers: Layers::default(),
             metrics: None,
+            shuffle: settings.shuffle,
         }
     }
 
-    /// The broker URI.
+    /// The broker URI, or the nodes of a cluster as a comma-separated list: the client
+    /// connects to the first that answers, and to the next when its connection is lost.
     pub fn uri(mut self, uri: impl Into<String>) -> Self {
         self.uri = uri.into();
+        self
+    }
+
+    /// With several URIs: start at a random one, to spread many clients over the nodes.
+    pub fn shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
         self
     }
 
@@ -147,11 +157,12 @@ impl ClientBuilder {
     /// Connects to the broker.
     pub async fn connect(self) -> Result<Client, Error> {
         validate_uri(&self.uri).map_err(Error::Config)?;
+        let brokers = Brokers::new(&self.uri, &self.tls_ca_file, self.shuffle);
         let (shared, supervisor) = amqp::connect(
-            &self.uri,
-            &self.tls_ca_file,
+            brokers,
             &self.exchange,
             &self.events_exchange,
+            self.metrics.clone(),
         )
         .await?;
         let innermost = ClientService::new(amqp::Transport(shared.clone()));

@@ -55,6 +55,8 @@ struct Inner {
     registry: Registry,
     server: ServerFamilies,
     client: ClientFamilies,
+    /// Moves to another broker node of a URI list, by role and node.
+    moves: Family<Labels, Counter>,
     /// Gauges read from state at each scrape (connected, blocked, in flight).
     probes: Mutex<Vec<Box<dyn Fn() -> bool + Send + Sync>>>,
 }
@@ -175,11 +177,18 @@ impl Metrics {
             "Client calls waiting for their reply",
             client.pending.clone(),
         );
+        let moves = Family::default();
+        r.register(
+            "guirpc_broker_moves",
+            "Connections moved to another broker node of the URI list after the last one was lost, by role (server, client) and node (password masked)",
+            moves.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
                 server,
                 client,
+                moves,
                 probes: Mutex::default(),
             }),
         }
@@ -202,6 +211,12 @@ impl Metrics {
     /// [`ClientBuilder::metrics`](crate::ClientBuilder::metrics).
     pub fn client_layer(&self) -> ClientMetricsLayer {
         ClientMetricsLayer::new(self.inner.client.clone())
+    }
+
+    /// Counts a move of a server's or client's connection to the broker node `to`.
+    pub(crate) fn count_move(&self, role: &'static str, to: &str) {
+        let labels = vec![("role", role.to_owned()), ("node", to.to_owned())];
+        self.inner.moves.get_or_create(&labels).inc();
     }
 
     pub(crate) fn server(&self) -> &ServerFamilies {

@@ -10,6 +10,7 @@ use tokio::sync::{Semaphore, watch};
 use super::pipeline::{self, Dispatcher};
 use super::{AbortOnDrop, Health, ServeError, Server, Shared, instance_name, session};
 use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
+use crate::link::Brokers;
 use crate::metrics::Metrics;
 use crate::metrics::http::{self, Endpoint};
 use crate::middleware::{self, Layer, Layers, Reply, ServerRequest, ServerService, Service};
@@ -45,7 +46,8 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// The broker URI.
+    /// The broker URI, or the nodes of a cluster as a comma-separated list: the server
+    /// connects to the first that answers, and to the next when its connection is lost.
     pub fn uri(mut self, uri: impl Into<String>) -> Self {
         self.settings.uri = uri.into();
         self
@@ -61,6 +63,25 @@ impl ServerBuilder {
     /// The service queue: the name callers address.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.settings.queue = queue.into();
+        self
+    }
+
+    /// With several URIs: start at a random one, to spread many servers over the nodes.
+    pub fn shuffle(mut self, shuffle: bool) -> Self {
+        self.settings.shuffle = shuffle;
+        self
+    }
+
+    /// The type of the service queue: classic, or quorum (replicated on a cluster).
+    pub fn queue_type(mut self, queue_type: crate::config::QueueType) -> Self {
+        self.settings.queue_type = queue_type;
+        self
+    }
+
+    /// Quorum queues: a request delivered this many times without being settled is
+    /// dead-lettered (its function crashed the server each time).
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.settings.delivery_limit = limit;
         self
     }
 
@@ -188,6 +209,11 @@ impl ServerBuilder {
             health: Health::default(),
             queue_arguments,
             masked_uri: mask_uri(&settings.uri),
+            brokers: Arc::new(Brokers::new(
+                &settings.uri,
+                &settings.tls_ca_file,
+                settings.shuffle,
+            )),
             semaphore: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             dispatcher: prepared.dispatcher,
@@ -266,6 +292,11 @@ impl ServerBuilder {
         let settings = self.settings;
         if settings.concurrency == 0 {
             return Err(ServeError::Config("concurrency must be at least 1".into()));
+        }
+        if settings.delivery_limit > 0 && settings.queue_type != crate::config::QueueType::Quorum {
+            return Err(ServeError::Config(
+                "service.delivery_limit needs service.queue_type = \"quorum\": classic queues count no deliveries".into(),
+            ));
         }
         let registry = match self.registry {
             Some(registry) => registry,

@@ -238,7 +238,10 @@ fn flatten(ended: Ended) -> Result<(), ServeError> {
 struct Shared {
     settings: ServiceSettings,
     queue_arguments: FieldTable,
+    /// Every broker node of the URI list, passwords masked.
     masked_uri: String,
+    /// The nodes, and the one connected to.
+    brokers: Arc<crate::link::Brokers>,
     semaphore: Arc<Semaphore>,
     dispatcher: Arc<pipeline::Dispatcher>,
     /// The pipeline every request runs through.
@@ -292,6 +295,12 @@ impl Shared {
     }
 
     /// Counts a reconnection, when metrics are on.
+    fn count_move(&self, to: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.count_move("server", to);
+        }
+    }
+
     fn count_reconnect(&self) {
         if let Some(metrics) = &self.metrics {
             metrics

@@ -45,9 +45,10 @@ pub(super) struct Replier {
     suspects: Mutex<()>,
 }
 
-/// Where quarantine connections go, and under which name.
+/// Where quarantine connections go (the node the session is connected to), and under
+/// which name.
 struct Target {
-    uri: String,
+    brokers: Arc<crate::link::Brokers>,
     tls_ca_file: String,
     masked_uri: String,
     name: String,
@@ -75,7 +76,7 @@ impl Replier {
         Replier {
             channel,
             target: Target {
-                uri: settings.uri.clone(),
+                brokers: shared.brokers.clone(),
                 tls_ca_file: settings.tls_ca_file.clone(),
                 masked_uri: shared.masked_uri.clone(),
                 name: format!("guirpc server {} quarantine", settings.queue),
@@ -238,7 +239,8 @@ impl Replier {
 
 impl Target {
     async fn connect(&self) -> Result<QuarantineLink, ConnectError> {
-        let connection = link::connect(&self.uri, &self.tls_ca_file, &self.name).await?;
+        let uri = self.brokers.current_uri();
+        let connection = link::connect(uri, &self.tls_ca_file, &self.name).await?;
         link::watch_blocked(
             &connection,
             self.masked_uri.clone(),

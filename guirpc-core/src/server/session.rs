@@ -24,6 +24,7 @@ use super::reply::Replier;
 use super::settle::Settler;
 use super::streams::Streams;
 use super::{ServeError, Shared};
+use crate::config::QueueType;
 use crate::link::{self, Backoff};
 use crate::protocol::{self, ExchangeName};
 
@@ -83,9 +84,17 @@ impl Session {
     async fn open(shared: &Shared) -> Result<Session, SessionError> {
         let settings = &shared.settings;
         let name = format!("guirpc server {}", settings.queue);
-        let connection = link::connect(&settings.uri, &settings.tls_ca_file, &name)
+        let connected = shared
+            .brokers
+            .connect(&name)
             .await
             .map_err(SessionError::Connect)?;
+        if let Some(from) = &connected.moved_from {
+            warn!("moved from {from} to {}", connected.masked_uri);
+            shared.count_move(&connected.masked_uri);
+        }
+        let node = connected.masked_uri;
+        let connection = connected.connection;
         shared.health.blocked.clear();
         link::watch_blocked(
             &connection,
@@ -151,11 +160,10 @@ impl Session {
             Err(err) => return Err(SessionError::Connect(err.into())),
         };
         info!(
-            "serving {} function(s) on queue `{}` ({}) at {}",
+            "serving {} function(s) on queue `{}` ({}) at {node}",
             shared.dispatcher.registry.len(),
             settings.queue,
             ExchangeName(&settings.exchange),
-            shared.masked_uri
         );
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
         let dead_letter = !settings.dead_letter_exchange.is_empty();
@@ -181,9 +189,22 @@ impl Session {
     }
 }
 
-/// The queue's declaration arguments: the configured ones, and dead-lettering if set.
+/// The queue's declaration arguments: the configured ones, the queue type and its delivery
+/// limit, and dead-lettering if set.
 fn queue_arguments(shared: &Shared) -> FieldTable {
     let mut arguments = shared.queue_arguments.clone();
+    if shared.settings.queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        if shared.settings.delivery_limit > 0 {
+            arguments.insert(
+                "x-delivery-limit".into(),
+                lapin::types::AMQPValue::LongLongInt(shared.settings.delivery_limit.into()),
+            );
+        }
+    }
     let exchange = &shared.settings.dead_letter_exchange;
     if !exchange.is_empty() {
         arguments.insert(
@@ -214,6 +235,7 @@ pub(super) async fn supervise(
                     shared.masked_uri
                 );
                 session.replier.close().await;
+                shared.brokers.lost();
                 session = tokio::select! {
                     session = Session::open_with_retry(&shared) => session?,
                     _ = stop.wait_for(|stop| *stop) => return Ok(()),

@@ -11,5 +11,6 @@ mod hostile;
 mod observability;
 mod pipes;
 mod plain_amqp;
+mod quorum;
 mod serving;
 mod streams;
