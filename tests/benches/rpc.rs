@@ -17,7 +17,7 @@
 //! cargo bench -p guirpc-tests --bench rpc -- --json results.json  # ... also as JSON
 //! cargo bench -p guirpc-tests --bench rpc -- --duration 2s --rounds 5
 //! cargo bench -p guirpc-tests --bench rpc -- --memory 1000000     # steady memory
-//! cargo bench -p guirpc-tests --bench rpc -- --scale-out          # 1, 2, 4 servers
+//! cargo bench -p guirpc-tests --bench rpc -- --scale-out --svg docs/scale-out.svg  # 1..8 servers, real work
 //! cargo bench -p guirpc-tests --bench rpc -- --pipeline 200000     # observability's own cost
 //! cargo bench -p guirpc-tests --bench rpc -- --pipes              # pipe functions vs Rust
 //! ```
@@ -124,9 +124,19 @@ struct Options {
     /// Measure steady memory over this many calls instead
     #[arg(long, value_name = "CALLS")]
     memory: Option<u64>,
-    /// Measure 1, 2 and 4 server processes on one queue instead
+    /// Measure 1, 2, 4 and 8 server processes on one queue, each call doing real work
+    /// (sleeping, then computing), instead
     #[arg(long)]
     scale_out: bool,
+    /// Scale-out: milliseconds of work per call
+    #[arg(long, default_value_t = 2)]
+    work_ms: u64,
+    /// Scale-out: calls each server process runs at once (and half its prefetch)
+    #[arg(long, default_value_t = 4)]
+    server_concurrency: usize,
+    /// Scale-out: also draw the curves into this SVG file
+    #[arg(long, value_name = "FILE")]
+    svg: Option<String>,
     /// Measure what spans and metrics cost per call, without a broker: this many calls
     /// through the in-memory transport (client and server pipelines) per setting
     #[arg(long, value_name = "CALLS")]
@@ -171,7 +181,7 @@ fn main() {
         .build()
         .unwrap();
     if let Some(queue) = &options.serve {
-        runtime.block_on(serve_until_stdin_closes(queue));
+        runtime.block_on(serve_until_stdin_closes(queue, options.server_concurrency));
     } else if let Some(calls) = options.memory {
         runtime.block_on(memory(calls));
     } else if options.scale_out {
@@ -629,15 +639,37 @@ fn pipeline_round(calls: u64, observe: Observe) -> f64 {
     })
 }
 
-/// Serves the echo functions on `queue` until standard input closes: one server process
-/// of the scale-out run.
-async fn serve_until_stdin_closes(queue: &str) {
+/// Calls this server process has run (`work`), reported when it stops.
+static WORKED: AtomicU64 = AtomicU64::new(0);
+
+/// Real work per call for the scale-out run: `ms` milliseconds of sleeping (`sleep`: a
+/// call waiting on I/O) or of computing (`cpu`: a busy core).
+#[rpc(name = "bench.work")]
+fn work(kind: String, ms: u64) {
+    let until = Instant::now() + Duration::from_millis(ms);
+    if kind == "cpu" {
+        let mut x = 1u64;
+        while Instant::now() < until {
+            for _ in 0..1000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+    } else {
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+    }
+    WORKED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Serves the bench functions on `queue` until standard input closes, running at most
+/// `concurrency` calls at once: one server process of the scale-out run. Prints `ready`,
+/// then, when it stops, how many `bench.work` calls it ran.
+async fn serve_until_stdin_closes(queue: &str, concurrency: usize) {
     let server = Server::builder()
         .uri(broker())
         .queue(queue)
         .queue_arguments(guirpc_tests::expiring())
-        .concurrency(64)
-        .prefetch(128)
+        .concurrency(concurrency)
+        .prefetch(u16::try_from(concurrency * 2).unwrap_or(u16::MAX))
         .start()
         .await
         .unwrap();
@@ -647,72 +679,205 @@ async fn serve_until_stdin_closes(queue: &str) {
         .unwrap()
         .unwrap();
     server.shutdown().await.unwrap();
+    println!("{}", WORKED.load(Ordering::Relaxed));
 }
 
-/// The same load against 1, 2 and 4 server processes on one queue.
+/// One step of the scale-out run.
+struct Step {
+    servers: usize,
+    rate: f64,
+    p50: u32,
+    p99: u32,
+    /// Each server's share of the calls, as a fraction of an equal share.
+    shares: Vec<f64>,
+}
+
+/// The same load of calls doing real work (2 ms of sleep, then 2 ms of CPU) against 1, 2,
+/// 4 and 8 server processes on one queue, each running at most `--server-concurrency`
+/// calls at once: calls per second, and each server's share (fairness across competing
+/// consumers). `--svg` draws the curves.
 async fn scale_out(options: &Options) {
     let queue = format!("bench.scale.{}", std::process::id());
     let inflight = options.inflight.iter().copied().max().unwrap_or(64);
-    let payload = options.payloads.first().copied().unwrap_or(16);
     let client = Client::builder()
         .uri(broker())
         .queue(&queue)
         .connect()
         .await
         .unwrap();
-    let data = ByteBuf::from(vec![7u8; payload]);
+    let per_server = options.server_concurrency;
     println!(
-        "scale-out: {inflight} calls in flight, {} payload, {:?} per step",
-        human_bytes(payload),
+        "scale-out: {} ms of work per call, {inflight} calls in flight, at most {per_server} calls at once per server, {:?} per step",
+        options.work_ms,
         options.duration * options.rounds as u32
     );
-    println!(
-        "{:>8} {:>10} {:>9} {:>9} {:>10}",
-        "servers", "calls/s", "p50 µs", "p99 µs", "vs 1"
-    );
-    let mut first = None;
+    let mut curves = Vec::new();
     let mut rows = Vec::new();
-    for servers in [1usize, 2, 4] {
-        let mut children: Vec<std::process::Child> = (0..servers)
-            .map(|_| {
-                std::process::Command::new(std::env::current_exe().unwrap())
-                    .args(["--serve", &queue])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for child in &mut children {
-            let mut line = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-                &mut line,
-            )
-            .unwrap();
-            assert_eq!(line.trim(), "ready");
-        }
-        let mut samples = Samples::default();
-        for _ in 0..options.rounds {
-            samples.merge(load(&client, &data, inflight, options.duration).await);
-        }
-        let rate = samples.rate();
-        let base = *first.get_or_insert(rate);
+    for kind in ["sleep", "cpu"] {
+        println!("\n{kind}: {} ms per call", options.work_ms);
         println!(
-            "{servers:>8} {rate:>10.0} {:>9} {:>9} {:>9.2}x",
-            samples.percentile(0.5),
-            samples.percentile(0.99),
-            rate / base
+            "{:>8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>18}",
+            "servers", "calls/s", "p50 µs", "p99 µs", "vs 1", "linear", "shares min..max"
         );
-        rows.push(serde_json::json!({"servers": servers, "calls_per_second": rate, "ratio_to_one": rate / base}));
-        for mut child in children {
-            drop(child.stdin.take());
-            child.wait().unwrap();
+        let mut steps: Vec<Step> = Vec::new();
+        for servers in [1usize, 2, 4, 8] {
+            let mut children: Vec<std::process::Child> = (0..servers)
+                .map(|_| {
+                    std::process::Command::new(std::env::current_exe().unwrap())
+                        .args(["--serve", &queue, "--server-concurrency"])
+                        .arg(per_server.to_string())
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            let mut outputs = Vec::new();
+            for child in &mut children {
+                let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+                assert_eq!(line.trim(), "ready");
+                outputs.push(out);
+            }
+            let mut samples = Samples::default();
+            for _ in 0..options.rounds {
+                let started = Instant::now();
+                let client = client.clone();
+                let ms = options.work_ms;
+                let latencies = keep_calling(inflight, started + options.duration, move || {
+                    let client = client.clone();
+                    async move {
+                        work::call(&client, kind.to_owned(), ms).await.unwrap();
+                    }
+                })
+                .await;
+                samples.merge(Samples {
+                    latencies,
+                    elapsed: started.elapsed(),
+                    ..Samples::default()
+                });
+            }
+            let mut counts = Vec::new();
+            for (mut child, mut out) in children.into_iter().zip(outputs) {
+                drop(child.stdin.take());
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+                counts.push(line.trim().parse::<f64>().unwrap_or(0.0));
+                child.wait().unwrap();
+            }
+            let total: f64 = counts.iter().sum();
+            let shares: Vec<f64> = counts
+                .iter()
+                .map(|c| c / (total / servers as f64).max(1.0))
+                .collect();
+            let step = Step {
+                servers,
+                rate: samples.rate(),
+                p50: samples.percentile(0.5),
+                p99: samples.percentile(0.99),
+                shares,
+            };
+            let base = steps.first().map_or(step.rate, |first| first.rate);
+            let (min, max) = step
+                .shares
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
+            println!(
+                "{:>8} {:>10.0} {:>9} {:>9} {:>8.2}x {:>8.0}% {:>8.2}..{:<8.2}",
+                step.servers,
+                step.rate,
+                step.p50,
+                step.p99,
+                step.rate / base,
+                step.rate / (base * servers as f64) * 100.0,
+                min,
+                max
+            );
+            rows.push(serde_json::json!({
+                "work": kind, "servers": servers, "calls_per_second": step.rate,
+                "p50_us": step.p50, "p99_us": step.p99, "ratio_to_one": step.rate / base,
+                "shares": step.shares,
+            }));
+            steps.push(step);
         }
+        curves.push((kind, steps));
     }
     if let Some(path) = &options.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
     }
+    if let Some(path) = &options.svg {
+        draw_scale_out(path, &curves, options.work_ms, per_server).unwrap();
+        println!("\nwrote {path}");
+    }
+}
+
+/// Draws calls per second against server processes, one line per kind of work and the
+/// linear ideal of each, as an SVG.
+fn draw_scale_out(
+    path: &str,
+    curves: &[(&str, Vec<Step>)],
+    work_ms: u64,
+    per_server: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = curves
+        .iter()
+        .flat_map(|(_, steps)| {
+            let base = steps.first().map_or(0.0, |s| s.rate);
+            steps
+                .iter()
+                .map(move |s| s.rate.max(base * s.servers as f64))
+        })
+        .fold(1.0f64, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("guirpc scale-out: {work_ms} ms of work per call, {per_server} calls at once per server"),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.5f64..8.5f64, 0f64..top * 1.08)?;
+    chart
+        .configure_mesh()
+        .x_desc("server processes")
+        .y_desc("calls per second")
+        .x_labels(8)
+        .draw()?;
+    let colours = [BLUE, RED];
+    for ((kind, steps), colour) in curves.iter().zip(colours) {
+        let base = steps.first().map_or(0.0, |s| s.rate);
+        chart
+            .draw_series(LineSeries::new(
+                steps.iter().map(|s| (s.servers as f64, s.rate)),
+                colour.stroke_width(2),
+            ))?
+            .label(format!("{kind}: measured"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(
+            steps
+                .iter()
+                .map(|s| Circle::new((s.servers as f64, s.rate), 4, colour.filled())),
+        )?;
+        chart
+            .draw_series(LineSeries::new(
+                steps.iter().map(|s| (s.servers as f64, base * s.servers as f64)),
+                colour.mix(0.35),
+            ))?
+            .label(format!("{kind}: linear"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.mix(0.35)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
 
 /// The function the pipe arms serve, in Rust: what the pipe worker does.
@@ -812,24 +977,6 @@ async fn pipes(options: &Options) {
     let _ = std::fs::remove_file(&script);
     if let Some(path) = &options.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
-    }
-}
-
-/// `inflight` async callers of `bench.echo` for `duration`.
-async fn load(client: &Client, data: &ByteBuf, inflight: usize, duration: Duration) -> Samples {
-    let started = Instant::now();
-    let (client, data) = (client.clone(), data.clone());
-    let latencies = keep_calling(inflight, started + duration, move || {
-        let (client, data) = (client.clone(), data.clone());
-        async move {
-            echo::call(&client, data).await.unwrap();
-        }
-    })
-    .await;
-    Samples {
-        latencies,
-        elapsed: started.elapsed(),
-        ..Samples::default()
     }
 }
 
