@@ -856,7 +856,9 @@ fn draw_scale_out(
                 colour.stroke_width(2),
             ))?
             .label(format!("{kind}: measured"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
         chart.draw_series(
             steps
                 .iter()
@@ -864,7 +866,9 @@ fn draw_scale_out(
         )?;
         chart
             .draw_series(LineSeries::new(
-                steps.iter().map(|s| (s.servers as f64, base * s.servers as f64)),
+                steps
+                    .iter()
+                    .map(|s| (s.servers as f64, base * s.servers as f64)),
                 colour.mix(0.35),
             ))?
             .label(format!("{kind}: linear"))
