@@ -862,6 +862,45 @@ mod tests {
     }
 
     #[test]
+    fn several_nodes_queue_types_and_pipes_are_read() {
+        let text = "[broker]\nuri = [\"amqp://a:pw1@h1/%2f\", \"amqp://b:pw2@h2/%2f\"]\nshuffle = true\n\n[service]\nqueue_type = \"quorum\"\ndelivery_limit = 4\n\n[[pipe]]\nname = \"wc\"\ncommand = \"wc -w\"\nworkers = 3\ntimeout = \"2s\"\n";
+        let settings = load(text, &[], &[]).unwrap();
+        assert_eq!(settings.uri, "amqp://a:pw1@h1/%2f,amqp://b:pw2@h2/%2f");
+        assert!(settings.shuffle);
+        assert_eq!(settings.queue_type, QueueType::Quorum);
+        assert_eq!(settings.delivery_limit, 4);
+        assert_eq!(settings.pipes.len(), 1);
+        assert_eq!(settings.pipes[0].command, ["wc", "-w"]);
+        assert_eq!(settings.pipes[0].workers, 3);
+        assert_eq!(settings.pipes[0].timeout, Duration::from_secs(2));
+        let masked = settings.masked_uri();
+        assert_eq!(masked, "amqp://a:****@h1/%2f,amqp://b:****@h2/%2f");
+        // From the environment, comma-separated; each URI checked.
+        let settings = load(
+            "",
+            &[("GUIRPC_URI", "amqp://u:p@h1/%2f, amqp://u:p@h2/%2f")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(uris(&settings.uri).count(), 2);
+        let err = load(
+            "",
+            &[("GUIRPC_URI", "amqp://u:p@h1/%2f,http://u:secret@h2")],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("invalid broker URI") && !err.contains("secret"),
+            "{err}"
+        );
+        let err = load("[service]\nqueue_type = \"fast\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("classic") && err.contains("quorum"), "{err}");
+    }
+
+    #[test]
     fn bad_environment_and_uris_are_clear() {
         let err = load("", &[("GUIRPC_CONCURRENCY", "lots")], &[])
             .unwrap_err()

@@ -51,6 +51,10 @@ impl PrivateBroker {
     }
 
     fn start_with(test: &str, tls: bool) -> PrivateBroker {
+        PrivateBroker::start_node(test, tls, None)
+    }
+
+    fn start_node(test: &str, tls: bool, cookie: Option<&str>) -> PrivateBroker {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let id = format!(
             "{}-{}",
@@ -86,6 +90,13 @@ impl PrivateBroker {
         std::fs::write(broker.dir.join("rabbitmq.conf"), conf).unwrap();
         std::fs::write(broker.dir.join("env.conf"), "").unwrap();
         std::fs::write(broker.dir.join("enabled_plugins"), "[].\n").unwrap();
+        if let Some(cookie) = cookie {
+            // The nodes of a cluster share one Erlang cookie; rabbitmqctl reads it too.
+            use std::os::unix::fs::PermissionsExt;
+            let path = broker.dir.join("home").join(".erlang.cookie");
+            std::fs::write(&path, cookie).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
         let status = broker
             .command("rabbitmq-server")
             .arg("-detached")
@@ -115,6 +126,11 @@ impl PrivateBroker {
             .env("RABBITMQ_PID_FILE", dir.join("pid"))
             .env("ERL_EPMD_ADDRESS", "127.0.0.1");
         command
+    }
+
+    /// The node's Erlang name, `name@localhost`.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The node's AMQP URI.
@@ -304,6 +320,11 @@ impl PrivateBroker {
         ]);
     }
 
+    /// Whether the node accepts AMQP connections now.
+    pub fn accepting(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
     fn wait_accepting(&self, limit: Duration) {
         let started = Instant::now();
         while started.elapsed() < limit {
@@ -329,4 +350,84 @@ impl Drop for PrivateBroker {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A cluster of private nodes: one Erlang cookie, every node joined to the first. Its nodes
+/// shut down with it.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    pub nodes: Vec<PrivateBroker>,
+}
+
+impl PrivateCluster {
+    /// Starts `size` nodes and forms a cluster of them.
+    pub fn start(test: &str, size: usize) -> PrivateCluster {
+        let cookie = format!("GUIRPCCLUSTER{}{}", std::process::id(), fastrand_u64());
+        let nodes: Vec<PrivateBroker> = (0..size)
+            .map(|i| PrivateBroker::start_node(&format!("{test}-{i}"), false, Some(&cookie)))
+            .collect();
+        for node in &nodes[1..] {
+            node.ctl(&["stop_app"]);
+            node.ctl(&["join_cluster", &nodes[0].node]);
+            node.start_app();
+        }
+        let cluster = PrivateCluster { nodes };
+        cluster.wait_running(size, Duration::from_secs(60));
+        cluster
+    }
+
+    /// Every node's URI, comma-separated: what `broker.uri` takes.
+    pub fn uris(&self) -> String {
+        self.nodes
+            .iter()
+            .map(PrivateBroker::uri)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node that leads the quorum queue `queue`, by its index.
+    pub fn leader_of(&self, queue: &str) -> Option<usize> {
+        let alive = self.nodes.iter().find(|n| n.accepting())?;
+        let output = alive.ctl(&[
+            "list_queues",
+            "name",
+            "leader",
+            "--no-table-headers",
+            "--quiet",
+        ]);
+        let leader = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next()? == queue).then(|| fields.next().map(str::to_owned))?
+            })?;
+        self.nodes.iter().position(|n| n.node == leader)
+    }
+
+    /// Waits until `count` nodes run the broker, as the first running node sees it.
+    pub fn wait_running(&self, count: usize, limit: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(node) = self.nodes.iter().find(|n| n.accepting()) {
+                let output = node.ctl(&["cluster_status", "--formatter", "json"]);
+                let text = String::from_utf8_lossy(&output.stdout);
+                let running = text
+                    .split("\"running_nodes\":[")
+                    .nth(1)
+                    .and_then(|rest| rest.split(']').next())
+                    .map_or(0, |list| list.matches('@').count());
+                if running >= count {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("the cluster did not have {count} running nodes within {limit:?}");
+    }
+}
+
+fn fastrand_u64() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -611,3 +611,151 @@ async fn servers_and_clients_move_to_the_next_node_of_the_uri_list() {
     }
     drop((first, second, turn));
 }
+
+/// Calls `slow_square(i)` for each `i` of `calls`, `inflight` at a time, recording each
+/// outcome and when it ended.
+async fn square_load(
+    client: Client,
+    calls: std::ops::Range<i64>,
+    inflight: usize,
+) -> Vec<(i64, Result<i64, Error>, Instant)> {
+    let mut running = tokio::task::JoinSet::new();
+    let mut done = Vec::new();
+    for i in calls {
+        if running.len() >= inflight {
+            done.push(running.join_next().await.unwrap().unwrap());
+        }
+        let client = client.clone();
+        running.spawn(async move {
+            let outcome = slow_square::call(&client, i, 0).await;
+            (i, outcome, Instant::now())
+        });
+    }
+    while let Some(outcome) = running.join_next().await {
+        done.push(outcome.unwrap());
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_loses_the_node_leading_the_queue_under_load_and_no_call_is_lost() {
+    use guirpc_core::config::QueueType;
+    use guirpc_tests::broker::PrivateCluster;
+    let turn = ONE_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let cluster = tokio::task::spawn_blocking(|| PrivateCluster::start("cluster", 3))
+        .await
+        .unwrap();
+    println!("a cluster of three formed in {:?}", started.elapsed());
+    let uris = cluster.uris();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        servers.push(
+            Server::builder()
+                .uri(&uris)
+                .queue("cluster")
+                .queue_type(QueueType::Quorum)
+                .concurrency(32)
+                .prefetch(64)
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let clients: Vec<Client> = {
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(
+                Client::builder()
+                    .uri(&uris)
+                    .queue("cluster")
+                    .timeout(Duration::from_secs(10))
+                    .retries(5)
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        clients
+    };
+    let cluster = std::sync::Arc::new(cluster);
+    let leader = {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.leader_of("cluster"))
+            .await
+            .unwrap()
+            .expect("the quorum queue has a leader")
+    };
+    // 10,000 calls from two clients; the leader's node stops a moment in.
+    let loads: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(k, client)| {
+            let base = k as i64 * 5_000;
+            tokio::spawn(square_load(client.clone(), base..base + 5_000, 32))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped_at = Instant::now();
+    {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.nodes[leader].stop_app())
+            .await
+            .unwrap();
+    }
+    let mut outcomes = Vec::new();
+    for load in loads {
+        outcomes.extend(load.await.unwrap());
+    }
+    assert_eq!(outcomes.len(), 10_000);
+    let (mut answered, mut retriable) = (0, 0);
+    for (i, outcome, _) in &outcomes {
+        match outcome {
+            Ok(square) => {
+                assert_eq!(*square, i * i);
+                answered += 1;
+            }
+            Err(err) => {
+                assert!(err.is_retriable(), "call {i}: {err:?}");
+                retriable += 1;
+            }
+        }
+    }
+    let first_after = outcomes
+        .iter()
+        .filter(|(_, outcome, at)| outcome.is_ok() && *at > stopped_at)
+        .map(|(_, _, at)| *at)
+        .min()
+        .expect("calls answered after the stop");
+    println!(
+        "{answered} answered, {retriable} failed retriably; first answer {:?} after the leader's node stopped",
+        first_after - stopped_at
+    );
+    assert!(
+        retriable <= 64,
+        "{retriable} calls failed: more than were in flight"
+    );
+    // The node comes back, rejoins, and the load goes on.
+    {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            cluster.nodes[leader].start_app();
+            cluster.wait_running(3, Duration::from_secs(60));
+        })
+        .await
+        .unwrap();
+    }
+    let more = square_load(clients[0].clone(), 0..500, 16).await;
+    assert!(
+        more.iter()
+            .all(|(i, outcome, _)| matches!(outcome, Ok(s) if *s == i * i))
+    );
+    for server in servers {
+        server.shutdown().await.unwrap();
+    }
+    drop(clients);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+    drop(turn);
+}
