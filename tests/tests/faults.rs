@@ -618,6 +618,7 @@ async fn square_load(
     client: Client,
     calls: std::ops::Range<i64>,
     inflight: usize,
+    answered: std::sync::Arc<AtomicUsize>,
 ) -> Vec<(i64, Result<i64, Error>, Instant)> {
     let mut running = tokio::task::JoinSet::new();
     let mut done = Vec::new();
@@ -625,9 +626,10 @@ async fn square_load(
         if running.len() >= inflight {
             done.push(running.join_next().await.unwrap().unwrap());
         }
-        let client = client.clone();
+        let (client, answered) = (client.clone(), answered.clone());
         running.spawn(async move {
             let outcome = slow_square::call(&client, i, 0).await;
+            answered.fetch_add(1, Ordering::Relaxed);
             (i, outcome, Instant::now())
         });
     }
@@ -686,23 +688,34 @@ async fn a_cluster_loses_the_node_leading_the_queue_under_load_and_no_call_is_lo
             .unwrap()
             .expect("the quorum queue has a leader")
     };
-    // 10,000 calls from two clients; the leader's node stops a moment in.
+    // 10,000 calls from two clients; the leader's node stops after the first 2,000.
+    let progress = std::sync::Arc::new(AtomicUsize::new(0));
     let loads: Vec<_> = clients
         .iter()
         .enumerate()
         .map(|(k, client)| {
             let base = k as i64 * 5_000;
-            tokio::spawn(square_load(client.clone(), base..base + 5_000, 32))
+            tokio::spawn(square_load(
+                client.clone(),
+                base..base + 5_000,
+                32,
+                progress.clone(),
+            ))
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let stopped_at = Instant::now();
+    while progress.load(Ordering::Relaxed) < 2_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping_at = Instant::now();
     {
         let cluster = cluster.clone();
         tokio::task::spawn_blocking(move || cluster.nodes[leader].stop_app())
             .await
             .unwrap();
     }
+    // `stop_app` returns once the node has stopped: its connections are closed.
+    let stopped_at = Instant::now();
+    let answered_by_then = progress.load(Ordering::Relaxed);
     let mut outcomes = Vec::new();
     for load in loads {
         outcomes.extend(load.await.unwrap());
@@ -721,14 +734,27 @@ async fn a_cluster_loses_the_node_leading_the_queue_under_load_and_no_call_is_lo
             }
         }
     }
+    assert!(
+        answered_by_then < 10_000,
+        "the load was over before the node stopped"
+    );
     let first_after = outcomes
         .iter()
         .filter(|(_, outcome, at)| outcome.is_ok() && *at > stopped_at)
         .map(|(_, _, at)| *at)
         .min()
         .expect("calls answered after the stop");
+    // The longest wait between two answers: the outage the callers saw.
+    let mut times: Vec<Instant> = outcomes.iter().map(|(_, _, at)| *at).collect();
+    times.sort_unstable();
+    let outage = times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or_default();
     println!(
-        "{answered} answered, {retriable} failed retriably; first answer {:?} after the leader's node stopped",
+        "{answered} answered, {retriable} failed retriably; the leader's node (node {leader}) took {:?} to stop, with {answered_by_then} calls answered; first answer {:?} after it had stopped; longest gap between answers {outage:?}",
+        stopped_at - stopping_at,
         first_after - stopped_at
     );
     assert!(
@@ -745,7 +771,7 @@ async fn a_cluster_loses_the_node_leading_the_queue_under_load_and_no_call_is_lo
         .await
         .unwrap();
     }
-    let more = square_load(clients[0].clone(), 0..500, 16).await;
+    let more = square_load(clients[0].clone(), 0..500, 16, progress.clone()).await;
     assert!(
         more.iter()
             .all(|(i, outcome, _)| matches!(outcome, Ok(s) if *s == i * i))
