@@ -134,7 +134,8 @@ struct Options {
     /// Scale-out: calls each server process runs at once (and half its prefetch)
     #[arg(long, default_value_t = 4)]
     server_concurrency: usize,
-    /// Scale-out: also draw the curves into this SVG file
+    /// Scale-out: also draw the curves into this SVG file (a relative path is the
+    /// workspace's)
     #[arg(long, value_name = "FILE")]
     svg: Option<String>,
     /// Measure what spans and metrics cost per call, without a broker: this many calls
@@ -807,15 +808,19 @@ async fn scale_out(options: &Options) {
         std::fs::write(path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
     }
     if let Some(path) = &options.svg {
-        draw_scale_out(path, &curves, options.work_ms, per_server).unwrap();
-        println!("\nwrote {path}");
+        // `cargo bench` runs in the package's directory: a relative path is the workspace's.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path);
+        draw_scale_out(&path, &curves, options.work_ms, per_server).unwrap();
+        println!("\nwrote {}", path.display());
     }
 }
 
 /// Draws calls per second against server processes, one line per kind of work and the
 /// linear ideal of each, as an SVG.
 fn draw_scale_out(
-    path: &str,
+    path: &std::path::Path,
     curves: &[(&str, Vec<Step>)],
     work_ms: u64,
     per_server: usize,
