@@ -226,6 +226,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn node_lists_start_at_the_first_or_anywhere_when_shuffled() {
+        let list = "amqp://u:p@a/%2f, amqp://u:p@b/%2f,amqp://u:p@c/%2f";
+        let brokers = Brokers::new(list, "", false);
+        assert_eq!(brokers.current_uri(), "amqp://u:p@a/%2f");
+        assert_eq!(
+            brokers.masked(),
+            "amqp://u:****@a/%2f,amqp://u:****@b/%2f,amqp://u:****@c/%2f"
+        );
+        // Lost: the next attempt starts at the next node, round the list.
+        brokers.lost();
+        assert_eq!(brokers.next.load(Ordering::Relaxed), 1);
+        let starts: std::collections::HashSet<String> = (0..64)
+            .map(|_| Brokers::new(list, "", true).current_uri().to_owned())
+            .collect();
+        assert!(starts.len() > 1, "shuffled lists all start at {starts:?}");
+    }
+
+    #[test]
     fn delays_grow_to_a_bound_and_are_spread() {
         let mut backoff = Backoff::new();
         let delays: Vec<Duration> = (0..12).map(|_| backoff.next_delay()).collect();

@@ -51,12 +51,17 @@ pub enum ServeError {
     #[error(transparent)]
     Duplicate(#[from] crate::registry::DuplicateFunction),
     /// The broker refused the server's topology (a queue declared with other arguments, say).
-    #[error("broker at {uri} refused to set up queue `{queue}`: {source}")]
+    #[error(
+        "broker at {uri} refused to set up queue `{queue}` (declared with {declared}): {source}"
+    )]
     Topology {
         /// The broker URI, password masked.
         uri: String,
         /// The service queue.
         queue: String,
+        /// The arguments this server declares the queue with, as the broker's message
+        /// names the queue's own.
+        declared: String,
         /// What the broker said.
         source: lapin::Error,
     },

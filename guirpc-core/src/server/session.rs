@@ -74,6 +74,7 @@ impl Session {
                     return Err(ServeError::Topology {
                         uri: shared.masked_uri.clone(),
                         queue: shared.settings.queue.clone(),
+                        declared: describe_arguments(&queue_arguments(shared)),
                         source,
                     });
                 }
@@ -213,6 +214,36 @@ fn queue_arguments(shared: &Shared) -> FieldTable {
         );
     }
     arguments
+}
+
+/// Declaration arguments as a person reads them: `x-queue-type = "quorum", x-expires = 60000`,
+/// or `no arguments`.
+fn describe_arguments(arguments: &FieldTable) -> String {
+    use lapin::types::AMQPValue;
+    let described: Vec<String> = arguments
+        .inner()
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                AMQPValue::LongString(text) => {
+                    format!("{:?}", String::from_utf8_lossy(text.as_bytes()))
+                }
+                AMQPValue::ShortString(text) => format!("{:?}", text.as_str()),
+                AMQPValue::LongInt(n) => n.to_string(),
+                AMQPValue::LongLongInt(n) => n.to_string(),
+                AMQPValue::ShortInt(n) => n.to_string(),
+                AMQPValue::LongUInt(n) => n.to_string(),
+                AMQPValue::Boolean(b) => b.to_string(),
+                other => format!("{other:?}"),
+            };
+            format!("{name} = {value}")
+        })
+        .collect();
+    if described.is_empty() {
+        "no arguments".to_owned()
+    } else {
+        described.join(", ")
+    }
 }
 
 /// Serves session after session until told to stop (`Ok`), or until the broker refuses

@@ -515,7 +515,14 @@ async fn a_server_that_cannot_declare_its_queue_on_reconnection_stops_with_the_e
         matches!(err, guirpc_core::ServeError::Topology { .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains(&queue), "{err}");
+    // Both sides named: what this server declares, and what the broker says the queue has.
+    let message = err.to_string();
+    assert!(
+        message.contains(&queue)
+            && message.contains("declared with x-expires = 60000")
+            && message.contains("x-max-length"),
+        "{message}"
+    );
     plain
         .channel
         .queue_delete(queue.as_str().into(), Default::default())
