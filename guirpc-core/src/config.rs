@@ -702,7 +702,7 @@ pub fn format_duration(duration: Duration) -> String {
 /// assert_eq!(mask_uri("amqp://rabbit"), "amqp://rabbit");
 /// ```
 pub fn mask_uri(uri: &str) -> String {
-    if uri.contains(',') {
+    if uris(uri).nth(1).is_some() {
         return uris(uri).map(mask_uri).collect::<Vec<_>>().join(",");
     }
     let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
@@ -723,10 +723,36 @@ pub fn mask_uri(uri: &str) -> String {
     }
 }
 
-/// The URIs of a `broker.uri` list: comma-separated (a comma in a password is written
-/// `%2C`), blanks around them ignored.
+/// The URIs of a `broker.uri` list: separated by commas that a scheme follows
+/// (`, amqp://`, `,amqps://`, any `scheme://`), so that a comma inside a password stays in
+/// its URI; blanks around them ignored.
 pub fn uris(list: &str) -> impl Iterator<Item = &str> {
-    list.split(',').map(str::trim).filter(|uri| !uri.is_empty())
+    let mut starts = vec![0];
+    for (comma, _) in list.match_indices(',') {
+        if starts_with_scheme(list[comma + 1..].trim_start()) {
+            starts.push(comma + 1);
+        }
+    }
+    let ends: Vec<usize> = starts[1..]
+        .iter()
+        .map(|start| start - 1)
+        .chain([list.len()])
+        .collect();
+    starts
+        .into_iter()
+        .zip(ends)
+        .map(move |(start, end)| list[start..end].trim())
+        .filter(|uri| !uri.is_empty())
+}
+
+/// Whether `text` starts with `scheme://`.
+fn starts_with_scheme(text: &str) -> bool {
+    let Some((scheme, _)) = text.split_once("://") else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// Checks that every URI of a `broker.uri` list is one the AMQP client can use; the error
@@ -893,6 +919,28 @@ mod tests {
         assert!(
             err.contains("invalid broker URI") && !err.contains("secret"),
             "{err}"
+        );
+        // A comma inside a password stays in its URI, and is masked.
+        let settings = load(
+            "",
+            &[(
+                "GUIRPC_URI",
+                "amqp://app:se,cret@h1/%2f,amqp://app:x,y@h2/%2f",
+            )],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            uris(&settings.uri).collect::<Vec<_>>(),
+            ["amqp://app:se,cret@h1/%2f", "amqp://app:x,y@h2/%2f"]
+        );
+        assert_eq!(
+            settings.masked_uri(),
+            "amqp://app:****@h1/%2f,amqp://app:****@h2/%2f"
+        );
+        assert_eq!(
+            mask_uri("amqp://app:se,cret@h1/%2f"),
+            "amqp://app:****@h1/%2f"
         );
         let err = load("[service]\nqueue_type = \"fast\"\n", &[], &[])
             .unwrap_err()

@@ -20,6 +20,9 @@ pub(crate) type ConnectError = Box<dyn std::error::Error + Send + Sync + 'static
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// The longest wait between two attempts (before jitter).
 const MAX_RETRY: Duration = Duration::from_secs(4);
+/// How long a connection attempt may take: a node that drops packets instead of refusing
+/// must not hold up the move to the next one for the system's TCP timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to `uri`; `ca_file`, when not empty, is a PEM file of the certificates that
 /// may sign an `amqps://` broker's certificate (instead of the system's).
@@ -40,7 +43,11 @@ pub(crate) async fn connect(
         },
     };
     let runtime = lapin::runtime::default_runtime()?;
-    Ok(Connection::connect_with_config(uri, properties, tls, runtime).await?)
+    let connecting = Connection::connect_with_config(uri, properties, tls, runtime);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(connected) => Ok(connected?),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}").into()),
+    }
 }
 
 /// The broker nodes a server or client may connect to (`broker.uri`, a comma-separated

@@ -325,10 +325,22 @@ impl Pool {
 
     /// The function callers call, registered like a `#[rpc]` one.
     pub(crate) fn function(self: &Arc<Self>) -> &'static Function {
-        let pool = self.clone();
+        // The function lives as long as the program; the pool only as long as its server,
+        // whose end (or failure to start) stops the workers.
+        let pool = Arc::downgrade(self);
+        let name = self.spec.name.clone();
         let handler = Arc::new(move |invocation: Invocation| -> HandlerFuture {
-            let pool = pool.clone();
-            Box::pin(async move { pool.call(invocation).await })
+            match pool.upgrade() {
+                Some(pool) => Box::pin(async move { pool.call(invocation).await }),
+                None => {
+                    let reply = Reply::error(
+                        invocation.codec,
+                        ErrorCode::Internal,
+                        &format!("`{name}` is stopping: its workers are gone"),
+                    );
+                    Box::pin(std::future::ready(reply))
+                }
+            }
         });
         Function::dynamic(
             &self.spec.name,
@@ -559,9 +571,13 @@ impl Worker {
         let function = spec.name.clone();
         // Every line the worker writes to stderr is a log event, tagged.
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                info!(target: "guirpc::pipe", function, worker = index, pid, "{line}");
+            let mut stderr = BufReader::new(stderr);
+            let mut line = Vec::new();
+            // Any bytes, any length: a line is logged as text (cut at 8 KiB), never the
+            // reason the worker's stderr stops being read.
+            while let Ok(true) = read_log_line(&mut stderr, &mut line, 8 * 1024).await {
+                let text = String::from_utf8_lossy(&line);
+                info!(target: "guirpc::pipe", function, worker = index, pid, "{text}");
             }
         });
         pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
@@ -639,7 +655,12 @@ impl Slot {
         let mut worker = Some(first);
         let mut backoff = Backoff::new();
         let name = self.spec.name.clone();
+        // A call a replaced worker never got, for the next one.
+        let mut held: Option<Job> = None;
         loop {
+            if *self.stop.borrow() {
+                return;
+            }
             let mut current = match worker.take() {
                 Some(current) => current,
                 None => match Worker::spawn(&self.spec, self.index, &self.pids) {
@@ -665,11 +686,14 @@ impl Slot {
                     Exited,
                     Job(Job),
                 }
-                let next = tokio::select! {
-                    biased;
-                    _ = self.stop.wait_for(|stop| *stop) => Next::Stop,
-                    _ = current.exited.wait_for(Option::is_some) => Next::Exited,
-                    job = next_job(&self.jobs) => job.map_or(Next::Stop, Next::Job),
+                let next = match held.take() {
+                    Some(job) => Next::Job(job),
+                    None => tokio::select! {
+                        biased;
+                        _ = self.stop.wait_for(|stop| *stop) => Next::Stop,
+                        _ = current.exited.wait_for(Option::is_some) => Next::Exited,
+                        job = next_job(&self.jobs) => job.map_or(Next::Stop, Next::Job),
+                    },
                 };
                 match next {
                     Next::Stop => {
@@ -678,8 +702,9 @@ impl Slot {
                     }
                     Next::Exited => break exit_text(*current.exited.borrow()),
                     Next::Job(job) => {
-                        if let Err(why) = self.serve(&mut current, job).await {
-                            break why;
+                        if let Err(replace) = self.serve(&mut current, job).await {
+                            held = replace.job;
+                            break replace.why;
                         }
                     }
                 }
@@ -716,7 +741,7 @@ impl Slot {
     }
 
     /// Runs one call on the worker; `Err` says why the worker must be replaced.
-    async fn serve(&self, worker: &mut Worker, job: Job) -> Result<(), String> {
+    async fn serve(&self, worker: &mut Worker, job: Job) -> Result<(), Replace> {
         let who = format!(
             "worker {} (pid {}) of `{}`",
             self.index, worker.pid, self.spec.name
@@ -733,6 +758,14 @@ impl Slot {
             }));
             return Ok(());
         }
+        if pending_output(&mut worker.stdout).await {
+            // Output no call asked for (a second line for the last call, a library's
+            // print): the worker is out of step with its calls. This call goes to the next.
+            return Err(Replace {
+                why: "it wrote output no call asked for".into(),
+                job: Some(job),
+            });
+        }
         // The pipe's timeout runs from now; the caller's deadline may come first.
         let (until, by_deadline) = match job.deadline {
             Some(deadline) if deadline <= now + self.spec.timeout => (deadline, true),
@@ -745,9 +778,28 @@ impl Slot {
         };
         let (failure, why) = match tokio::time::timeout_at(until, exchange).await {
             Ok(Ok(Some(line))) => match serde_json::from_slice::<Value>(&line) {
-                Ok(answer) => {
+                Ok(answer) if is_answer(&answer) => {
                     let _ = job.answer.send(Ok(answer));
+                    if pending_output(&mut worker.stdout).await {
+                        return Err(Replace {
+                            why: "it wrote more than one line for a call".into(),
+                            job: None,
+                        });
+                    }
                     return Ok(());
+                }
+                Ok(other) => {
+                    let mut shown = other.to_string();
+                    shown.truncate(200);
+                    (
+                        (
+                            ErrorCode::Internal,
+                            format!(
+                                "{who} answered `{shown}`, which is neither {{\"ok\": ...}} nor {{\"error\": ...}}; the worker was replaced"
+                            ),
+                        ),
+                        "it wrote a line that is not an answer".to_owned(),
+                    )
                 }
                 Err(err) => {
                     let mut shown = String::from_utf8_lossy(&line).into_owned();
@@ -803,7 +855,60 @@ impl Slot {
         };
         let (code, message) = failure;
         let _ = job.answer.send(Err(Failure { code, message }));
-        Err(why)
+        Err(Replace { why, job: None })
+    }
+}
+
+/// Why a worker is replaced, and the call it was handed but never got, if any.
+struct Replace {
+    why: String,
+    job: Option<Job>,
+}
+
+/// Whether an answer line says `ok` or `error`.
+fn is_answer(answer: &Value) -> bool {
+    matches!(answer, Value::Object(map) if map.contains_key("ok") || map.contains_key("error"))
+}
+
+/// Whether the worker has written output that no call has read yet.
+async fn pending_output(stdout: &mut BufReader<ChildStdout>) -> bool {
+    if !stdout.buffer().is_empty() {
+        return true;
+    }
+    matches!(
+        futures_lite::future::poll_once(stdout.fill_buf()).await,
+        Some(Ok(bytes)) if !bytes.is_empty()
+    )
+}
+
+/// Reads one line of a log into `line` (without its newline), keeping at most `limit`
+/// bytes of it; `false` at the end.
+async fn read_log_line(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<bool> {
+    line.clear();
+    let mut read_any = false;
+    loop {
+        let buffer = reader.fill_buf().await?;
+        if buffer.is_empty() {
+            return Ok(read_any);
+        }
+        read_any = true;
+        let (taken, done) = match buffer.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (buffer.len(), false),
+        };
+        let room = limit.saturating_sub(line.len());
+        line.extend_from_slice(&buffer[..taken.min(room)]);
+        reader.consume(taken);
+        if done {
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            return Ok(true);
+        }
     }
 }
 

@@ -113,6 +113,16 @@ pub fn result_reply<T: Serialize, E: Serialize>(
 /// Takes where a streaming function's items go, or refuses a call that did not ask for a
 /// stream: its items would have nowhere to go.
 pub fn stream_sink(function: &str, invocation: &mut Invocation) -> Result<ItemSink, Reply> {
+    if invocation.items.is_some() && invocation.deadline.is_none() {
+        // A stream whose caller is gone would wait for credit for ever: it must end.
+        return Err(Reply::refusal(
+            invocation.codec,
+            ErrorCode::BadRequest,
+            &format!(
+                "a stream of `{function}` needs a deadline: send the `guirpc-deadline` header (docs/PROTOCOL.md)"
+            ),
+        ));
+    }
     invocation.items.take().ok_or_else(|| {
         Reply::refusal(
             invocation.codec,

@@ -92,6 +92,10 @@ pub(crate) trait Outlet: Send + Sync {
         seq: u64,
         body: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>>;
+
+    /// Resolves when the stream must stop whatever its function is doing: the caller
+    /// cancelled it, or the connection is gone.
+    fn stopped(&self) -> Pin<Box<dyn Future<Output = Stopped> + Send + 'static>>;
 }
 
 /// How far a stream got, for the transport to send its last message (or none).
@@ -169,18 +173,28 @@ impl ItemSink {
             }
         };
         let progress = self.progress.clone();
+        let stop = |stopped: Stopped, sent: u64| {
+            let reply = stopped_reply(function, codec, sent, &stopped);
+            *progress.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(stopped);
+            reply
+        };
         let drive = async {
             let mut items = std::pin::pin!(items);
+            let mut stopped = self.outlet.stopped();
             let mut sent = 0;
-            while let Some(item) = items.next().await {
+            loop {
+                // A cancellation stops a function waiting for its next item too.
+                let item = tokio::select! {
+                    item = items.next() => item,
+                    stopped = &mut stopped => return stop(stopped, sent),
+                };
+                let Some(item) = item else { break };
                 let reply = to_reply(item);
                 if !reply.is_ok() {
                     return reply;
                 }
                 if let Err(stopped) = self.outlet.send(sent, reply.body).await {
-                    let reply = stopped_reply(function, codec, sent, &stopped);
-                    *progress.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(stopped);
-                    return reply;
+                    return stop(stopped, sent);
                 }
                 sent += 1;
                 progress.sent.store(sent, Ordering::Release);

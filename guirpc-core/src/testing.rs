@@ -245,6 +245,14 @@ impl Outlet for MemoryOutlet {
             self.0.send(item).await.map_err(|_| Stopped::Cancelled)
         })
     }
+
+    fn stopped(&self) -> std::pin::Pin<Box<dyn Future<Output = Stopped> + Send + 'static>> {
+        let items = self.0.clone();
+        Box::pin(async move {
+            items.closed().await;
+            Stopped::Cancelled
+        })
+    }
 }
 
 /// The in-memory stream's function, cancelled when its caller drops the stream.

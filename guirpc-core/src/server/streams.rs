@@ -11,14 +11,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_lite::StreamExt;
 use lapin::Channel;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tracing::debug;
 
 use super::reply::{Replier, Undelivered};
@@ -32,14 +31,35 @@ pub(super) struct Streams {
     /// The credit queue.
     queue: ShortString,
     flows: Mutex<HashMap<u64, Arc<Flow>>>,
-    next_id: AtomicU64,
 }
 
-/// One stream's credit.
+/// One stream's credit, and why it stopped, once it has.
 #[derive(Debug)]
 struct Flow {
     credit: Semaphore,
-    cancelled: AtomicBool,
+    stopped: watch::Sender<Option<Stopped>>,
+}
+
+impl Flow {
+    /// Stops the stream: no more credit, and its function is dropped.
+    fn stop(&self, why: Stopped) {
+        self.stopped.send_if_modified(|stopped| {
+            if stopped.is_none() {
+                *stopped = Some(why);
+                true
+            } else {
+                false
+            }
+        });
+        self.credit.close();
+    }
+
+    fn why(&self) -> Stopped {
+        self.stopped
+            .borrow()
+            .clone()
+            .unwrap_or(Stopped::SessionLost)
+    }
 }
 
 impl Streams {
@@ -71,7 +91,6 @@ impl Streams {
         let streams = Streams {
             queue: queue.name().clone(),
             flows: Mutex::default(),
-            next_id: AtomicU64::new(1),
         };
         Ok((Arc::new(streams), consumer))
     }
@@ -88,7 +107,7 @@ impl Streams {
         };
         let flows: Vec<Arc<Flow>> = self.flows().drain().map(|(_, flow)| flow).collect();
         for flow in flows {
-            flow.credit.close();
+            flow.stop(Stopped::SessionLost);
         }
         why
     }
@@ -113,10 +132,7 @@ impl Streams {
                 let room = (MAX_CREDIT as usize).saturating_sub(flow.credit.available_permits());
                 flow.credit.add_permits((granted as usize).min(room));
             }
-            Some(protocol::CANCEL) => {
-                flow.cancelled.store(true, Ordering::Release);
-                flow.credit.close();
-            }
+            Some(protocol::CANCEL) => flow.stop(Stopped::Cancelled),
             other => debug!("a message of type {other:?} on the credit queue, ignored"),
         }
     }
@@ -132,12 +148,23 @@ impl Streams {
         reply: ReplyTo,
         credit: u32,
     ) -> AmqpOutlet {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let flow = Arc::new(Flow {
             credit: Semaphore::new(credit.min(MAX_CREDIT) as usize),
-            cancelled: AtomicBool::new(false),
+            stopped: watch::Sender::new(None),
         });
-        self.flows().insert(id, flow.clone());
+        // Random IDs: a caller that learns the credit queue's name cannot guess another
+        // caller's stream to cancel or flood it.
+        let id = {
+            let mut flows = self.flows();
+            let id = loop {
+                let id = fastrand::u64(1..i64::MAX as u64);
+                if !flows.contains_key(&id) {
+                    break id;
+                }
+            };
+            flows.insert(id, flow.clone());
+            id
+        };
         AmqpOutlet {
             streams: self.clone(),
             id,
@@ -175,10 +202,7 @@ impl Outlet for AmqpOutlet {
         Box::pin(async move {
             match self.flow.credit.acquire().await {
                 Ok(permit) => permit.forget(),
-                Err(_) if self.flow.cancelled.load(Ordering::Acquire) => {
-                    return Err(Stopped::Cancelled);
-                }
-                Err(_) => return Err(Stopped::SessionLost),
+                Err(_) => return Err(self.flow.why()),
             }
             let credit_to = (seq == 0).then_some((&self.streams.queue, self.id));
             let properties = protocol::item_properties(
@@ -199,6 +223,22 @@ impl Outlet for AmqpOutlet {
                     Undelivered::SessionLost => Stopped::SessionLost,
                     Undelivered::GaveUp(why) => Stopped::GaveUp(why),
                 })
+        })
+    }
+
+    fn stopped(&self) -> Pin<Box<dyn Future<Output = Stopped> + Send + 'static>> {
+        self.stopped_future()
+    }
+}
+
+impl AmqpOutlet {
+    fn stopped_future(&self) -> Pin<Box<dyn Future<Output = Stopped> + Send + 'static>> {
+        let mut stopped = self.flow.stopped.subscribe();
+        Box::pin(async move {
+            match stopped.wait_for(Option::is_some).await {
+                Ok(why) => why.clone().unwrap_or(Stopped::SessionLost),
+                Err(_) => Stopped::SessionLost,
+            }
         })
     }
 }

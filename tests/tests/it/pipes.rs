@@ -318,3 +318,34 @@ async fn a_command_that_cannot_start_stops_the_server_at_start() {
         .unwrap_err();
     assert!(err.to_string().contains("`add`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_out_of_step_with_its_calls_is_replaced_and_no_caller_gets_anothers_answer() {
+    let (server, client) = serve("pipe-step", vec![rust_worker("sum")]).await;
+    let first: Value = client.call("sum", json!({"a": 1, "b": 1})).await.unwrap();
+    // Two lines for one call: the caller gets the first; the worker is replaced, so the
+    // second is nobody's answer.
+    let two: Value = client.call("sum", json!({"a": -7, "b": 1})).await.unwrap();
+    assert_eq!(two["sum"], -6);
+    let next: Value = client.call("sum", json!({"a": 5, "b": 5})).await.unwrap();
+    assert_eq!(next["sum"], 10, "a caller got another call's answer");
+    assert_ne!(next["pid"], first["pid"]);
+    // A JSON line that is no answer: `internal`, and replaced.
+    let err = client
+        .call::<Value>("sum", json!({"a": -8, "b": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Internal), "{err}");
+    assert!(err.to_string().contains("neither"), "{err}");
+    let after: Value = client.call("sum", json!({"a": 2, "b": 3})).await.unwrap();
+    assert_eq!(after["sum"], 5);
+    assert_ne!(after["pid"], next["pid"]);
+    // Bytes on stderr that are not text are logged, and the worker serves on.
+    let noisy: Value = client.call("sum", json!({"a": -9, "b": 10})).await.unwrap();
+    assert_eq!(noisy["sum"], 1);
+    for _ in 0..3 {
+        let again: Value = client.call("sum", json!({"a": 1, "b": 2})).await.unwrap();
+        assert_eq!(again["pid"], noisy["pid"], "the worker was replaced");
+    }
+    server.shutdown().await.unwrap();
+}

@@ -279,3 +279,73 @@ async fn record_by(plain: &Plain, queue: &str, token: &str, deadline: i64, id: &
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_without_a_deadline_is_refused_and_credit_for_unknown_streams_is_ignored() {
+    let (server, client) = serve("plain-stream").await;
+    let mut plain = Plain::connect().await;
+    // Asked as a stream, with no deadline: it could wait for credit for ever.
+    let stream = ("guirpc-stream", AMQPValue::LongUInt(8));
+    plain
+        .publish(
+            server.queue(),
+            json_request("s-1", headers(&[function("count_up"), stream.clone()])),
+            br#"{"token": "plain-no-deadline", "n": 3, "pause_ms": 0}"#,
+        )
+        .await;
+    let reply = plain.reply().await;
+    assert_eq!(status(&reply), "error");
+    let envelope = body(&reply);
+    assert_eq!(envelope["code"], "bad_request");
+    assert!(
+        envelope["message"].as_str().unwrap().contains("deadline"),
+        "{envelope}"
+    );
+    // With one: items, then the end marker with the count.
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 10_000;
+    plain
+        .publish(
+            server.queue(),
+            json_request(
+                "s-2",
+                headers(&[
+                    function("count_up"),
+                    stream,
+                    ("guirpc-deadline", AMQPValue::LongLongInt(deadline)),
+                ]),
+            ),
+            br#"{"token": "plain-deadline", "n": 3, "pause_ms": 0}"#,
+        )
+        .await;
+    let mut seen = Vec::new();
+    loop {
+        let message = plain.reply().await;
+        let kind = status(&message);
+        let seq = message
+            .properties
+            .message_id()
+            .as_ref()
+            .unwrap()
+            .to_string();
+        if kind == "end" {
+            assert_eq!(seq, "3");
+            break;
+        }
+        assert_eq!(kind, "item");
+        if seq == "0" {
+            let credit_to = message
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("guirpc-credit-to").cloned());
+            assert!(credit_to.is_some(), "{:?}", message.properties);
+        }
+        seen.push(body(&message));
+    }
+    assert_eq!(seen, [json!(0), json!(1), json!(2)]);
+    assert_eq!(guirpc_tests::add::call(&client, 1, 1).await.unwrap(), 2);
+}
