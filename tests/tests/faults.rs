@@ -459,6 +459,19 @@ async fn a_confirmed_cast_survives_a_broker_restart() {
     drop(broker);
 }
 
+/// Takes items until the stream fails, each within `limit`: the error.
+async fn stream_error(items: &mut guirpc_core::ItemStream<u64>, limit: Duration) -> Error {
+    use futures_lite::StreamExt;
+    loop {
+        match tokio::time::timeout(limit, items.next()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(err))) => return err,
+            Ok(None) => panic!("the stream ended as if complete"),
+            Err(_) => panic!("the stream hangs after a connection dropped"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_whose_callers_connection_drops_ends_with_a_retriable_error() {
     use futures_lite::StreamExt;
@@ -477,14 +490,7 @@ async fn a_stream_whose_callers_connection_drops_ends_with_a_retriable_error() {
     })
     .await
     .unwrap();
-    let err = loop {
-        match tokio::time::timeout(Duration::from_secs(10), items.next()).await {
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(err))) => break err,
-            Ok(None) => panic!("the stream ended as if complete"),
-            Err(_) => panic!("the stream hangs after its connection dropped"),
-        }
-    };
+    let err = stream_error(&mut items, Duration::from_secs(10)).await;
     assert!(matches!(err, Error::Connection { .. }), "{err:?}");
     assert!(err.is_retriable());
     assert!(dropped_at.elapsed() < Duration::from_secs(3));
@@ -521,14 +527,7 @@ async fn a_stream_whose_servers_connection_drops_ends_with_a_retriable_error() {
     .unwrap();
     // The server reconnects and is delivered the request again: it starts the stream
     // anew, which the caller tells apart from the rest of the old one.
-    let err = loop {
-        match tokio::time::timeout(Duration::from_secs(20), items.next()).await {
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(err))) => break err,
-            Ok(None) => panic!("the stream ended as if complete"),
-            Err(_) => panic!("the stream hangs after the server's connection dropped"),
-        }
-    };
+    let err = stream_error(&mut items, Duration::from_secs(20)).await;
     assert!(matches!(err, Error::Connection { .. }), "{err:?}");
     assert!(err.is_retriable());
     println!(

@@ -261,25 +261,27 @@ struct Credit {
 
 impl Credit {
     fn send(&self, credit: Option<u32>) {
-        let Some((queue, id)) = self.to.clone() else {
-            return;
-        };
-        let channel = self.waiting.link.channel.clone();
-        self.runtime.spawn(async move {
-            let properties = protocol::credit_properties(&id, credit);
-            if let Err(err) = channel
-                .basic_publish(
-                    "".into(),
-                    queue,
-                    BasicPublishOptions::default(),
-                    &[],
-                    properties,
-                )
-                .await
-            {
-                debug!("cannot send a stream's credit: {err}");
-            }
-        });
+        if let Some((queue, id)) = self.to.clone() {
+            let channel = self.waiting.link.channel.clone();
+            self.runtime.spawn(send_credit(channel, queue, id, credit));
+        }
+    }
+}
+
+/// Grants a stream `credit` more items, or cancels it (`None`).
+async fn send_credit(channel: Channel, queue: ShortString, id: ShortString, credit: Option<u32>) {
+    let properties = protocol::credit_properties(&id, credit);
+    if let Err(err) = channel
+        .basic_publish(
+            "".into(),
+            queue,
+            BasicPublishOptions::default(),
+            &[],
+            properties,
+        )
+        .await
+    {
+        debug!("cannot send a stream's credit: {err}");
     }
 }
 
@@ -803,19 +805,7 @@ fn refuse(link: &Link, delivery: Delivery) {
         ..
     } = piece(delivery)
     {
-        let channel = link.channel.clone();
-        tokio::spawn(async move {
-            let properties = protocol::credit_properties(&id, None);
-            let _ = channel
-                .basic_publish(
-                    "".into(),
-                    queue,
-                    BasicPublishOptions::default(),
-                    &[],
-                    properties,
-                )
-                .await;
-        });
+        tokio::spawn(send_credit(link.channel.clone(), queue, id, None));
     }
 }
 

@@ -96,26 +96,8 @@ impl Replier {
         body: &[u8],
         redelivered: bool,
     ) -> Result<(), Undelivered> {
-        if redelivered {
-            return self.send_quarantined(reply_to, properties, body).await;
-        }
-        match self
-            .channel
-            .basic_publish(
-                "".into(),
-                reply_to,
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
+        self.publish(reply_to, properties, body, redelivered, true)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                debug!("cannot publish a reply: {err}");
-                Err(Undelivered::SessionLost)
-            }
-        }
     }
 
     /// Publishes one item of a stream without waiting for it to be written: its frames
@@ -129,6 +111,18 @@ impl Replier {
         body: &[u8],
         redelivered: bool,
     ) -> Result<(), Undelivered> {
+        self.publish(reply_to, properties, body, redelivered, false)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        reply_to: ShortString,
+        properties: BasicProperties,
+        body: &[u8],
+        redelivered: bool,
+        until_written: bool,
+    ) -> Result<(), Undelivered> {
         if redelivered {
             return self.send_quarantined(reply_to, properties, body).await;
         }
@@ -139,9 +133,15 @@ impl Replier {
             body,
             properties,
         );
-        match futures_lite::future::poll_once(publish).await {
+        // Polled once, a publish has queued its frames (or found the channel closed).
+        let published = if until_written {
+            Some(publish.await)
+        } else {
+            futures_lite::future::poll_once(publish).await
+        };
+        match published {
             Some(Err(err)) => {
-                debug!("cannot publish a stream item: {err}");
+                debug!("cannot publish a reply: {err}");
                 Err(Undelivered::SessionLost)
             }
             _ => Ok(()),
