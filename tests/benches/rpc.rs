@@ -20,6 +20,7 @@
 //! cargo bench -p guirpc-tests --bench rpc -- --scale-out --svg docs/scale-out.svg  # 1..8 servers, real work
 //! cargo bench -p guirpc-tests --bench rpc -- --pipeline 200000     # observability's own cost
 //! cargo bench -p guirpc-tests --bench rpc -- --pipes              # pipe functions vs Rust
+//! cargo bench -p guirpc-tests --bench rpc -- --separate --svg docs/comparison.svg  # servers in their own process
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -134,10 +135,18 @@ struct Options {
     /// Scale-out: calls each server process runs at once (and half its prefetch)
     #[arg(long, default_value_t = 4)]
     server_concurrency: usize,
-    /// Scale-out: also draw the curves into this SVG file (a relative path is the
-    /// workspace's)
+    /// Also draw the results into this SVG file (a relative path is the workspace's): the
+    /// comparison's calls per second and p99 per arm, or the scale-out curves
     #[arg(long, value_name = "FILE")]
     svg: Option<String>,
+    /// The comparison with the servers (raw lapin's and guirpc's) in a process of their
+    /// own, as users run them; the observed arm is left out
+    #[arg(long)]
+    separate: bool,
+    /// Serve the raw and the guirpc echo on these queues until stdin closes (what
+    /// --separate starts): RAW_QUEUE,QUEUE,PREFETCH,CONCURRENCY
+    #[arg(long, value_name = "SPEC", hide = true)]
+    serve_pair: Option<String>,
     /// Measure what spans and metrics cost per call, without a broker: this many calls
     /// through the in-memory transport (client and server pipelines) per setting
     #[arg(long, value_name = "CALLS")]
@@ -181,7 +190,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if let Some(queue) = &options.serve {
+    if let Some(spec) = &options.serve_pair {
+        runtime.block_on(serve_pair(spec));
+    } else if let Some(queue) = &options.serve {
         runtime.block_on(serve_until_stdin_closes(queue, options.server_concurrency));
     } else if let Some(calls) = options.memory {
         runtime.block_on(memory(calls));
@@ -278,6 +289,8 @@ impl Arm {
 }
 
 struct Contenders {
+    /// The process serving both echoes, when it is not this one (`--separate`).
+    servers: Option<std::process::Child>,
     raw: Arc<raw::Client>,
     client: Client,
     blocking: BlockingClient,
@@ -334,37 +347,93 @@ impl Observed {
     }
 }
 
+/// Serves the raw and the guirpc echo until stdin closes: the server process of the
+/// `--separate` comparison. Prints `ready` once both serve.
+async fn serve_pair(spec: &str) {
+    let [raw_queue, queue, prefetch, concurrency] = spec.split(',').collect::<Vec<_>>()[..] else {
+        panic!("--serve-pair RAW_QUEUE,QUEUE,PREFETCH,CONCURRENCY");
+    };
+    let (prefetch, concurrency) = (prefetch.parse().unwrap(), concurrency.parse().unwrap());
+    let (_raw, server) = echo_servers(raw_queue, queue, prefetch, concurrency).await;
+    println!("ready");
+    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+        .await
+        .unwrap()
+        .unwrap();
+    server.shutdown().await.unwrap();
+}
+
+/// The raw lapin echo and the guirpc echo server.
+async fn echo_servers(
+    raw_queue: &str,
+    queue: &str,
+    prefetch: u16,
+    concurrency: usize,
+) -> (Connection, Server) {
+    let raw_server = raw::serve(&broker(), raw_queue, prefetch).await;
+    let server = Server::builder()
+        .uri(broker())
+        .queue(queue)
+        .queue_arguments(guirpc_tests::expiring())
+        .prefetch(prefetch)
+        .concurrency(concurrency)
+        .start()
+        .await
+        .unwrap();
+    (raw_server, server)
+}
+
 fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
     let pid = std::process::id();
     let (raw_queue, queue) = (format!("bench.raw.{pid}"), format!("bench.guirpc.{pid}"));
     let max_inflight = options.inflight.iter().copied().max().unwrap_or(1);
     let prefetch = u16::try_from(max_inflight * 2).unwrap_or(u16::MAX);
-    let (_raw_server, raw, _server, client) = runtime.block_on(async {
-        let raw_server = raw::serve(&broker(), &raw_queue, prefetch).await;
-        let raw = Arc::new(raw::Client::connect(&broker(), &raw_queue).await);
-        let server = Server::builder()
-            .uri(broker())
-            .queue(&queue)
-            .queue_arguments(guirpc_tests::expiring())
-            .prefetch(prefetch)
-            .concurrency(max_inflight * 2)
-            .start()
-            .await
+    let mut servers = None;
+    let in_process = if options.separate {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--serve-pair")
+            .arg(format!(
+                "{raw_queue},{queue},{prefetch},{}",
+                max_inflight * 2
+            ))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        servers = Some(child);
+        None
+    } else {
+        Some(runtime.block_on(echo_servers(&raw_queue, &queue, prefetch, max_inflight * 2)))
+    };
+    let (raw, client) = runtime.block_on(async {
+        let raw = Arc::new(raw::Client::connect(&broker(), &raw_queue).await);
         let client = Client::builder()
             .uri(broker())
             .queue(&queue)
             .connect()
             .await
             .unwrap();
-        (raw_server, raw, server, client)
+        (raw, client)
     });
     let blocking = Client::builder()
         .uri(broker())
         .queue(&queue)
         .connect_blocking()
         .unwrap();
-    let observed = options.arms.contains(&Arm::Observed).then(|| {
+    let arms: Vec<Arm> = options
+        .arms
+        .iter()
+        .copied()
+        .filter(|arm| !(options.separate && *arm == Arm::Observed))
+        .collect();
+    let observed = arms.contains(&Arm::Observed).then(|| {
         Observed::start(
             &format!("bench.observed.{pid}"),
             prefetch,
@@ -373,6 +442,7 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
         )
     });
     let contenders = Contenders {
+        servers,
         raw,
         client,
         blocking,
@@ -380,9 +450,14 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
     };
 
     println!(
-        "guirpc vs raw lapin: {} round(s) of {:?} per arm, arms alternating; broker {}",
+        "guirpc vs raw lapin: {} round(s) of {:?} per arm, arms alternating; servers {}; broker {}",
         options.rounds,
         options.duration,
+        if options.separate {
+            "in a process of their own (cpu: both processes)"
+        } else {
+            "in this process"
+        },
         guirpc_core::config::mask_uri(&broker())
     );
     println!(
@@ -402,7 +477,7 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
     for &payload in &options.payloads {
         let data: Arc<Vec<u8>> = Arc::new((0..payload).map(|i| i as u8).collect());
         for &inflight in &options.inflight {
-            let arms = &options.arms;
+            let arms = &arms;
             for &arm in arms {
                 run(
                     runtime,
@@ -455,6 +530,127 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
         std::fs::write(path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
         println!("wrote {path}");
     }
+    if let Some(path) = &options.svg {
+        let path = workspace_path(path);
+        draw_comparison(&path, &rows, options.separate).unwrap();
+        println!("wrote {}", path.display());
+    }
+    drop(in_process);
+    if let Some(mut child) = contenders.servers {
+        drop(child.stdin.take());
+        child.wait().unwrap();
+    }
+}
+
+/// `cargo bench` runs in the package's directory: a relative path is the workspace's.
+fn workspace_path(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// Draws calls per second and p99 latency per arm against calls in flight, one pair of
+/// panels per payload size, as an SVG.
+fn draw_comparison(
+    path: &std::path::Path,
+    rows: &[serde_json::Value],
+    separate: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let mut payloads: Vec<u64> = rows
+        .iter()
+        .filter_map(|r| r["payload_bytes"].as_u64())
+        .collect();
+    payloads.dedup();
+    let mut arms: Vec<String> = Vec::new();
+    for row in rows {
+        let arm = row["arm"].as_str().unwrap_or_default().to_owned();
+        if !arms.contains(&arm) {
+            arms.push(arm);
+        }
+    }
+    let height = 300 * payloads.len().max(1) as u32;
+    let root = SVGBackend::new(path, (960, height + 40)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title, body) = root.split_vertically(40);
+    title.titled(
+        &format!(
+            "guirpc vs raw lapin, servers {}",
+            if separate {
+                "in a process of their own"
+            } else {
+                "in the client's process"
+            }
+        ),
+        ("sans-serif", 18),
+    )?;
+    let colours = [BLACK, BLUE, GREEN, RED];
+    let panels = body.split_evenly((payloads.len().max(1), 2));
+    for (p, payload) in payloads.iter().enumerate() {
+        for (column, (metric, label)) in [
+            ("calls_per_second", "calls per second"),
+            ("p99_us", "p99 µs"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let of = |arm: &str| -> Vec<(f64, f64)> {
+                rows.iter()
+                    .filter(|r| r["payload_bytes"].as_u64() == Some(*payload) && r["arm"] == arm)
+                    .map(|r| {
+                        let inflight = r["in_flight"].as_f64().unwrap_or(1.0);
+                        (inflight.log2(), r[metric].as_f64().unwrap_or(0.0))
+                    })
+                    .collect()
+            };
+            let top = arms
+                .iter()
+                .flat_map(|arm| of(arm))
+                .map(|(_, y)| y)
+                .fold(1.0f64, f64::max);
+            let right = rows
+                .iter()
+                .filter_map(|r| r["in_flight"].as_f64())
+                .fold(1.0f64, f64::max)
+                .log2();
+            let mut chart = ChartBuilder::on(&panels[p * 2 + column])
+                .caption(
+                    format!("{}: {label}", human_bytes(*payload as usize)),
+                    ("sans-serif", 14),
+                )
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(-0.3f64..right + 0.3, 0f64..top * 1.1)?;
+            chart
+                .configure_mesh()
+                .x_desc("calls in flight")
+                .x_label_formatter(&|x| format!("{}", 2f64.powf(*x).round()))
+                .draw()?;
+            for (arm, colour) in arms.iter().zip(colours.iter().cycle()) {
+                let points = of(arm);
+                chart
+                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+                    .label(arm.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                    });
+                chart.draw_series(
+                    points
+                        .into_iter()
+                        .map(|pt| Circle::new(pt, 3, colour.filled())),
+                )?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperLeft)
+                .draw()?;
+        }
+    }
+    root.present()?;
+    Ok(())
 }
 
 /// CPU time (user + system) a process has used, from /proc.
@@ -503,6 +699,11 @@ fn run(
     duration: Duration,
 ) -> Samples {
     let broker = broker_pid();
+    let servers_before = contenders
+        .servers
+        .as_ref()
+        .map(|child| cpu_time(&child.id().to_string()))
+        .unwrap_or_default();
     let (own_before, broker_before) = (
         cpu_time("self"),
         broker.as_deref().map(cpu_time).unwrap_or_default(),
@@ -563,10 +764,16 @@ fn run(
                 .collect()
         }),
     };
+    // With the servers in a process of their own, "own" is both processes.
+    let servers = contenders
+        .servers
+        .as_ref()
+        .map(|child| child.id().to_string());
+    let servers_cpu = servers.as_deref().map(cpu_time).unwrap_or_default();
     Samples {
         latencies,
         elapsed: started.elapsed(),
-        own_cpu: cpu_time("self") - own_before,
+        own_cpu: cpu_time("self") - own_before + servers_cpu - servers_before,
         broker_cpu: broker.as_deref().map(cpu_time).unwrap_or_default() - broker_before,
     }
 }
@@ -808,10 +1015,7 @@ async fn scale_out(options: &Options) {
         std::fs::write(path, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
     }
     if let Some(path) = &options.svg {
-        // `cargo bench` runs in the package's directory: a relative path is the workspace's.
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(path);
+        let path = workspace_path(path);
         draw_scale_out(&path, &curves, options.work_ms, per_server).unwrap();
         println!("\nwrote {}", path.display());
     }
