@@ -271,6 +271,10 @@ impl Observe {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, clap::ValueEnum)]
 enum Arm {
     Raw,
+    /// The baseline with guirpc's request headers (function and deadline) added.
+    RawHeaders,
+    /// The baseline with a per-message `expiration` added.
+    RawExpiration,
     Async,
     /// The async client with spans at `info` and metrics on, server and client.
     Observed,
@@ -281,6 +285,8 @@ impl Arm {
     fn name(self) -> &'static str {
         match self {
             Arm::Raw => "raw lapin",
+            Arm::RawHeaders => "raw + headers",
+            Arm::RawExpiration => "raw + expiration",
             Arm::Async => "guirpc async",
             Arm::Observed => "async observed",
             Arm::Blocking => "guirpc blocking",
@@ -292,6 +298,10 @@ struct Contenders {
     /// The process serving both echoes, when it is not this one (`--separate`).
     servers: Option<std::process::Child>,
     raw: Arc<raw::Client>,
+    /// The baseline with one of guirpc's request properties added, for the arms that
+    /// measure what each costs.
+    raw_headers: Arc<raw::Client>,
+    raw_expiration: Arc<raw::Client>,
     client: Client,
     blocking: BlockingClient,
     /// Started only when its arm is measured: its runtime and connections are not left
@@ -412,15 +422,20 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
     } else {
         Some(runtime.block_on(echo_servers(&raw_queue, &queue, prefetch, max_inflight * 2)))
     };
-    let (raw, client) = runtime.block_on(async {
+    let (raw, raw_headers, raw_expiration, client) = runtime.block_on(async {
         let raw = Arc::new(raw::Client::connect(&broker(), &raw_queue).await);
+        let raw_headers =
+            Arc::new(raw::Client::connect_with(&broker(), &raw_queue, raw::Adds::headers()).await);
+        let raw_expiration = Arc::new(
+            raw::Client::connect_with(&broker(), &raw_queue, raw::Adds::expiration()).await,
+        );
         let client = Client::builder()
             .uri(broker())
             .queue(&queue)
             .connect()
             .await
             .unwrap();
-        (raw, client)
+        (raw, raw_headers, raw_expiration, client)
     });
     let blocking = Client::builder()
         .uri(broker())
@@ -444,6 +459,8 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
     let contenders = Contenders {
         servers,
         raw,
+        raw_headers,
+        raw_expiration,
         client,
         blocking,
         observed,
@@ -711,8 +728,13 @@ fn run(
     let started = Instant::now();
     let end = started + duration;
     let latencies: Vec<u32> = match arm {
-        Arm::Raw => {
-            let (raw, data) = (contenders.raw.clone(), data.clone());
+        Arm::Raw | Arm::RawHeaders | Arm::RawExpiration => {
+            let raw = match arm {
+                Arm::RawHeaders => &contenders.raw_headers,
+                Arm::RawExpiration => &contenders.raw_expiration,
+                _ => &contenders.raw,
+            };
+            let (raw, data) = (raw.clone(), data.clone());
             runtime.block_on(keep_calling(inflight, end, move || {
                 let (raw, data) = (raw.clone(), data.clone());
                 async move {
@@ -1398,13 +1420,31 @@ mod raw {
 
     /// Protocol features added to the baseline, one at a time, to measure what each costs:
     /// `RAW_CONFIRM`, `RAW_HEADERS`, `RAW_EXPIRATION` in the environment. Read once.
-    struct Adds {
+    pub struct Adds {
         confirm: bool,
         headers: bool,
         expiration: bool,
     }
 
     impl Adds {
+        /// guirpc's request headers only.
+        pub fn headers() -> Adds {
+            Adds {
+                confirm: false,
+                headers: true,
+                expiration: false,
+            }
+        }
+
+        /// A per-message `expiration` only.
+        pub fn expiration() -> Adds {
+            Adds {
+                confirm: false,
+                headers: false,
+                expiration: true,
+            }
+        }
+
         fn from_env() -> Adds {
             let set = |name: &str| std::env::var_os(name).is_some();
             Adds {
@@ -1417,6 +1457,10 @@ mod raw {
 
     impl Client {
         pub async fn connect(uri: &str, queue: &str) -> Client {
+            Client::connect_with(uri, queue, Adds::from_env()).await
+        }
+
+        pub async fn connect_with(uri: &str, queue: &str, adds: Adds) -> Client {
             let connection = Connection::connect(uri, ConnectionProperties::default())
                 .await
                 .unwrap();
@@ -1433,7 +1477,6 @@ mod raw {
                 )
                 .await
                 .unwrap();
-            let adds = Adds::from_env();
             if adds.confirm {
                 channel.confirm_select(Default::default()).await.unwrap();
             }
