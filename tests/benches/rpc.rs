@@ -566,6 +566,27 @@ fn workspace_path(path: &str) -> std::path::PathBuf {
         .join(path)
 }
 
+/// The legend of a chart, in its upper left corner.
+fn draw_legend<'a, 'b: 'a>(
+    chart: &mut plotters::prelude::ChartContext<
+        'a,
+        plotters::prelude::SVGBackend<'b>,
+        plotters::prelude::Cartesian2d<
+            plotters::coord::types::RangedCoordf64,
+            plotters::coord::types::RangedCoordf64,
+        >,
+    >,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    Ok(())
+}
+
 /// Draws calls per second and p99 latency per arm against calls in flight, one pair of
 /// panels per payload size, as an SVG.
 fn draw_comparison(
@@ -658,12 +679,7 @@ fn draw_comparison(
                         .map(|pt| Circle::new(pt, 3, colour.filled())),
                 )?;
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperLeft)
-                .draw()?;
+            draw_legend(&mut chart)?;
         }
     }
     root.present()?;
@@ -1105,12 +1121,7 @@ fn draw_scale_out(
             .label(format!("{kind}: linear"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.mix(0.35)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
+    draw_legend(&mut chart)?;
     root.present()?;
     Ok(())
 }

@@ -472,6 +472,29 @@ async fn stream_error(items: &mut guirpc_core::ItemStream<u64>, limit: Duration)
     }
 }
 
+/// Starts a long stream of `count_up` under `token`, takes 5 items, then closes the
+/// connection named `connection`: the stream, the broker, and when it was closed.
+async fn stream_then_drop(
+    client: &Client,
+    token: &str,
+    broker: PrivateBroker,
+    connection: &'static str,
+) -> (guirpc_core::ItemStream<u64>, PrivateBroker, Instant) {
+    use futures_lite::StreamExt;
+    let mut items = guirpc_tests::count_up::call(client, token.into(), 1_000_000, 5);
+    for i in 0..5 {
+        assert_eq!(items.next().await.unwrap().unwrap(), i);
+    }
+    let dropped_at = Instant::now();
+    let broker = tokio::task::spawn_blocking(move || {
+        assert_eq!(broker.close_connections_named(connection), 1);
+        broker
+    })
+    .await
+    .unwrap();
+    (items, broker, dropped_at)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_whose_callers_connection_drops_ends_with_a_retriable_error() {
     use futures_lite::StreamExt;
@@ -479,17 +502,8 @@ async fn a_stream_whose_callers_connection_drops_ends_with_a_retriable_error() {
     let (_one, broker) = private_broker("stream-client-drop").await;
     let _server = server(&broker, "streams", 8).await;
     let client = client(&broker, "streams", Duration::from_secs(60)).await;
-    let mut items = count_up::call(&client, "client-drop".into(), 1_000_000, 5);
-    for i in 0..5 {
-        assert_eq!(items.next().await.unwrap().unwrap(), i);
-    }
-    let dropped_at = Instant::now();
-    let broker = tokio::task::spawn_blocking(move || {
-        assert_eq!(broker.close_connections_named("guirpc client"), 1);
-        broker
-    })
-    .await
-    .unwrap();
+    let (mut items, broker, dropped_at) =
+        stream_then_drop(&client, "client-drop", broker, "guirpc client").await;
     let err = stream_error(&mut items, Duration::from_secs(10)).await;
     assert!(matches!(err, Error::Connection { .. }), "{err:?}");
     assert!(err.is_retriable());
@@ -509,22 +523,12 @@ async fn a_stream_whose_callers_connection_drops_ends_with_a_retriable_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_whose_servers_connection_drops_ends_with_a_retriable_error() {
-    use futures_lite::StreamExt;
-    use guirpc_tests::{count_up, progress_of};
+    use guirpc_tests::progress_of;
     let (_one, broker) = private_broker("stream-server-drop").await;
     let _server = server(&broker, "streams", 8).await;
     let client = client(&broker, "streams", Duration::from_secs(60)).await;
-    let mut items = count_up::call(&client, "server-drop".into(), 1_000_000, 5);
-    for i in 0..5 {
-        assert_eq!(items.next().await.unwrap().unwrap(), i);
-    }
-    let dropped_at = Instant::now();
-    let broker = tokio::task::spawn_blocking(move || {
-        assert_eq!(broker.close_connections_named("guirpc server streams"), 1);
-        broker
-    })
-    .await
-    .unwrap();
+    let (mut items, broker, dropped_at) =
+        stream_then_drop(&client, "server-drop", broker, "guirpc server streams").await;
     // The server reconnects and is delivered the request again: it starts the stream
     // anew, which the caller tells apart from the rest of the old one.
     let err = stream_error(&mut items, Duration::from_secs(20)).await;
