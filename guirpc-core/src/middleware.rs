@@ -59,8 +59,12 @@ pub struct ServerRequest {
     pub queue: Arc<str>,
     /// The caller's correlation ID.
     pub correlation_id: Option<ShortString>,
-    /// The request's headers, `guirpc-function` and `guirpc-deadline` among them.
+    /// The request's headers (none, from a guirpc client, unless a layer added some or
+    /// the call is traced; a version 1 request's carry its function and deadline).
     pub headers: FieldTable,
+    /// The version of the wire protocol the request is written in: 2 from guirpc clients
+    /// of this version, 1 from older ones (`docs/PROTOCOL.md`).
+    pub version: u8,
     /// When the caller stops waiting for the reply.
     pub deadline: Option<SystemTime>,
     /// Whether the broker delivered this request before (it may have run).
@@ -110,6 +114,7 @@ impl ServerRequest {
             queue,
             correlation_id: meta.correlation_id,
             headers: properties.headers().clone().unwrap_or_default(),
+            version: meta.version,
             deadline: meta.deadline,
             redelivered,
             codec,

@@ -119,7 +119,7 @@ pub fn stream_sink(function: &str, invocation: &mut Invocation) -> Result<ItemSi
             invocation.codec,
             ErrorCode::BadRequest,
             &format!(
-                "a stream of `{function}` needs a deadline: send the `guirpc-deadline` header (docs/PROTOCOL.md)"
+                "a stream of `{function}` needs a deadline: send one (`timestamp`, or the `guirpc-deadline` header: docs/PROTOCOL.md)"
             ),
         ));
     }

@@ -40,9 +40,19 @@ pub const DEFAULT_QUEUE: &str = "guirpc";
 /// RabbitMQ's direct reply-to pseudo-queue.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-/// Request header naming the function to run.
+/// The version of the wire protocol guirpc clients speak (`docs/PROTOCOL.md`). Version 2
+/// names the function in a request's `type` and carries its deadline in `timestamp`, so
+/// that a request has no header table for the broker to parse; version 1 carried both in
+/// headers. Servers read both: a request with the [`HEADER_FUNCTION`] header is version 1.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The longest function name a version 2 request carries (in `type`, an AMQP short
+/// string); a longer one is sent in version 1's header.
+pub const MAX_TYPE_LEN: usize = 255;
+
+/// Version 1's request header naming the function to run.
 pub const HEADER_FUNCTION: &str = "guirpc-function";
-/// Request header with the absolute deadline, milliseconds since the Unix epoch.
+/// Version 1's request header with the absolute deadline, milliseconds since the Unix
+/// epoch.
 pub const HEADER_DEADLINE: &str = "guirpc-deadline";
 
 /// The `type` of a reply whose body is the return value.
@@ -211,6 +221,8 @@ impl fmt::Display for ErrorCode {
 /// What a server reads from a request's properties before dispatching it.
 #[derive(Debug)]
 pub(crate) struct RequestMeta {
+    /// The protocol version the request is written in (1 or 2).
+    pub version: u8,
     pub function: Option<String>,
     pub codec: Result<Codec, String>,
     pub correlation_id: Option<ShortString>,
@@ -225,8 +237,23 @@ impl RequestMeta {
         let headers = props.headers().as_ref();
         let header = |name: &str| headers.and_then(|h| h.inner().get(name));
         let content_type = props.content_type().as_ref().map(ShortString::as_str);
+        // Version 1 names the function in a header, which wins over any `type`; version 2
+        // in `type`, with the deadline in `timestamp`.
+        let (version, function, deadline) = match (header(HEADER_FUNCTION), props.kind()) {
+            (None, Some(function)) => (
+                2,
+                Some(function.as_str().to_owned()),
+                props.timestamp().map(instant_of_ms),
+            ),
+            (function, _) => (
+                1,
+                function.and_then(value_as_str).map(Cow::into_owned),
+                header(HEADER_DEADLINE).and_then(deadline_of),
+            ),
+        };
         RequestMeta {
-            function: header(HEADER_FUNCTION).and_then(value_as_str).map(Cow::into_owned),
+            version,
+            function,
             codec: Codec::from_content_type(content_type).ok_or_else(|| {
                 format!(
                     "unsupported content_type `{}` (expected application/msgpack or application/json)",
@@ -235,7 +262,7 @@ impl RequestMeta {
             }),
             correlation_id: props.correlation_id().clone(),
             reply_to: props.reply_to().clone().filter(|r| !r.as_str().is_empty()),
-            deadline: header(HEADER_DEADLINE).and_then(deadline_of),
+            deadline,
             stream: header(HEADER_STREAM).and_then(value_as_u64).map(|credit| {
                 u32::try_from(credit).unwrap_or(MAX_CREDIT).clamp(1, MAX_CREDIT)
             }),
@@ -262,7 +289,8 @@ pub(crate) async fn declare_exchange(channel: &lapin::Channel, name: &str) -> la
         .await
 }
 
-/// The properties of a request from a guirpc client.
+/// The properties of a request from a guirpc client, in protocol version 2 (version 1
+/// for a function name too long for `type`).
 pub(crate) fn request_properties(
     function: &str,
     codec: Codec,
@@ -271,28 +299,61 @@ pub(crate) fn request_properties(
     extra_headers: &FieldTable,
 ) -> BasicProperties {
     let deadline = SystemTime::now() + timeout;
-    let deadline_ms = deadline
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let mut headers = extra_headers.clone();
-    headers.insert(
-        HEADER_FUNCTION.into(),
-        AMQPValue::LongString(LongString::from(function)),
-    );
-    headers.insert(
-        HEADER_DEADLINE.into(),
-        AMQPValue::LongLongInt(i64::try_from(deadline_ms).unwrap_or(i64::MAX)),
-    );
+    let deadline_ms = u64::try_from(
+        deadline
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX);
     // A timeout under a millisecond would round to an expiration of 0: "expire at once".
     let expiration = timeout.as_millis().max(1);
     // No `delivery_mode`: absent means transient, and costs nothing to parse.
-    BasicProperties::default()
+    let properties = BasicProperties::default()
         .with_content_type(codec.content_type().into())
         .with_correlation_id(correlation_id)
         .with_reply_to(DIRECT_REPLY_TO.into())
-        .with_expiration(itoa::Buffer::new().format(expiration).into())
-        .with_headers(headers)
+        .with_expiration(itoa::Buffer::new().format(expiration).into());
+    if function.len() > MAX_TYPE_LEN {
+        let mut headers = extra_headers.clone();
+        headers.insert(
+            HEADER_DEADLINE.into(),
+            AMQPValue::LongLongInt(i64::try_from(deadline_ms).unwrap_or(i64::MAX)),
+        );
+        return named(properties, function, &headers);
+    }
+    let properties = named(properties, function, extra_headers);
+    properties.with_timestamp(deadline_ms)
+}
+
+/// Names the function a request runs: in `type` (version 2), or in version 1's header when
+/// the name is too long for a short string. Headers only when there are some.
+fn named(properties: BasicProperties, function: &str, headers: &FieldTable) -> BasicProperties {
+    if function.len() > MAX_TYPE_LEN {
+        let mut headers = headers.clone();
+        headers.insert(
+            HEADER_FUNCTION.into(),
+            AMQPValue::LongString(LongString::from(function)),
+        );
+        return properties.with_headers(headers);
+    }
+    let properties = properties.with_type(function.into());
+    let own = |key: &str| key == HEADER_FUNCTION || key == HEADER_DEADLINE;
+    if headers.inner().keys().all(|key| !own(key.as_str())) {
+        return match headers.inner().is_empty() {
+            true => properties,
+            false => properties.with_headers(headers.clone()),
+        };
+    }
+    // A layer's header of version 1's names would be read in place of the request's own.
+    let kept = headers.inner().iter().filter(|(key, _)| !own(key.as_str()));
+    let kept: std::collections::BTreeMap<_, _> = kept
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    match kept.is_empty() {
+        true => properties,
+        false => properties.with_headers(kept.into()),
+    }
 }
 
 /// The properties of a cast: a one-way request, persistent (a durable queue keeps it
@@ -303,15 +364,10 @@ pub(crate) fn cast_properties(
     codec: Codec,
     extra_headers: &FieldTable,
 ) -> BasicProperties {
-    let mut headers = extra_headers.clone();
-    headers.insert(
-        HEADER_FUNCTION.into(),
-        AMQPValue::LongString(LongString::from(function)),
-    );
-    BasicProperties::default()
+    let properties = BasicProperties::default()
         .with_content_type(codec.content_type().into())
-        .with_delivery_mode(2)
-        .with_headers(headers)
+        .with_delivery_mode(2);
+    named(properties, function, extra_headers)
 }
 
 /// The properties of an event: persistent, its topic the routing key.
@@ -458,6 +514,14 @@ pub(crate) fn value_as_str(value: &AMQPValue) -> Option<Cow<'_, str>> {
     }
 }
 
+/// An instant given as milliseconds since the epoch; one the clock cannot reach is far
+/// enough in the future to be no deadline at all.
+fn instant_of_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2))
+}
+
 /// A deadline header's instant. Milliseconds before the epoch (a negative number) are a
 /// deadline in the past, not the absence of one.
 fn deadline_of(value: &AMQPValue) -> Option<SystemTime> {
@@ -480,13 +544,7 @@ fn deadline_of(value: &AMQPValue) -> Option<SystemTime> {
             .ok()?,
         _ => return None,
     };
-    let ms = u64::try_from(ms.max(0)).unwrap_or(u64::MAX);
-    // Far enough in the future to be no deadline at all, where the clock cannot go.
-    Some(
-        UNIX_EPOCH
-            .checked_add(Duration::from_millis(ms))
-            .unwrap_or(UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2)),
-    )
+    Some(instant_of_ms(u64::try_from(ms.max(0)).unwrap_or(u64::MAX)))
 }
 
 #[cfg(test)]
@@ -503,7 +561,9 @@ mod tests {
             &FieldTable::default(),
         );
         assert_eq!(props.expiration().as_ref().unwrap().as_str(), "5000");
+        assert!(props.headers().is_none(), "version 2 sends no header table");
         let meta = RequestMeta::read(&props);
+        assert_eq!(meta.version, 2);
         assert_eq!(meta.function.as_deref(), Some("add"));
         assert_eq!(meta.codec, Ok(Codec::Json));
         assert_eq!(meta.correlation_id.unwrap().as_str(), "7");
@@ -514,6 +574,80 @@ mod tests {
             .duration_since(SystemTime::now())
             .unwrap();
         assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_name_too_long_for_type_goes_in_version_1_headers() {
+        let name = "f".repeat(MAX_TYPE_LEN + 1);
+        let props = request_properties(
+            &name,
+            Codec::MsgPack,
+            "1".into(),
+            Duration::from_secs(5),
+            &FieldTable::default(),
+        );
+        assert!(props.kind().is_none());
+        let meta = RequestMeta::read(&props);
+        assert_eq!(meta.version, 1);
+        assert_eq!(meta.function.as_deref(), Some(name.as_str()));
+        assert!(meta.deadline.unwrap() > SystemTime::now());
+        let cast = RequestMeta::read(&cast_properties(
+            &name,
+            Codec::MsgPack,
+            &FieldTable::default(),
+        ));
+        assert_eq!(
+            (cast.version, cast.function.as_deref()),
+            (1, Some(name.as_str()))
+        );
+    }
+
+    #[test]
+    fn version_1_headers_win_over_type_and_a_layer_cannot_fake_them() {
+        // A version 1 request whose sender put something else in `type`.
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_FUNCTION.into(), AMQPValue::LongString("add".into()));
+        let props = BasicProperties::default()
+            .with_headers(headers.clone())
+            .with_type("order".into())
+            .with_timestamp(1);
+        let meta = RequestMeta::read(&props);
+        assert_eq!((meta.version, meta.function.as_deref()), (1, Some("add")));
+        assert_eq!(
+            meta.deadline, None,
+            "version 1 reads no deadline from `timestamp`"
+        );
+        // A client layer's header of a version 1 name does not replace the function.
+        headers.insert(HEADER_DEADLINE.into(), AMQPValue::LongLongInt(0));
+        headers.insert("tenant".into(), AMQPValue::LongString("a".into()));
+        let props = request_properties(
+            "sub",
+            Codec::MsgPack,
+            "1".into(),
+            Duration::from_secs(5),
+            &headers,
+        );
+        let meta = RequestMeta::read(&props);
+        assert_eq!((meta.version, meta.function.as_deref()), (2, Some("sub")));
+        assert!(meta.deadline.unwrap() > SystemTime::now());
+        let sent = props.headers().as_ref().unwrap().inner();
+        assert!(sent.contains_key("tenant") && sent.len() == 1);
+    }
+
+    #[test]
+    fn a_version_2_deadline_is_the_timestamp_in_milliseconds() {
+        let read = |timestamp| {
+            RequestMeta::read(
+                &BasicProperties::default()
+                    .with_type("f".into())
+                    .with_timestamp(timestamp),
+            )
+            .deadline
+        };
+        assert_eq!(read(1500), Some(UNIX_EPOCH + Duration::from_millis(1500)));
+        assert!(read(u64::MAX).unwrap() > SystemTime::now());
+        let none = RequestMeta::read(&BasicProperties::default().with_type("f".into()));
+        assert_eq!((none.version, none.deadline), (2, None));
     }
 
     #[test]

@@ -275,6 +275,9 @@ enum Arm {
     RawHeaders,
     /// The baseline with a per-message `expiration` added.
     RawExpiration,
+    /// The baseline with the function in `type` and the deadline in `timestamp` (no
+    /// header table): protocol version 2's request properties.
+    RawType,
     Async,
     /// The async client with spans at `info` and metrics on, server and client.
     Observed,
@@ -287,6 +290,7 @@ impl Arm {
             Arm::Raw => "raw lapin",
             Arm::RawHeaders => "raw + headers",
             Arm::RawExpiration => "raw + expiration",
+            Arm::RawType => "raw + type",
             Arm::Async => "guirpc async",
             Arm::Observed => "async observed",
             Arm::Blocking => "guirpc blocking",
@@ -302,6 +306,7 @@ struct Contenders {
     /// measure what each costs.
     raw_headers: Arc<raw::Client>,
     raw_expiration: Arc<raw::Client>,
+    raw_type: Arc<raw::Client>,
     client: Client,
     blocking: BlockingClient,
     /// Started only when its arm is measured: its runtime and connections are not left
@@ -422,20 +427,22 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
     } else {
         Some(runtime.block_on(echo_servers(&raw_queue, &queue, prefetch, max_inflight * 2)))
     };
-    let (raw, raw_headers, raw_expiration, client) = runtime.block_on(async {
+    let (raw, raw_headers, raw_expiration, raw_type, client) = runtime.block_on(async {
         let raw = Arc::new(raw::Client::connect(&broker(), &raw_queue).await);
         let raw_headers =
             Arc::new(raw::Client::connect_with(&broker(), &raw_queue, raw::Adds::headers()).await);
         let raw_expiration = Arc::new(
             raw::Client::connect_with(&broker(), &raw_queue, raw::Adds::expiration()).await,
         );
+        let raw_type =
+            Arc::new(raw::Client::connect_with(&broker(), &raw_queue, raw::Adds::kind()).await);
         let client = Client::builder()
             .uri(broker())
             .queue(&queue)
             .connect()
             .await
             .unwrap();
-        (raw, raw_headers, raw_expiration, client)
+        (raw, raw_headers, raw_expiration, raw_type, client)
     });
     let blocking = Client::builder()
         .uri(broker())
@@ -461,6 +468,7 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
         raw,
         raw_headers,
         raw_expiration,
+        raw_type,
         client,
         blocking,
         observed,
@@ -744,10 +752,11 @@ fn run(
     let started = Instant::now();
     let end = started + duration;
     let latencies: Vec<u32> = match arm {
-        Arm::Raw | Arm::RawHeaders | Arm::RawExpiration => {
+        Arm::Raw | Arm::RawHeaders | Arm::RawExpiration | Arm::RawType => {
             let raw = match arm {
                 Arm::RawHeaders => &contenders.raw_headers,
                 Arm::RawExpiration => &contenders.raw_expiration,
+                Arm::RawType => &contenders.raw_type,
                 _ => &contenders.raw,
             };
             let (raw, data) = (raw.clone(), data.clone());
@@ -1430,11 +1439,12 @@ mod raw {
     }
 
     /// Protocol features added to the baseline, one at a time, to measure what each costs:
-    /// `RAW_CONFIRM`, `RAW_HEADERS`, `RAW_EXPIRATION` in the environment. Read once.
+    /// `RAW_CONFIRM`, `RAW_HEADERS`, `RAW_EXPIRATION`, `RAW_TYPE` in the environment. Read once.
     pub struct Adds {
         confirm: bool,
         headers: bool,
         expiration: bool,
+        kind: bool,
     }
 
     impl Adds {
@@ -1444,6 +1454,7 @@ mod raw {
                 confirm: false,
                 headers: true,
                 expiration: false,
+                kind: false,
             }
         }
 
@@ -1453,6 +1464,17 @@ mod raw {
                 confirm: false,
                 headers: false,
                 expiration: true,
+                kind: false,
+            }
+        }
+
+        /// The function in `type` and the deadline in `timestamp`, no header table.
+        pub fn kind() -> Adds {
+            Adds {
+                confirm: false,
+                headers: false,
+                expiration: false,
+                kind: true,
             }
         }
 
@@ -1462,6 +1484,7 @@ mod raw {
                 confirm: set("RAW_CONFIRM"),
                 headers: set("RAW_HEADERS"),
                 expiration: set("RAW_EXPIRATION"),
+                kind: set("RAW_TYPE"),
             }
         }
     }
@@ -1536,6 +1559,11 @@ mod raw {
             }
             if self.adds.expiration {
                 properties = properties.with_expiration("30000".into());
+            }
+            if self.adds.kind {
+                properties = properties
+                    .with_type("bench.echo".into())
+                    .with_timestamp(1 << 50);
             }
             let confirm = self.adds.confirm;
             let options = BasicPublishOptions {

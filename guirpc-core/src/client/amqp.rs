@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::ConfirmSelectOptions;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
@@ -54,10 +53,10 @@ pub(super) async fn connect(
         next_id: AtomicU64::new(1),
     });
     let target = Target { brokers, metrics };
-    let (link, replies) = Link::open(&target, &shared).await?;
+    let (link, ended) = Link::open(&target, &shared).await?;
     let link = Arc::new(link);
     *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
-    let supervisor = tokio::spawn(supervise(target, shared.clone(), link, replies));
+    let supervisor = tokio::spawn(supervise(target, shared.clone(), link, ended));
     Ok((shared, supervisor))
 }
 
@@ -450,14 +449,21 @@ impl Shared {
 pub(super) struct Link {
     pub(super) connection: Connection,
     channel: Channel,
-    pending: Pending,
+    pending: Arc<Pending>,
+    /// The reply consumer, kept so that it is not cancelled; its deliveries go to
+    /// [`Router::deliver`].
+    _replies: lapin::Consumer,
     /// The channel casts are published on, in publisher-confirm mode; opened by the first
     /// cast (calls need no confirms: their reply is the confirmation).
     casts: tokio::sync::OnceCell<Channel>,
 }
 
 impl Link {
-    async fn open(target: &Target, shared: &Arc<Shared>) -> Result<(Link, lapin::Consumer), Error> {
+    /// Opens a link; the receiver learns when its reply consumer ends.
+    async fn open(
+        target: &Target,
+        shared: &Arc<Shared>,
+    ) -> Result<(Link, oneshot::Receiver<()>), Error> {
         let failed = |err: lapin::Error| Error::connection(&shared.masked_uri, err);
         let connected = target
             .brokers
@@ -495,13 +501,29 @@ impl Link {
             )
             .await
             .map_err(failed)?;
+        let pending = Arc::new(Pending::default());
+        let (ended, end) = oneshot::channel();
+        let router = Router {
+            pending: pending.clone(),
+            channel: channel.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            ended: Mutex::new(Some(ended)),
+        };
+        // Called on lapin's I/O thread as each reply completes: the reply goes straight
+        // to its call (for a blocking call, straight to the thread waiting), with no task
+        // in between. lapin spawns the future it returns, which is already done.
+        replies.set_delegate(move |delivery| {
+            router.deliver(delivery);
+            std::future::ready(())
+        });
         let link = Link {
             connection,
             channel,
-            pending: Pending::default(),
+            pending,
+            _replies: replies,
             casts: tokio::sync::OnceCell::new(),
         };
-        Ok((link, replies))
+        Ok((link, end))
     }
 
     /// The confirming channel of casts and events, opened on first use (and the events
@@ -526,15 +548,16 @@ impl Link {
     }
 }
 
-/// Routes replies while the link lives; then fails its calls and reconnects, forever.
+/// Collects returned requests while the link lives; then fails its calls and reconnects,
+/// forever.
 async fn supervise(
     target: Target,
     shared: Arc<Shared>,
     mut link: Arc<Link>,
-    mut replies: lapin::Consumer,
+    mut ended: oneshot::Receiver<()>,
 ) {
     loop {
-        route_replies(&mut replies, &link).await;
+        collect_returns(&mut ended, &link).await;
         // Unpublished first: a call failed below and retried must find no link, and wait
         // for the next one rather than try the dead one again.
         drop(shared.take_link());
@@ -543,10 +566,10 @@ async fn supervise(
         warn!("lost the connection to {}; reconnecting", shared.masked_uri);
         target.brokers.lost();
         let mut backoff = Backoff::new();
-        (link, replies) = loop {
+        (link, ended) = loop {
             backoff.wait().await;
             match Link::open(&target, &shared).await {
-                Ok((new, replies)) => break (Arc::new(new), replies),
+                Ok((new, ended)) => break (Arc::new(new), ended),
                 Err(err) => warn!("cannot reconnect to {}: {err}", shared.masked_uri),
             }
         };
@@ -738,18 +761,17 @@ const RETURNS_EVERY: Duration = Duration::from_millis(10);
 /// client costs no wake-ups.
 const PARK_AFTER_QUIET_TICKS: u32 = 100;
 
-/// Hands each reply to the call waiting for it, and fails calls whose request the broker
-/// returned as unroutable, until the reply consumer ends.
-async fn route_replies(replies: &mut lapin::Consumer, link: &Link) {
+/// Fails calls whose request the broker returned as unroutable, until the link's reply
+/// consumer ends.
+async fn collect_returns(ended: &mut oneshot::Receiver<()>, link: &Link) {
     let mut returns = tokio::time::interval(RETURNS_EVERY);
     returns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut parked, mut quiet_ticks) = (false, 0);
     loop {
-        let delivery = tokio::select! {
-            delivery = replies.next() => delivery,
+        tokio::select! {
+            _ = &mut *ended => return,
             () = link.pending.busy.notified(), if parked => {
                 (parked, quiet_ticks) = (false, 0);
-                continue;
             }
             _ = returns.tick(), if !parked => {
                 if link.pending.has_waiting() {
@@ -773,39 +795,58 @@ async fn route_replies(replies: &mut lapin::Consumer, link: &Link) {
                     }
                     Err(err) => debug!("collecting returned requests: {err}"),
                 }
-                continue;
             }
-        };
-        match delivery {
-            Some(Ok(delivery)) => {
-                let unwanted = match correlation(&delivery) {
-                    Some(id) => link.pending.route(id, delivery),
-                    None => Some(delivery),
-                };
-                if let Some(delivery) = unwanted {
-                    refuse(link, delivery);
-                }
-            }
-            Some(Err(err)) => {
-                debug!("the reply consumer ended: {err}");
-                return;
-            }
-            None => return,
         }
     }
 }
 
-/// A reply no call waits for (late, or a duplicate) is dropped; the first item of a
-/// stream no one waits for any more (its caller gave up before it came) is cancelled, so
-/// that its server stops.
-fn refuse(link: &Link, delivery: Delivery) {
-    debug!("dropping a reply no call waits for (late, or a duplicate)");
-    if let Piece::Item {
-        credit_to: Some((queue, id)),
-        ..
-    } = piece(delivery)
-    {
-        tokio::spawn(send_credit(link.channel.clone(), queue, id, None));
+/// Hands each reply to the call waiting for it, on lapin's I/O thread.
+struct Router {
+    pending: Arc<Pending>,
+    channel: Channel,
+    /// Where a cancellation of an unwanted stream is sent from.
+    runtime: tokio::runtime::Handle,
+    /// Told once the consumer ends (cancelled, or its channel or connection failed).
+    ended: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Router {
+    fn deliver(&self, delivery: lapin::message::DeliveryResult) {
+        match delivery {
+            Ok(Some(delivery)) => {
+                let unwanted = match correlation(&delivery) {
+                    Some(id) => self.pending.route(id, delivery),
+                    None => Some(delivery),
+                };
+                if let Some(delivery) = unwanted {
+                    self.refuse(delivery);
+                }
+            }
+            Ok(None) | Err(_) => {
+                if let Err(err) = &delivery {
+                    debug!("the reply consumer ended: {err}");
+                }
+                let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(ended) = ended {
+                    let _ = ended.send(());
+                }
+            }
+        }
+    }
+
+    /// A reply no call waits for (late, or a duplicate) is dropped; the first item of a
+    /// stream no one waits for any more (its caller gave up before it came) is cancelled,
+    /// so that its server stops.
+    fn refuse(&self, delivery: Delivery) {
+        debug!("dropping a reply no call waits for (late, or a duplicate)");
+        if let Piece::Item {
+            credit_to: Some((queue, id)),
+            ..
+        } = piece(delivery)
+        {
+            self.runtime
+                .spawn(send_credit(self.channel.clone(), queue, id, None));
+        }
     }
 }
 

@@ -217,7 +217,7 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
     }
     if function.is_empty() {
         let message = format!(
-            "the request has no `{}` header naming the function",
+            "the request names no function (in its `type`, or a `{}` header)",
             protocol::HEADER_FUNCTION
         );
         return rejected(codec, ErrorCode::BadRequest, &message);

@@ -262,6 +262,63 @@ async fn a_request_past_its_deadline_is_not_run() {
     assert!(wait_recorded(&token, 1, Duration::from_secs(1)).await);
 }
 
+/// Protocol version 2: the function in `type`, the deadline in `timestamp` (milliseconds
+/// since the epoch), no header table; the same server answers version 1 beside it.
+#[tokio::test(flavor = "multi_thread")]
+async fn version_2_requests_name_the_function_in_type_and_the_deadline_in_timestamp() {
+    let (server, _) = serve("plain-v2").await;
+    let mut plain = Plain::connect().await;
+    let v2 = |id: &str, function: &str| {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_correlation_id(id.into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_type(function.into())
+    };
+    plain
+        .publish(server.queue(), v2("v2-1", "add"), br#"{"a": 1, "b": 2}"#)
+        .await;
+    let reply = plain.reply().await;
+    assert_eq!((status(&reply), body(&reply)), ("ok".into(), json!(3)));
+    // Version 1 on the same queue, and a header that wins over a `type` of its own.
+    let v1 = json_request("v1-1", headers(&[function("add")])).with_type("order".into());
+    plain.publish(server.queue(), v1, b"[40, 2]").await;
+    let reply = plain.reply().await;
+    assert_eq!((status(&reply), body(&reply)), ("ok".into(), json!(42)));
+    // A deadline in the past: not run.
+    let token = format!("late-v2-{}", std::process::id());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let record = json!({ "token": token }).to_string();
+    plain
+        .publish(
+            server.queue(),
+            v2("v2-late", "record").with_timestamp(now - 1000),
+            record.as_bytes(),
+        )
+        .await;
+    let reply = plain.reply().await;
+    assert_eq!(body(&reply)["code"], "deadline_exceeded");
+    assert!(!wait_recorded(&token, 1, Duration::from_millis(200)).await);
+    plain
+        .publish(
+            server.queue(),
+            v2("v2-on-time", "record").with_timestamp(now + 60_000),
+            record.as_bytes(),
+        )
+        .await;
+    assert_eq!(status(&plain.reply().await), "ok");
+    assert!(wait_recorded(&token, 1, Duration::from_secs(1)).await);
+    // An unknown function named in `type`.
+    plain
+        .publish(server.queue(), v2("v2-nope", "nope"), b"{}")
+        .await;
+    let reply = plain.reply().await;
+    assert_eq!(body(&reply)["code"], "not_found");
+}
+
 /// Asks `record` to record `token`, with a deadline (milliseconds since the epoch).
 async fn record_by(plain: &Plain, queue: &str, token: &str, deadline: i64, id: &str) {
     let props = json_request(
