@@ -40,8 +40,8 @@ def call(uri, queue, function, args, timeout):
         properties=pika.BasicProperties(
             content_type="application/json", correlation_id=correlation_id,
             reply_to=REPLY_TO, expiration=str(timeout_ms),
-            headers={"guirpc-function": function,  # a str is sent as a long string (S)
-                     "guirpc-deadline": int(time.time() * 1000) + timeout_ms}))
+            type=function,  # protocol version 2: the function, and the deadline in ms
+            timestamp=int(time.time() * 1000) + timeout_ms))
     deadline = time.monotonic() + timeout
     while not outcome and time.monotonic() < deadline:
         connection.process_data_events(time_limit=max(0, deadline - time.monotonic()))

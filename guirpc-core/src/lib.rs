@@ -52,7 +52,7 @@ pub mod trace;
 pub mod __private;
 
 pub use client::{BlockingClient, Client, ClientBuilder, Event, Subscription};
-pub use codec::Codec;
+pub use codec::{Bytes, Codec};
 pub use config::Settings;
 pub use error::{Error, RemoteError};
 pub use guirpc_macros::{rpc, subscribe};

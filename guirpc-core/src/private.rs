@@ -19,12 +19,16 @@ pub fn decode_args<A: DeserializeOwned>(
     invocation: &Invocation,
 ) -> Result<A, Reply> {
     // `null` stands for "no arguments" (what `()` encodes to): decoded as an empty map.
-    let body: &[u8] = match (invocation.codec, invocation.body.as_slice()) {
+    let empty: &'static [u8] = match (invocation.codec, &invocation.body[..]) {
         (Codec::MsgPack, [0xc0]) => &[0x80],
         (Codec::Json, body) if body.trim_ascii() == b"null" => b"{}",
-        (_, body) => body,
+        _ => &[],
     };
-    invocation.codec.decode(body).map_err(|err| {
+    let decoded = match empty {
+        [] => invocation.codec.decode_shared(&invocation.body),
+        empty => invocation.codec.decode(empty),
+    };
+    decoded.map_err(|err| {
         Reply::error(
             invocation.codec,
             ErrorCode::BadRequest,
@@ -39,13 +43,16 @@ pub fn decode_event<T: DeserializeOwned>(
     subscriber: &str,
     invocation: &Invocation,
 ) -> Result<T, Reply> {
-    invocation.codec.decode(&invocation.body).map_err(|err| {
-        Reply::refusal(
-            invocation.codec,
-            ErrorCode::BadRequest,
-            &format!("the event for `{subscriber}` does not decode: {err}"),
-        )
-    })
+    invocation
+        .codec
+        .decode_shared(&invocation.body)
+        .map_err(|err| {
+            Reply::refusal(
+                invocation.codec,
+                ErrorCode::BadRequest,
+                &format!("the event for `{subscriber}` does not decode: {err}"),
+            )
+        })
 }
 
 /// Runs a plain `fn` on the blocking pool. A panic is resumed in the calling task, where

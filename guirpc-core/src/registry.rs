@@ -22,7 +22,8 @@ pub type HandlerFn = fn(Invocation) -> HandlerFuture;
 #[derive(Debug)]
 pub struct Invocation {
     pub codec: Codec,
-    pub body: Vec<u8>,
+    /// The encoded arguments, shared with the [`crate::Bytes`] decoded from them.
+    pub body: bytes::Bytes,
     /// When the caller stops waiting.
     pub deadline: Option<std::time::SystemTime>,
     /// Where a streaming function's items go, when the caller asked for a stream.
@@ -176,7 +177,7 @@ impl Function {
     pub fn __invoke(&self, codec: Codec, body: Vec<u8>) -> HandlerFuture {
         self.invoke(Invocation {
             codec,
-            body,
+            body: body.into(),
             deadline: None,
             items: None,
         })

@@ -246,6 +246,16 @@ pub async fn echo(data: Vec<u8>) -> Vec<u8> {
     data
 }
 
+/// Takes and returns bytes that share the request's buffer, and says whether they did.
+#[rpc]
+pub async fn echo_shared(data: guirpc_core::Bytes) -> (guirpc_core::Bytes, bool) {
+    // A copy is a buffer of its own; a share has the request's body for company.
+    match data.into_inner().try_into_mut() {
+        Ok(own) => (own.freeze().into(), false),
+        Err(shared) => (shared.into(), true),
+    }
+}
+
 /// Calls seen by [`record`], by token.
 pub fn recorded() -> &'static (Mutex<HashMap<String, u32>>, Notify) {
     static RECORDED: OnceLock<(Mutex<HashMap<String, u32>>, Notify)> = OnceLock::new();

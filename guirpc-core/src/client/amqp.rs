@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::ConfirmSelectOptions;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
@@ -150,13 +151,15 @@ async fn send_request<R>(
                     &request.body,
                     properties,
                 );
-                tokio::select! {
-                    published = publish => match published {
-                        Ok(_) => return Ok((waiting, reply)),
-                        // Not sent: the link is dying; wait for the next.
-                        Err(err) => debug!(function, "the request was not sent: {err}"),
-                    },
-                    () = expired.as_mut() => return Err(timed_out(shared, request)),
+                // Polled once, a publish has queued its frames (or found the channel
+                // closed): the call waits for its reply, not for the frames to be written,
+                // which would cost a wake-up of its task (its thread, for a blocking call)
+                // per call. Frames that a failing connection never writes fail the call
+                // with the link, like a reply that never comes.
+                match futures_lite::future::poll_once(publish).await {
+                    // Not sent: the link is dying; wait for the next.
+                    Some(Err(err)) => debug!(function, "the request was not sent: {err}"),
+                    _ => return Ok((waiting, reply)),
                 }
             }
         }
@@ -450,9 +453,6 @@ pub(super) struct Link {
     pub(super) connection: Connection,
     channel: Channel,
     pending: Arc<Pending>,
-    /// The reply consumer, kept so that it is not cancelled; its deliveries go to
-    /// [`Router::deliver`].
-    _replies: lapin::Consumer,
     /// The channel casts are published on, in publisher-confirm mode; opened by the first
     /// cast (calls need no confirms: their reply is the confirmation).
     casts: tokio::sync::OnceCell<Channel>,
@@ -503,24 +503,16 @@ impl Link {
             .map_err(failed)?;
         let pending = Arc::new(Pending::default());
         let (ended, end) = oneshot::channel();
-        let router = Router {
-            pending: pending.clone(),
-            channel: channel.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            ended: Mutex::new(Some(ended)),
-        };
-        // Called on lapin's I/O thread as each reply completes: the reply goes straight
-        // to its call (for a blocking call, straight to the thread waiting), with no task
-        // in between. lapin spawns the future it returns, which is already done.
-        replies.set_delegate(move |delivery| {
-            router.deliver(delivery);
-            std::future::ready(())
-        });
+        tokio::spawn(route_replies(
+            replies,
+            pending.clone(),
+            channel.clone(),
+            ended,
+        ));
         let link = Link {
             connection,
             channel,
             pending,
-            _replies: replies,
             casts: tokio::sync::OnceCell::new(),
         };
         Ok((link, end))
@@ -800,53 +792,49 @@ async fn collect_returns(ended: &mut oneshot::Receiver<()>, link: &Link) {
     }
 }
 
-/// Hands each reply to the call waiting for it, on lapin's I/O thread.
-struct Router {
+/// Hands each reply to the call waiting for it, until the consumer ends; then says so.
+///
+/// Routing on lapin's I/O thread instead (a consumer delegate) would save blocking calls
+/// a hop, but lapin spawns a task for every delivery a delegate takes: measured, that cost
+/// more than the hop (docs/PERFORMANCE.md).
+async fn route_replies(
+    mut replies: lapin::Consumer,
     pending: Arc<Pending>,
     channel: Channel,
-    /// Where a cancellation of an unwanted stream is sent from.
-    runtime: tokio::runtime::Handle,
-    /// Told once the consumer ends (cancelled, or its channel or connection failed).
-    ended: Mutex<Option<oneshot::Sender<()>>>,
-}
-
-impl Router {
-    fn deliver(&self, delivery: lapin::message::DeliveryResult) {
-        match delivery {
-            Ok(Some(delivery)) => {
+    ended: oneshot::Sender<()>,
+) {
+    loop {
+        match replies.next().await {
+            Some(Ok(delivery)) => {
                 let unwanted = match correlation(&delivery) {
-                    Some(id) => self.pending.route(id, delivery),
+                    Some(id) => pending.route(id, delivery),
                     None => Some(delivery),
                 };
                 if let Some(delivery) = unwanted {
-                    self.refuse(delivery);
+                    refuse(&channel, delivery);
                 }
             }
-            Ok(None) | Err(_) => {
-                if let Err(err) = &delivery {
-                    debug!("the reply consumer ended: {err}");
-                }
-                let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(ended) = ended {
-                    let _ = ended.send(());
-                }
+            Some(Err(err)) => {
+                debug!("the reply consumer ended: {err}");
+                break;
             }
+            None => break,
         }
     }
+    let _ = ended.send(());
+}
 
-    /// A reply no call waits for (late, or a duplicate) is dropped; the first item of a
-    /// stream no one waits for any more (its caller gave up before it came) is cancelled,
-    /// so that its server stops.
-    fn refuse(&self, delivery: Delivery) {
-        debug!("dropping a reply no call waits for (late, or a duplicate)");
-        if let Piece::Item {
-            credit_to: Some((queue, id)),
-            ..
-        } = piece(delivery)
-        {
-            self.runtime
-                .spawn(send_credit(self.channel.clone(), queue, id, None));
-        }
+/// A reply no call waits for (late, or a duplicate) is dropped; the first item of a
+/// stream no one waits for any more (its caller gave up before it came) is cancelled, so
+/// that its server stops.
+fn refuse(channel: &Channel, delivery: Delivery) {
+    debug!("dropping a reply no call waits for (late, or a duplicate)");
+    if let Piece::Item {
+        credit_to: Some((queue, id)),
+        ..
+    } = piece(delivery)
+    {
+        tokio::spawn(send_credit(channel.clone(), queue, id, None));
     }
 }
 

@@ -416,9 +416,11 @@ impl Client {
         reply: ClientResponse,
     ) -> Result<R, Error> {
         if reply.ok {
+            // The `Bytes` in the value share the reply's buffer.
+            let body = bytes::Bytes::from(reply.body);
             reply
                 .codec
-                .decode(&reply.body)
+                .decode_shared(&body)
                 .map_err(|source| Error::Decode {
                     function: function.to_owned(),
                     source,

@@ -9,6 +9,9 @@
 
 mod extent;
 mod finite;
+mod shared;
+
+pub use shared::Bytes;
 
 use std::fmt;
 use std::str::FromStr;
@@ -100,6 +103,12 @@ impl Codec {
         };
         // Only a failure pays for the second, slower decode that explains it.
         decoded.map_err(|plain| CodecError(self.explain::<T>(body).unwrap_or(plain)))
+    }
+
+    /// Decodes a value from a shared buffer: the [`Bytes`] in it share the buffer, where
+    /// [`Codec::decode`] would copy them out.
+    pub fn decode_shared<T: DeserializeOwned>(self, body: &bytes::Bytes) -> Result<T, CodecError> {
+        shared::decoding_from(body, || self.decode(body))
     }
 
     /// Decodes again, tracking the path to the value that did not fit, with serde_json's

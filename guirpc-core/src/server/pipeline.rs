@@ -195,7 +195,7 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
     if let Some(subscriber) = subscriber {
         let future = (subscriber.handler())(Invocation {
             codec,
-            body,
+            body: body.into(),
             deadline: None,
             items: None,
         });
@@ -247,7 +247,7 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
     });
     let future = registered.invoke(Invocation {
         codec,
-        body,
+        body: body.into(),
         deadline,
         items,
     });

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use guirpc_core::Codec;
 use guirpc_tests::{
-    Move, Point, add, answer, api, checked_div, echo, histogram, join, nothing, serve, shift,
+    Move, Point, add, answer, api, checked_div, echo, echo_shared, histogram, join, nothing, serve,
+    shift,
 };
 use serde_json::json;
 
@@ -66,6 +67,17 @@ async fn both_codecs_carry_every_shape() {
             bytes,
             "{codec}"
         );
+        // `Bytes` reads what `Vec<u8>` writes, and back; from MessagePack without a copy.
+        let (shared, was_shared) = echo_shared::call(&client, bytes.clone().into())
+            .await
+            .unwrap();
+        assert_eq!(&shared[..], &bytes[..], "{codec}");
+        assert_eq!(was_shared, codec == Codec::MsgPack, "{codec}");
+        let (plain, _): (Vec<u8>, bool) = client
+            .call("echo_shared", json!({ "data": bytes }))
+            .await
+            .unwrap();
+        assert_eq!(plain, bytes, "{codec}");
         let text = "naïve ☃ ünïcödé".to_string();
         assert_eq!(
             join::call(&client, vec![text.clone()], String::new())
