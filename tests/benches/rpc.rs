@@ -95,6 +95,13 @@ async fn echo(data: Bytes) -> Bytes {
     data
 }
 
+/// Echoes its payload as an owned buffer (`ByteBuf`: copied out of the request, and out of
+/// the reply by the caller): what [`Bytes`] saves.
+#[rpc(name = "bench.echo_copied")]
+async fn echo_copied(data: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    data
+}
+
 /// Echoes its payload after `stall_ms`: the calls the memory run lets time out.
 #[rpc(name = "bench.echo_later")]
 async fn echo_later(data: Bytes, stall_ms: u64) -> Bytes {
@@ -278,6 +285,8 @@ enum Arm {
     /// header table): protocol version 2's request properties.
     RawType,
     Async,
+    /// The async client, the payload a `ByteBuf` (copied) rather than `Bytes` (shared).
+    AsyncCopied,
     /// The async client with spans at `info` and metrics on, server and client.
     Observed,
     Blocking,
@@ -291,6 +300,7 @@ impl Arm {
             Arm::RawExpiration => "raw + expiration",
             Arm::RawType => "raw + type",
             Arm::Async => "guirpc async",
+            Arm::AsyncCopied => "async, ByteBuf",
             Arm::Observed => "async observed",
             Arm::Blocking => "guirpc blocking",
         }
@@ -772,6 +782,16 @@ fn run(
                 let (client, data) = (client.clone(), data.clone());
                 async move {
                     echo::call(&client, data).await.unwrap();
+                }
+            }))
+        }
+        Arm::AsyncCopied => {
+            let client = contenders.client.clone();
+            let data = serde_bytes::ByteBuf::from(data.to_vec());
+            runtime.block_on(keep_calling(inflight, end, move || {
+                let (client, data) = (client.clone(), data.clone());
+                async move {
+                    echo_copied::call(&client, data).await.unwrap();
                 }
             }))
         }
