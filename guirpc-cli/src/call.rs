@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::exit::{Exit, Failure};
 use crate::logging::LogArgs;
-use crate::output::outln;
+use crate::output::{Json, outln};
 use crate::settings::ClientArgs;
 
 /// Call a function by name with JSON arguments and print its result as JSON.
@@ -113,10 +113,10 @@ async fn call_once(
     args: Value,
     pretty: bool,
 ) -> Result<(), Failure> {
-    let mut items = client.stream::<Value>(function, args);
+    let mut items = client.stream::<Json>(function, args);
     while let Some(item) = items.next().await {
         match item {
-            Ok(result) => {
+            Ok(Json(result)) => {
                 let text = if pretty {
                     serde_json::to_string_pretty(&result)
                 } else {
@@ -199,8 +199,8 @@ async fn call_lines(client: Client, function: String, inflight: usize) -> Result
                     Ok(args) => {
                         let (client, function) = (client.clone(), function.clone());
                         window.push_back(Slot::Running(tokio::spawn(async move {
-                            match client.call::<Value>(&function, args).await {
-                                Ok(result) => (true, result.to_string()),
+                            match client.call::<Json>(&function, args).await {
+                                Ok(Json(result)) => (true, result.to_string()),
                                 Err(err) => (false, error_line(&err)),
                             }
                         })));
@@ -247,9 +247,9 @@ fn error_line(err: &Error) -> String {
         Error::Remote(remote) => (
             remote.code().as_str().to_owned(),
             remote
-                .detail::<Value>()
+                .detail::<Json>()
                 .and_then(Result::ok)
-                .unwrap_or(Value::Null),
+                .map_or(Value::Null, |Json(detail)| detail),
         ),
         Error::Timeout { .. } => ("timeout".to_owned(), Value::Null),
         Error::NoRoute { .. } => ("no_route".to_owned(), Value::Null),

@@ -92,8 +92,8 @@ pub(crate) async fn subscribe(
     eprintln!("subscribed to `{}`", args.pattern);
     while let Some(event) = subscription.next().await {
         let event = event?;
-        let line = match event.decode::<Value>() {
-            Ok(value) => json!({"topic": event.topic(), "event": value}),
+        let line = match event.decode::<crate::output::Json>() {
+            Ok(crate::output::Json(value)) => json!({"topic": event.topic(), "event": value}),
             Err(err) => {
                 eprintln!("an event on `{}` does not decode: {err}", event.topic());
                 continue;

@@ -17,6 +17,12 @@ async fn add(a: i64, b: i64) -> i64 {
     a + b
 }
 
+/// The bytes 0, 1, ... n - 1 (MessagePack `bin`, which `guirpc call` prints as an array).
+#[rpc]
+async fn first_bytes(n: u8) -> guirpc_core::Bytes {
+    (0..n).collect::<Vec<u8>>().into()
+}
+
 /// Integer division; dividing by zero is a typed error.
 #[rpc]
 fn div(a: i64, b: i64) -> Result<i64, String> {
@@ -147,6 +153,13 @@ async fn call_prints_the_result_as_json_in_both_codecs() {
         assert_eq!(text(&out.stdout).trim(), "42");
         let out = guirpc(&["call", "add", "[1, 2]", "-q", q, "--codec", codec], None).await;
         assert_eq!(text(&out.stdout).trim(), "3");
+        let out = guirpc(
+            &["call", "first_bytes", "[3]", "-q", q, "--codec", codec],
+            None,
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "[0,1,2]");
     }
     // Through the environment, as a script would set it.
     let out = tokio::task::spawn_blocking({
@@ -359,7 +372,10 @@ async fn list_shows_every_function_with_its_signature_and_description() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["add", "countdown", "div", "nap", "tally"]);
+    assert_eq!(
+        names,
+        ["add", "countdown", "div", "first_bytes", "nap", "tally"]
+    );
     assert_eq!(
         functions[0]["params"],
         json!([{"name": "a", "type": "i64"}, {"name": "b", "type": "i64"}])
@@ -382,7 +398,7 @@ async fn ping_answers_only_when_a_server_does() {
     let out = guirpc(&["ping", "-q", &q, "--json"], None).await;
     let pong: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pong["in_flight"], 0);
-    assert_eq!(pong["functions"], 5);
+    assert_eq!(pong["functions"], 6);
     assert!(
         pong["instance"]
             .as_str()

@@ -768,6 +768,14 @@ mod tests {
             if rng.next().is_multiple_of(2) {
                 props = props.with_reply_to("".into());
             }
+            // Version 2's properties: any function name, any timestamp.
+            if rng.next().is_multiple_of(2) {
+                let name = String::from_utf8_lossy(&rng.bytes()).into_owned();
+                props = props.with_type(name.into());
+            }
+            if rng.next().is_multiple_of(2) {
+                props = props.with_timestamp(rng.next());
+            }
             let meta = RequestMeta::read(&props);
             // A deadline, when read, is a real instant.
             if let Some(deadline) = meta.deadline {
