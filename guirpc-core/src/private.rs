@@ -19,14 +19,14 @@ pub fn decode_args<A: DeserializeOwned>(
     invocation: &Invocation,
 ) -> Result<A, Reply> {
     // `null` stands for "no arguments" (what `()` encodes to): decoded as an empty map.
-    let empty: &'static [u8] = match (invocation.codec, &invocation.body[..]) {
-        (Codec::MsgPack, [0xc0]) => &[0x80],
-        (Codec::Json, body) if body.trim_ascii() == b"null" => b"{}",
-        _ => &[],
+    let no_arguments: Option<&'static [u8]> = match (invocation.codec, &invocation.body[..]) {
+        (Codec::MsgPack, [0xc0]) => Some(&[0x80]),
+        (Codec::Json, body) if body.trim_ascii() == b"null" => Some(b"{}"),
+        _ => None,
     };
-    let decoded = match empty {
-        [] => invocation.codec.decode_shared(&invocation.body),
-        empty => invocation.codec.decode(empty),
+    let decoded = match no_arguments {
+        Some(empty) => invocation.codec.decode(empty),
+        None => invocation.codec.decode_shared(&invocation.body),
     };
     decoded.map_err(|err| {
         Reply::error(

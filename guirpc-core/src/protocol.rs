@@ -314,45 +314,52 @@ pub(crate) fn request_properties(
         .with_correlation_id(correlation_id)
         .with_reply_to(DIRECT_REPLY_TO.into())
         .with_expiration(itoa::Buffer::new().format(expiration).into());
-    if function.len() > MAX_TYPE_LEN {
-        let mut headers = extra_headers.clone();
-        headers.insert(
-            HEADER_DEADLINE.into(),
-            AMQPValue::LongLongInt(i64::try_from(deadline_ms).unwrap_or(i64::MAX)),
-        );
-        return named(properties, function, &headers);
-    }
-    let properties = named(properties, function, extra_headers);
-    properties.with_timestamp(deadline_ms)
+    addressed(properties, function, Some(deadline_ms), extra_headers)
 }
 
-/// Names the function a request runs: in `type` (version 2), or in version 1's header when
-/// the name is too long for a short string. Headers only when there are some.
-fn named(properties: BasicProperties, function: &str, headers: &FieldTable) -> BasicProperties {
-    if function.len() > MAX_TYPE_LEN {
-        let mut headers = headers.clone();
+/// Names the function a request runs and its deadline (milliseconds since the epoch):
+/// in `type` and `timestamp` (version 2), or in version 1's headers when the name is too
+/// long for a short string. Headers only when there are some.
+fn addressed(
+    properties: BasicProperties,
+    function: &str,
+    deadline_ms: Option<u64>,
+    headers: &FieldTable,
+) -> BasicProperties {
+    // A layer's header under version 1's names would be read in place of the request's own.
+    let own = |key: &ShortString| matches!(key.as_str(), HEADER_FUNCTION | HEADER_DEADLINE);
+    let mut headers = match headers.inner().keys().any(own) {
+        false => Cow::Borrowed(headers),
+        true => Cow::Owned(FieldTable::from(
+            headers
+                .inner()
+                .iter()
+                .filter(|(key, _)| !own(key))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )),
+    };
+    let properties = if function.len() > MAX_TYPE_LEN {
+        let headers = headers.to_mut();
         headers.insert(
             HEADER_FUNCTION.into(),
             AMQPValue::LongString(LongString::from(function)),
         );
-        return properties.with_headers(headers);
-    }
-    let properties = properties.with_type(function.into());
-    let own = |key: &str| key == HEADER_FUNCTION || key == HEADER_DEADLINE;
-    if headers.inner().keys().all(|key| !own(key.as_str())) {
-        return match headers.inner().is_empty() {
-            true => properties,
-            false => properties.with_headers(headers.clone()),
-        };
-    }
-    // A layer's header of version 1's names would be read in place of the request's own.
-    let kept = headers.inner().iter().filter(|(key, _)| !own(key.as_str()));
-    let kept: std::collections::BTreeMap<_, _> = kept
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    match kept.is_empty() {
+        if let Some(ms) = deadline_ms {
+            let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+            headers.insert(HEADER_DEADLINE.into(), AMQPValue::LongLongInt(ms));
+        }
+        properties
+    } else {
+        let properties = properties.with_type(function.into());
+        match deadline_ms {
+            Some(ms) => properties.with_timestamp(ms),
+            None => properties,
+        }
+    };
+    match headers.inner().is_empty() {
         true => properties,
-        false => properties.with_headers(kept.into()),
+        false => properties.with_headers(headers.into_owned()),
     }
 }
 
@@ -367,7 +374,7 @@ pub(crate) fn cast_properties(
     let properties = BasicProperties::default()
         .with_content_type(codec.content_type().into())
         .with_delivery_mode(2);
-    named(properties, function, extra_headers)
+    addressed(properties, function, None, extra_headers)
 }
 
 /// The properties of an event: persistent, its topic the routing key.

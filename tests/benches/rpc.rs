@@ -379,6 +379,12 @@ async fn serve_pair(spec: &str) {
     };
     let (prefetch, concurrency) = (prefetch.parse().unwrap(), concurrency.parse().unwrap());
     let (_raw, server) = echo_servers(raw_queue, queue, prefetch, concurrency).await;
+    serve_while_stdin_is_open(server).await;
+}
+
+/// Says `ready`, and shuts `server` down once standard input closes: how a benchmark's
+/// child process serves until its parent is done.
+async fn serve_while_stdin_is_open(server: Server) {
     println!("ready");
     tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
         .await
@@ -949,12 +955,7 @@ async fn serve_until_stdin_closes(queue: &str, concurrency: usize) {
         .start()
         .await
         .unwrap();
-    println!("ready");
-    tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
-        .await
-        .unwrap()
-        .unwrap();
-    server.shutdown().await.unwrap();
+    serve_while_stdin_is_open(server).await;
     println!("{}", WORKED.load(Ordering::Relaxed));
 }
 

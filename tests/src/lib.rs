@@ -81,6 +81,16 @@ pub async fn dead_letters(channel: &guirpc_core::lapin::Channel, prefix: &str) -
     (exchange, letters)
 }
 
+/// A client of `queue` on the test broker.
+pub async fn client(queue: &str) -> Client {
+    Client::builder()
+        .uri(uri())
+        .queue(queue)
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A server for one test, on its own queue, and a client calling it.
 pub async fn serve(test: &str) -> (Server, Client) {
     let queue = unique_queue(test);

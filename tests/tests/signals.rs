@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use guirpc_core::ServeError;
-use guirpc_tests::{nap, serve, uri};
+use guirpc_tests::{nap, serve};
 
 fn signal_self() {
     let status = Command::new("kill")
@@ -22,12 +22,7 @@ async fn a_second_signal_during_the_grace_period_stops_at_once() {
     let (server, client) = serve("second-signal").await;
     let running = tokio::spawn(async move { nap::call(&client, 10_000).await });
     // The call is running once the server counts it.
-    let ping = guirpc_core::Client::builder()
-        .uri(uri())
-        .queue(server.queue())
-        .connect()
-        .await
-        .unwrap();
+    let ping = guirpc_tests::client(server.queue()).await;
     while ping.ping().await.unwrap().in_flight == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -111,15 +111,7 @@ async fn subscribers_get_events_once_per_service_or_per_instance_and_failures_en
     wait_count(&t1, 2).await;
     wait_count(&format!("any:{t1}"), 3).await;
     // `guirpc list` sees them.
-    let description = Client::builder()
-        .uri(uri())
-        .queue(&qa)
-        .connect()
-        .await
-        .unwrap()
-        .describe()
-        .await
-        .unwrap();
+    let description = guirpc_tests::client(&qa).await.describe().await.unwrap();
     let names: Vec<(&str, &str, bool)> = description
         .subscriptions
         .iter()

@@ -64,13 +64,18 @@ impl Codec {
             None | Some("") => Some(Codec::MsgPack),
             Some(ct) => {
                 // Parameters such as `; charset=utf-8` do not change the codec.
+                // Read on every request and reply: compared without allocating.
                 let essence = ct.split(';').next().unwrap_or("").trim();
-                match essence.to_ascii_lowercase().as_str() {
-                    "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
-                        Some(Codec::MsgPack)
-                    }
-                    "application/json" => Some(Codec::Json),
-                    _ => None,
+                let is = |name: &str| essence.eq_ignore_ascii_case(name);
+                if is("application/msgpack")
+                    || is("application/x-msgpack")
+                    || is("application/vnd.msgpack")
+                {
+                    Some(Codec::MsgPack)
+                } else if is("application/json") {
+                    Some(Codec::Json)
+                } else {
+                    None
                 }
             }
         }

@@ -47,12 +47,7 @@ async fn casts_wait_in_the_queue_while_no_server_runs_and_run_when_one_starts() 
     };
     // The first server declares the queue, then stops.
     start().await.unwrap().shutdown().await.unwrap();
-    let client = Client::builder()
-        .uri(uri())
-        .queue(&queue)
-        .connect()
-        .await
-        .unwrap();
+    let client = guirpc_tests::client(&queue).await;
     for i in 0..20 {
         record::cast(&client, format!("{queue}-{i}")).await.unwrap();
     }
@@ -69,12 +64,7 @@ async fn casts_wait_in_the_queue_while_no_server_runs_and_run_when_one_starts() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unroutable_cast_fails_at_once_with_no_route() {
-    let client = Client::builder()
-        .uri(uri())
-        .queue(unique_queue("nobody-serves-this"))
-        .connect()
-        .await
-        .unwrap();
+    let client = guirpc_tests::client(&unique_queue("nobody-serves-this")).await;
     let started = Instant::now();
     let err = record::cast(&client, "lost".into()).await.unwrap_err();
     assert!(matches!(err, Error::NoRoute { .. }), "{err:?}");

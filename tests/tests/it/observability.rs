@@ -470,12 +470,7 @@ async fn the_status_page_shows_the_service_in_a_real_browser() {
     };
     let (queue, server) = metered("status").await;
     let addr = server.metrics_addr().unwrap();
-    let client = Client::builder()
-        .uri(uri())
-        .queue(&queue)
-        .connect()
-        .await
-        .unwrap();
+    let client = guirpc_tests::client(&queue).await;
     for i in 0..7 {
         api::add::call(&client, i, i).await.unwrap();
     }

@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use guirpc_core::Client;
 use guirpc_core::lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use guirpc_core::lapin::{Connection, ConnectionProperties};
 use guirpc_tests::{dead_letters, unique_queue, uri};
@@ -36,12 +35,7 @@ async fn a_request_that_kills_every_server_is_dead_lettered_after_the_delivery_l
     let channel = connection.create_channel().await.unwrap();
     let (dlx, letters) = dead_letters(&channel, &queue).await;
     let limit = 2;
-    let client = Client::builder()
-        .uri(uri())
-        .queue(&queue)
-        .connect()
-        .await
-        .unwrap();
+    let client = guirpc_tests::client(&queue).await;
     let mut crashed = 0;
     let mut server = abort_server(&queue, limit, &dlx);
     client.cast("crash", ()).await.unwrap();
