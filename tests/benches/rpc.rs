@@ -282,8 +282,17 @@ enum Arm {
     /// The baseline with a per-message `expiration` added.
     RawExpiration,
     /// The baseline with the function in `type` and the deadline in `timestamp` (no
-    /// header table): protocol version 2's request properties.
+    /// header table), answered with the status in `type`: protocol version 2's.
     RawType,
+    /// The baseline with every property guirpc's version 2 sends: the request's
+    /// `content_type`, `type`, `timestamp`, `expiration` and `mandatory` flag, the reply's
+    /// `content_type` and `type`. What is left between it and the async arm is guirpc's
+    /// own code.
+    RawAll,
+    /// The baseline with the request's and the reply's `content_type`.
+    RawCodec,
+    /// The baseline with requests published `mandatory`.
+    RawMandatory,
     Async,
     /// The async client, the payload a `ByteBuf` (copied) rather than `Bytes` (shared).
     AsyncCopied,
@@ -299,10 +308,33 @@ impl Arm {
             Arm::RawHeaders => "raw + headers",
             Arm::RawExpiration => "raw + expiration",
             Arm::RawType => "raw + type",
+            Arm::RawAll => "raw + all of v2",
+            Arm::RawCodec => "raw + codec",
+            Arm::RawMandatory => "raw + mandatory",
             Arm::Async => "guirpc async",
             Arm::AsyncCopied => "async, ByteBuf",
             Arm::Observed => "async observed",
             Arm::Blocking => "guirpc blocking",
+        }
+    }
+
+    /// What a raw arm adds to the baseline; `None` for guirpc's arms.
+    fn raw_adds(self) -> Option<raw::Adds> {
+        match self {
+            Arm::Raw => Some(raw::Adds::from_env()),
+            Arm::RawHeaders => Some(raw::Adds::headers()),
+            Arm::RawExpiration => Some(raw::Adds::expiration()),
+            Arm::RawType => Some(raw::Adds::kind()),
+            Arm::RawAll => Some(raw::Adds::version_2()),
+            Arm::RawCodec => Some(raw::Adds {
+                codec: true,
+                ..raw::Adds::default()
+            }),
+            Arm::RawMandatory => Some(raw::Adds {
+                mandatory: true,
+                ..raw::Adds::default()
+            }),
+            _ => None,
         }
     }
 }
@@ -310,12 +342,9 @@ impl Arm {
 struct Contenders {
     /// The process serving both echoes, when it is not this one (`--separate`).
     servers: Option<std::process::Child>,
-    raw: Arc<raw::Client>,
-    /// The baseline with one of guirpc's request properties added, for the arms that
-    /// measure what each costs.
-    raw_headers: Arc<raw::Client>,
-    raw_expiration: Arc<raw::Client>,
-    raw_type: Arc<raw::Client>,
+    /// The baseline's client, and one for each arm that adds some of guirpc's properties
+    /// to it, to measure what they cost.
+    raws: HashMap<Arm, Arc<raw::Client>>,
     client: Client,
     blocking: BlockingClient,
     /// Started only when its arm is measured: its runtime and connections are not left
@@ -442,22 +471,25 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
     } else {
         Some(runtime.block_on(echo_servers(&raw_queue, &queue, prefetch, max_inflight * 2)))
     };
-    let (raw, raw_headers, raw_expiration, raw_type, client) = runtime.block_on(async {
-        let raw = Arc::new(raw::Client::connect(&broker(), &raw_queue).await);
-        let raw_headers =
-            Arc::new(raw::Client::connect_with(&broker(), &raw_queue, raw::Adds::headers()).await);
-        let raw_expiration = Arc::new(
-            raw::Client::connect_with(&broker(), &raw_queue, raw::Adds::expiration()).await,
-        );
-        let raw_type =
-            Arc::new(raw::Client::connect_with(&broker(), &raw_queue, raw::Adds::kind()).await);
+    let raw_arms: Vec<(Arm, raw::Adds)> = options
+        .arms
+        .iter()
+        .chain([&Arm::Raw])
+        .filter_map(|&arm| Some((arm, arm.raw_adds()?)))
+        .collect();
+    let (raws, client) = runtime.block_on(async {
+        let mut raws = HashMap::new();
+        for (arm, adds) in raw_arms {
+            let raw = raw::Client::connect_with(&broker(), &raw_queue, adds).await;
+            raws.insert(arm, Arc::new(raw));
+        }
         let client = Client::builder()
             .uri(broker())
             .queue(&queue)
             .connect()
             .await
             .unwrap();
-        (raw, raw_headers, raw_expiration, raw_type, client)
+        (raws, client)
     });
     let blocking = Client::builder()
         .uri(broker())
@@ -480,10 +512,7 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
     });
     let contenders = Contenders {
         servers,
-        raw,
-        raw_headers,
-        raw_expiration,
-        raw_type,
+        raws,
         client,
         blocking,
         observed,
@@ -767,14 +796,14 @@ fn run(
     let started = Instant::now();
     let end = started + duration;
     let latencies: Vec<u32> = match arm {
-        Arm::Raw | Arm::RawHeaders | Arm::RawExpiration | Arm::RawType => {
-            let raw = match arm {
-                Arm::RawHeaders => &contenders.raw_headers,
-                Arm::RawExpiration => &contenders.raw_expiration,
-                Arm::RawType => &contenders.raw_type,
-                _ => &contenders.raw,
-            };
-            let (raw, data) = (raw.clone(), data.clone());
+        Arm::Raw
+        | Arm::RawHeaders
+        | Arm::RawExpiration
+        | Arm::RawType
+        | Arm::RawAll
+        | Arm::RawCodec
+        | Arm::RawMandatory => {
+            let (raw, data) = (contenders.raws[&arm].clone(), data.clone());
             runtime.block_on(keep_calling(inflight, end, move || {
                 let (raw, data) = (raw.clone(), data.clone());
                 async move {
@@ -1432,7 +1461,15 @@ mod raw {
                     ) else {
                         return;
                     };
-                    let properties = BasicProperties::default().with_correlation_id(id);
+                    let mut properties = BasicProperties::default().with_correlation_id(id);
+                    // Answered as guirpc answers: the codec named as the request named
+                    // it, the status in `type` when the request named a function there.
+                    if let Some(codec) = request.properties.content_type().clone() {
+                        properties = properties.with_content_type(codec);
+                    }
+                    if request.properties.kind().is_some() {
+                        properties = properties.with_type("ok".into());
+                    }
                     channel
                         .basic_publish(
                             "".into(),
@@ -1460,62 +1497,75 @@ mod raw {
         adds: Adds,
     }
 
-    /// Protocol features added to the baseline, one at a time, to measure what each costs:
-    /// `RAW_CONFIRM`, `RAW_HEADERS`, `RAW_EXPIRATION`, `RAW_TYPE` in the environment. Read once.
+    /// Protocol features added to the baseline, to measure what each costs:
+    /// `RAW_CONFIRM`, `RAW_HEADERS`, `RAW_EXPIRATION`, `RAW_TYPE`, `RAW_CODEC`,
+    /// `RAW_MANDATORY` in the environment of the `raw` arm, or the arm that adds them.
+    /// Read once.
+    #[derive(Default)]
     pub struct Adds {
-        confirm: bool,
-        headers: bool,
-        expiration: bool,
-        kind: bool,
+        pub confirm: bool,
+        pub headers: bool,
+        pub expiration: bool,
+        pub kind: bool,
+        /// The request's `content_type`, and (from the echo) the reply's `content_type`
+        /// and `type`.
+        pub codec: bool,
+        pub mandatory: bool,
     }
 
     impl Adds {
         /// guirpc's request headers only.
         pub fn headers() -> Adds {
             Adds {
-                confirm: false,
                 headers: true,
-                expiration: false,
-                kind: false,
+                ..Adds::default()
             }
         }
 
         /// A per-message `expiration` only.
         pub fn expiration() -> Adds {
             Adds {
-                confirm: false,
-                headers: false,
                 expiration: true,
-                kind: false,
+                ..Adds::default()
             }
         }
 
         /// The function in `type` and the deadline in `timestamp`, no header table.
         pub fn kind() -> Adds {
             Adds {
-                confirm: false,
-                headers: false,
-                expiration: false,
                 kind: true,
+                ..Adds::default()
             }
         }
 
-        fn from_env() -> Adds {
+        /// Every property a guirpc version 2 call carries, but those named in
+        /// `RAW_ALL_SKIP` (any of `expiration`, `type`, `codec`, `mandatory`), to measure
+        /// what leaving one out would save.
+        pub fn version_2() -> Adds {
+            let skip = std::env::var("RAW_ALL_SKIP").unwrap_or_default();
+            Adds {
+                expiration: !skip.contains("expiration"),
+                kind: !skip.contains("type"),
+                codec: !skip.contains("codec"),
+                mandatory: !skip.contains("mandatory"),
+                ..Adds::default()
+            }
+        }
+
+        pub fn from_env() -> Adds {
             let set = |name: &str| std::env::var_os(name).is_some();
             Adds {
                 confirm: set("RAW_CONFIRM"),
                 headers: set("RAW_HEADERS"),
                 expiration: set("RAW_EXPIRATION"),
                 kind: set("RAW_TYPE"),
+                codec: set("RAW_CODEC"),
+                mandatory: set("RAW_MANDATORY"),
             }
         }
     }
 
     impl Client {
-        pub async fn connect(uri: &str, queue: &str) -> Client {
-            Client::connect_with(uri, queue, Adds::from_env()).await
-        }
-
         pub async fn connect_with(uri: &str, queue: &str, adds: Adds) -> Client {
             let connection = Connection::connect(uri, ConnectionProperties::default())
                 .await
@@ -1587,9 +1637,12 @@ mod raw {
                     .with_type("bench.echo".into())
                     .with_timestamp(1 << 50);
             }
+            if self.adds.codec {
+                properties = properties.with_content_type("application/msgpack".into());
+            }
             let confirm = self.adds.confirm;
             let options = BasicPublishOptions {
-                mandatory: confirm,
+                mandatory: confirm || self.adds.mandatory,
                 ..Default::default()
             };
             let confirmation = self
