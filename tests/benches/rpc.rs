@@ -322,17 +322,26 @@ impl Arm {
     fn raw_adds(self) -> Option<raw::Adds> {
         match self {
             Arm::Raw => Some(raw::Adds::from_env()),
-            Arm::RawHeaders => Some(raw::Adds::headers()),
-            Arm::RawExpiration => Some(raw::Adds::expiration()),
-            Arm::RawType => Some(raw::Adds::kind()),
             Arm::RawAll => Some(raw::Adds::version_2()),
+            Arm::RawHeaders => Some(raw::Adds {
+                headers: true,
+                ..Default::default()
+            }),
+            Arm::RawExpiration => Some(raw::Adds {
+                expiration: true,
+                ..Default::default()
+            }),
+            Arm::RawType => Some(raw::Adds {
+                kind: true,
+                ..Default::default()
+            }),
             Arm::RawCodec => Some(raw::Adds {
                 codec: true,
-                ..raw::Adds::default()
+                ..Default::default()
             }),
             Arm::RawMandatory => Some(raw::Adds {
                 mandatory: true,
-                ..raw::Adds::default()
+                ..Default::default()
             }),
             _ => None,
         }
@@ -1514,30 +1523,6 @@ mod raw {
     }
 
     impl Adds {
-        /// guirpc's request headers only.
-        pub fn headers() -> Adds {
-            Adds {
-                headers: true,
-                ..Adds::default()
-            }
-        }
-
-        /// A per-message `expiration` only.
-        pub fn expiration() -> Adds {
-            Adds {
-                expiration: true,
-                ..Adds::default()
-            }
-        }
-
-        /// The function in `type` and the deadline in `timestamp`, no header table.
-        pub fn kind() -> Adds {
-            Adds {
-                kind: true,
-                ..Adds::default()
-            }
-        }
-
         /// Every property a guirpc version 2 call carries, but those named in
         /// `RAW_ALL_SKIP` (any of `expiration`, `type`, `codec`, `mandatory`), to measure
         /// what leaving one out would save.
