@@ -320,29 +320,19 @@ impl Arm {
 
     /// What a raw arm adds to the baseline; `None` for guirpc's arms.
     fn raw_adds(self) -> Option<raw::Adds> {
+        let only = |add: fn(&mut raw::Adds)| {
+            let mut adds = raw::Adds::default();
+            add(&mut adds);
+            Some(adds)
+        };
         match self {
             Arm::Raw => Some(raw::Adds::from_env()),
             Arm::RawAll => Some(raw::Adds::version_2()),
-            Arm::RawHeaders => Some(raw::Adds {
-                headers: true,
-                ..Default::default()
-            }),
-            Arm::RawExpiration => Some(raw::Adds {
-                expiration: true,
-                ..Default::default()
-            }),
-            Arm::RawType => Some(raw::Adds {
-                kind: true,
-                ..Default::default()
-            }),
-            Arm::RawCodec => Some(raw::Adds {
-                codec: true,
-                ..Default::default()
-            }),
-            Arm::RawMandatory => Some(raw::Adds {
-                mandatory: true,
-                ..Default::default()
-            }),
+            Arm::RawHeaders => only(|adds| adds.headers = true),
+            Arm::RawExpiration => only(|adds| adds.expiration = true),
+            Arm::RawType => only(|adds| adds.kind = true),
+            Arm::RawCodec => only(|adds| adds.codec = true),
+            Arm::RawMandatory => only(|adds| adds.mandatory = true),
             _ => None,
         }
     }
