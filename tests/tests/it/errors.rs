@@ -122,16 +122,24 @@ async fn a_panicking_handler_gets_internal_and_the_server_keeps_serving() {
 async fn a_call_without_a_reply_ends_with_a_timeout() {
     let (_server, client) = serve("timeout").await;
     let short = client.with_timeout(Duration::from_millis(300));
+    // Let the client's returns tick park (a second without calls): the call must wake it,
+    // since that tick is what times calls out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let started = tokio::time::Instant::now();
     let err = nap::call(&short, 5000).await.unwrap_err();
+    let waited = started.elapsed();
     assert!(
         matches!(&err, Error::Timeout { function, .. } if function == "nap"),
         "{err:?}"
     );
     assert!(err.is_retriable());
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the call waited for the reply anyway"
+        waited >= Duration::from_millis(300),
+        "timed out before its timeout: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(1),
+        "the call waited well past its timeout: {waited:?}"
     );
     // The late reply is dropped; the client goes on.
     assert_eq!(add::call(&client, 1, 2).await.unwrap(), 3);
