@@ -656,10 +656,9 @@ impl Pending {
         };
         match entry.get() {
             Waiter::Call { .. } => {
-                let Waiter::Call { answer, deadline } = entry.remove() else {
+                let Some(Waiter::Call { answer, .. }) = calls.take(id) else {
                     unreachable!("matched as a call")
                 };
-                calls.deadlines.remove(&(deadline, id));
                 drop(calls);
                 let _ = answer.send(Answer::Reply(delivery));
             }
@@ -793,8 +792,8 @@ impl Drop for Waiting {
 
 /// How often returned (unroutable) requests are collected, and calls past their deadline
 /// timed out. A call to a queue that does not exist fails within about this long, instead
-/// of running into its timeout; a call times out about this long after its deadline at
-/// most.
+/// of running into its timeout, and a call times out at most about this long after its
+/// deadline.
 const RETURNS_EVERY: Duration = Duration::from_millis(10);
 
 /// How many collections without a waiting call before the router parks. A client that
