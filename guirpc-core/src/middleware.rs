@@ -36,11 +36,15 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde::Serialize;
+use tower::ServiceExt;
 pub use tower::util::BoxCloneSyncService;
 pub use tower::{Layer, Service};
 
@@ -209,7 +213,7 @@ impl Reply {
 pub const OUTCOME_OK: &str = "ok";
 
 /// The service a server's layers wrap.
-pub type ServerService = BoxCloneSyncService<ServerRequest, Reply, Infallible>;
+pub type ServerService = Pipeline<ServerRequest, Reply, Infallible>;
 
 /// A call as the client's layers see it.
 #[derive(Debug, Clone)]
@@ -307,7 +311,119 @@ impl ClientResponse {
 }
 
 /// The service a client's layers wrap.
-pub type ClientService = BoxCloneSyncService<ClientRequest, ClientResponse, Error>;
+pub type ClientService = Pipeline<ClientRequest, ClientResponse, Error>;
+
+/// A future as the pipelines' services return it.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The rest of a pipeline, as a layer holds it ([`ServerService`], [`ClientService`]): a
+/// [`Service`] that is cheap to clone, like tower's [`BoxCloneSyncService`], which boxes
+/// a user's layer. guirpc's own layers (tracing, metrics, the transports) are always ready
+/// and called through a shared reference: cloning one allocates nothing, and its future is
+/// boxed once, not again by every box around it.
+pub struct Pipeline<Req, Res, Err>(Node<Req, Res, Err>);
+
+enum Node<Req, Res, Err> {
+    Own(Arc<dyn OwnService<Req, Res, Err>>),
+    Boxed(BoxCloneSyncService<Req, Res, Err>),
+}
+
+/// One of guirpc's own services: ready at any time, called through a shared reference.
+pub(crate) trait OwnService<Req, Res, Err>: Send + Sync + 'static {
+    fn call(&self, request: Req) -> BoxFuture<Result<Res, Err>>;
+}
+
+impl<Req, Res, Err> Pipeline<Req, Res, Err>
+where
+    Req: Send + 'static,
+    Res: Send + 'static,
+    Err: Send + 'static,
+{
+    /// Boxes `service`.
+    pub fn new<S>(service: S) -> Self
+    where
+        S: Service<Req, Response = Res, Error = Err> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        Pipeline(Node::Boxed(BoxCloneSyncService::new(service)))
+    }
+
+    /// One of guirpc's own services.
+    pub(crate) fn shared(service: impl OwnService<Req, Res, Err>) -> Self {
+        Pipeline(Node::Own(Arc::new(service)))
+    }
+
+    /// Calls the service once, as [`ServiceExt::oneshot`] on a clone does: a user's layer
+    /// is cloned and waited ready in the future; guirpc's own service is called at once.
+    pub(crate) fn call_once(&self, request: Req) -> BoxFuture<Result<Res, Err>> {
+        match &self.0 {
+            Node::Own(service) => service.call(request),
+            Node::Boxed(service) => Box::pin(service.clone().oneshot(request)),
+        }
+    }
+}
+
+impl<Req, Res, Err> Clone for Pipeline<Req, Res, Err> {
+    fn clone(&self) -> Self {
+        Pipeline(match &self.0 {
+            Node::Own(service) => Node::Own(service.clone()),
+            Node::Boxed(service) => Node::Boxed(service.clone()),
+        })
+    }
+}
+
+impl<Req: 'static, Res: 'static, Err: 'static> Service<Req> for Pipeline<Req, Res, Err> {
+    type Response = Res;
+    type Error = Err;
+    type Future = BoxFuture<Result<Res, Err>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Err>> {
+        match &mut self.0 {
+            Node::Own(_) => Poll::Ready(Ok(())),
+            Node::Boxed(service) => service.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match &mut self.0 {
+            Node::Own(service) => service.call(request),
+            Node::Boxed(service) => service.call(request),
+        }
+    }
+}
+
+impl<Req, Res, Err> fmt::Debug for Pipeline<Req, Res, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Node::Own(_) => "Pipeline(guirpc's own)",
+            Node::Boxed(_) => "Pipeline(boxed)",
+        })
+    }
+}
+
+/// Makes one of guirpc's own services a [`Service`] too (for a user who stacks its layer
+/// in a tower stack of their own): always ready, its call the shared one.
+macro_rules! service_of_shared {
+    ($service:ty, $request:ty, $response:ty, $error:ty) => {
+        impl $crate::middleware::Service<$request> for $service {
+            type Response = $response;
+            type Error = $error;
+            type Future = $crate::middleware::BoxFuture<Result<$response, $error>>;
+
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), $error>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, request: $request) -> Self::Future {
+                $crate::middleware::OwnService::call(self, request)
+            }
+        }
+    };
+}
+pub(crate) use service_of_shared;
 
 /// The outcome of a client call, for spans and metrics: `ok`, the server's error code, or
 /// what went wrong on the way (`timeout`, `no_route`, `connection`, `blocked`, ...).
@@ -384,4 +500,64 @@ fn header_str<'a>(headers: &'a FieldTable, name: &str) -> Option<Cow<'a, str>> {
         .inner()
         .get(name)
         .and_then(crate::protocol::value_as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::{Ready, ready};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A user's service: ready on every second poll, and failing a call it was not
+    /// readied for.
+    #[derive(Clone, Default)]
+    struct ReadyLate {
+        polls: Arc<AtomicUsize>,
+        ready: bool,
+    }
+
+    impl Service<u32> for ReadyLate {
+        type Response = u32;
+        type Error = Infallible;
+        type Future = Ready<Result<u32, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.polls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.ready = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, n: u32) -> Self::Future {
+            assert!(
+                std::mem::take(&mut self.ready),
+                "called before it was ready"
+            );
+            ready(Ok(n + 1))
+        }
+    }
+
+    /// guirpc's own service around it, as the tracing layer wraps a user's layers.
+    struct Around(Pipeline<u32, u32, Infallible>);
+
+    impl OwnService<u32, u32, Infallible> for Around {
+        fn call(&self, n: u32) -> BoxFuture<Result<u32, Infallible>> {
+            self.0.call_once(n * 10)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_users_service_inside_guirpcs_own_is_called_once_ready() {
+        let user = ReadyLate::default();
+        let polls = user.polls.clone();
+        let pipeline = Pipeline::shared(Around(Pipeline::new(user)));
+        assert_eq!(pipeline.call_once(4).await, Ok(41));
+        // As a user's layer outside calls it: cloned, readied, called.
+        assert_eq!(pipeline.clone().oneshot(5).await, Ok(51));
+        assert_eq!(pipeline.call_once(6).await, Ok(61));
+        assert_eq!(polls.load(Ordering::SeqCst), 6, "two polls per call");
+    }
 }

@@ -27,12 +27,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
 use crate::client::{Transport, timed_out, with_retries};
 use crate::error::Error;
 use crate::middleware::{
-    CallKind, ClientRequest, ClientResponse, ClientService, ServerRequest, ServerService, Service,
+    BoxFuture, CallKind, ClientRequest, ClientResponse, ClientService, OwnService, ServerRequest,
+    ServerService,
 };
 use crate::protocol;
 use crate::server::pipeline;
@@ -79,7 +79,7 @@ impl InMemoryServer {
             queue: self.queue.clone(),
             next_id: Arc::new(AtomicU64::new(1)),
         };
-        builder.build(ClientService::new(transport), Transport::Memory)
+        builder.build(ClientService::shared(transport), Transport::Memory)
     }
 }
 
@@ -91,16 +91,8 @@ struct InMemory {
     next_id: Arc<AtomicU64>,
 }
 
-impl Service<ClientRequest> for InMemory {
-    type Response = ClientResponse;
-    type Error = Error;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<ClientResponse, Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: ClientRequest) -> Self::Future {
+impl OwnService<ClientRequest, ClientResponse, Error> for InMemory {
+    fn call(&self, request: ClientRequest) -> BoxFuture<Result<ClientResponse, Error>> {
         let this = self.clone();
         Box::pin(async move {
             let no_wait = |_| async { true };

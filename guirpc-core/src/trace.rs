@@ -14,8 +14,6 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use lapin::types::ShortString;
@@ -23,8 +21,8 @@ use tracing::{Instrument, Span, field};
 
 use crate::error::Error;
 use crate::middleware::{
-    ClientRequest, ClientResponse, ClientService, Layer, Reply, ServerRequest, ServerService,
-    Service, client_outcome,
+    BoxFuture, ClientRequest, ClientResponse, ClientService, Layer, OwnService, Reply,
+    ServerRequest, ServerService, client_outcome, service_of_shared,
 };
 
 /// The request header carrying the caller's trace context (W3C Trace Context).
@@ -187,8 +185,6 @@ impl<T: fmt::LowerHex> fmt::Display for Hex<T> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 /// A call's span: its name, OpenTelemetry kind and messaging operation, queue, function,
 /// trace context, parent, and (on a server) the request's correlation ID and redelivery.
 /// Every field is given at creation, which a log subscriber formats once; with the `otel`
@@ -246,16 +242,10 @@ pub struct ServerTrace {
     inner: ServerService,
 }
 
-impl Service<ServerRequest> for ServerTrace {
-    type Response = Reply;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Reply, Infallible>>;
+service_of_shared!(ServerTrace, ServerRequest, Reply, Infallible);
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: ServerRequest) -> Self::Future {
+impl OwnService<ServerRequest, Reply, Infallible> for ServerTrace {
+    fn call(&self, request: ServerRequest) -> BoxFuture<Result<Reply, Infallible>> {
         let parent = TraceContext::from_headers(
             request.header(HEADER_TRACEPARENT).as_deref(),
             request.header(HEADER_TRACESTATE).as_deref(),
@@ -283,7 +273,7 @@ impl Service<ServerRequest> for ServerTrace {
         // The handler's calls continue this trace when there is one: the caller sent it,
         // or this call is recorded.
         let current = (parent.is_some() || !span.is_disabled()).then_some(context);
-        let future = self.inner.call(request);
+        let future = self.inner.call_once(request);
         let started = Instant::now();
         Box::pin(
             async move {
@@ -317,16 +307,10 @@ pub struct ClientTrace {
     inner: ClientService,
 }
 
-impl Service<ClientRequest> for ClientTrace {
-    type Response = ClientResponse;
-    type Error = Error;
-    type Future = BoxFuture<Result<ClientResponse, Error>>;
+service_of_shared!(ClientTrace, ClientRequest, ClientResponse, Error);
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: ClientRequest) -> Self::Future {
+impl OwnService<ClientRequest, ClientResponse, Error> for ClientTrace {
+    fn call(&self, mut request: ClientRequest) -> BoxFuture<Result<ClientResponse, Error>> {
         let parent = TraceContext::current();
         let context = parent
             .as_ref()
@@ -357,7 +341,7 @@ impl Service<ClientRequest> for ClientTrace {
                 request.set_header(HEADER_TRACESTATE, state.as_str());
             }
         }
-        let future = self.inner.call(request);
+        let future = self.inner.call_once(request);
         let started = Instant::now();
         Box::pin(
             async move {

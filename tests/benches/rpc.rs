@@ -587,7 +587,7 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
                 );
                 rows.push(serde_json::json!({
                     "payload_bytes": payload, "in_flight": inflight, "arm": arm.name(),
-                    "calls_per_second": rate, "p50_us": p50, "p99_us": p99,
+                    "calls": s.latencies.len(), "calls_per_second": rate, "p50_us": p50, "p99_us": p99,
                     "ratio_to_raw": ratio, "p50_over_raw_us": i64::from(p50) - i64::from(base_p50),
                     "process_cpu_us_per_call": own, "broker_cpu_us_per_call": broker,
                 }));

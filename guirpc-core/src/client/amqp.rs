@@ -18,7 +18,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -34,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::link::{self, Backoff, Blocked, Brokers};
-use crate::middleware::{CallKind, ClientRequest, ClientResponse, Service};
+use crate::middleware::{BoxFuture, CallKind, ClientRequest, ClientResponse, OwnService};
 use crate::protocol;
 use crate::stream::{self, Piece};
 
@@ -67,16 +66,8 @@ pub(super) async fn connect(
 #[derive(Clone)]
 pub(super) struct Transport(pub(super) Arc<Shared>);
 
-impl Service<ClientRequest> for Transport {
-    type Response = ClientResponse;
-    type Error = Error;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<ClientResponse, Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: ClientRequest) -> Self::Future {
+impl OwnService<ClientRequest, ClientResponse, Error> for Transport {
+    fn call(&self, request: ClientRequest) -> BoxFuture<Result<ClientResponse, Error>> {
         let shared = self.0.clone();
         Box::pin(async move {
             let waiter = shared.clone();

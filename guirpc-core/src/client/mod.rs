@@ -22,7 +22,6 @@ use std::time::Duration;
 use lapin::types::{FieldTable, ShortString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tower::ServiceExt;
 use tracing::debug;
 
 use crate::codec::Codec;
@@ -312,8 +311,8 @@ impl Client {
             lapin::types::AMQPValue::LongUInt(crate::stream::DEFAULT_WINDOW),
         );
         let opening = ItemStream::<R, E>::opening(&request);
-        let response = self.inner.service.clone().oneshot(request);
-        ItemStream::new(opening, typed, Box::pin(response))
+        let response = self.inner.service.call_once(request);
+        ItemStream::new(opening, typed, response)
     }
 
     /// Asks the service what it serves (the built-in `guirpc.describe`).
@@ -349,7 +348,7 @@ impl Client {
             0
         };
         let request = self.request(function, args, retries, CallKind::Call)?;
-        self.inner.service.clone().oneshot(request).await
+        self.inner.service.call_once(request).await
     }
 
     /// Casts `function`: a one-way call whose result no one waits for. Returns once the
@@ -360,7 +359,7 @@ impl Client {
     /// counted, and dead-lettered where the queue has a dead-letter exchange.
     pub async fn cast(&self, function: &str, args: impl Serialize) -> Result<(), Error> {
         let request = self.request(function, &args, 0, CallKind::Cast)?;
-        self.inner.service.clone().oneshot(request).await.map(drop)
+        self.inner.service.call_once(request).await.map(drop)
     }
 
     /// Publishes an event on `topic` (`orders.created`, say) to the events exchange (a
@@ -370,7 +369,7 @@ impl Client {
     /// subscribes to is dropped by the broker, as topic exchanges do: that is not an error.
     pub async fn publish(&self, topic: &str, event: impl Serialize) -> Result<(), Error> {
         let request = self.request(topic, &event, 0, CallKind::Publish)?;
-        self.inner.service.clone().oneshot(request).await.map(drop)
+        self.inner.service.call_once(request).await.map(drop)
     }
 
     /// Subscribes to the events whose topic matches `pattern` (`orders.*`, `#`), for as

@@ -2,10 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
@@ -17,11 +14,9 @@ use prometheus_client::metrics::family::Family;
 use super::{Cache, ClientFamilies, HistogramFamily, Labels, ServerFamilies, queue_labels};
 use crate::error::Error;
 use crate::middleware::{
-    ClientRequest, ClientResponse, ClientService, Layer, OUTCOME_OK, Reply, ServerRequest,
-    ServerService, Service, client_outcome,
+    BoxFuture, ClientRequest, ClientResponse, ClientService, Layer, OUTCOME_OK, OwnService, Reply,
+    ServerRequest, ServerService, client_outcome, service_of_shared,
 };
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The label of a function no server serves: requests may name anything, and a label per
 /// name would let any caller grow the metrics without bound.
@@ -125,16 +120,10 @@ pub struct ServerMetrics {
     state: Arc<ServerState>,
 }
 
-impl Service<ServerRequest> for ServerMetrics {
-    type Response = Reply;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Reply, Infallible>>;
+service_of_shared!(ServerMetrics, ServerRequest, Reply, Infallible);
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: ServerRequest) -> Self::Future {
+impl OwnService<ServerRequest, Reply, Infallible> for ServerMetrics {
+    fn call(&self, request: ServerRequest) -> BoxFuture<Result<Reply, Infallible>> {
         let state = self.state.clone();
         let label = if state.known.contains(&request.function) {
             request.function.as_str()
@@ -145,7 +134,7 @@ impl Service<ServerRequest> for ServerMetrics {
         if request.redelivered {
             state.redeliveries.inc();
         }
-        let future = self.inner.call(request);
+        let future = self.inner.call_once(request);
         Box::pin(async move {
             let _running = Running::start(&state.in_flight);
             let started = Instant::now();
@@ -250,19 +239,13 @@ pub struct ClientMetrics {
     state: Arc<ClientState>,
 }
 
-impl Service<ClientRequest> for ClientMetrics {
-    type Response = ClientResponse;
-    type Error = Error;
-    type Future = BoxFuture<Result<ClientResponse, Error>>;
+service_of_shared!(ClientMetrics, ClientRequest, ClientResponse, Error);
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: ClientRequest) -> Self::Future {
+impl OwnService<ClientRequest, ClientResponse, Error> for ClientMetrics {
+    fn call(&self, request: ClientRequest) -> BoxFuture<Result<ClientResponse, Error>> {
         let state = self.state.clone();
         let metrics = state.function(request.queue.as_str(), &request.function);
-        let future = self.inner.call(request);
+        let future = self.inner.call_once(request);
         Box::pin(async move {
             let _pending = Running::start(&state.families.pending);
             let started = Instant::now();

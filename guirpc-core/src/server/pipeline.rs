@@ -3,20 +3,22 @@
 //! The same pipeline serves requests from the broker and from the in-memory transport of
 //! [`crate::testing`].
 
+use std::any::Any;
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use futures_lite::FutureExt;
-use tower::ServiceExt;
 use tracing::{debug, error, warn};
 
 use crate::codec::Codec;
 use crate::metrics::{Metrics, ServerMetricsLayer};
-use crate::middleware::{Layer, Layers, Reply, ServerRequest, ServerService, Service};
+use crate::middleware::{
+    BoxFuture, Layer, Layers, OwnService, Reply, ServerRequest, ServerService,
+};
 use crate::protocol::{
     self, Description, ErrorCode, FunctionDescription, ParamDescription, Pong,
     SubscriptionDescription,
@@ -48,8 +50,8 @@ pub(crate) fn build(
     metrics: Option<&Metrics>,
     dead_letter: bool,
 ) -> ServerService {
-    let users = layers.wrap(ServerService::new(Dispatch(dispatcher.clone())));
-    let mut service = ServerService::new(CatchPanic(users));
+    let users = layers.wrap(ServerService::shared(Dispatch(dispatcher.clone())));
+    let mut service = ServerService::shared(CatchPanic(users));
     if let Some(metrics) = metrics {
         let mut functions: Vec<String> = dispatcher
             .registry
@@ -61,62 +63,51 @@ pub(crate) fn build(
         functions.push(protocol::FUNCTION_PING.to_owned());
         let layer =
             ServerMetricsLayer::new(metrics.server(), &dispatcher.queue, functions, dead_letter);
-        service = ServerService::new(layer.layer(service));
+        service = ServerService::shared(layer.layer(service));
     }
-    ServerService::new(ServerTraceLayer.layer(service))
+    ServerService::shared(ServerTraceLayer.layer(service))
 }
 
 /// Runs a request through the pipeline. Whatever panics costs the request an `internal`
 /// error reply, never the server.
 pub(crate) async fn run(service: &ServerService, request: ServerRequest) -> Reply {
     let codec = request.codec;
-    match AssertUnwindSafe(service.clone().oneshot(request))
-        .catch_unwind()
+    call_caught(service, request)
         .await
-    {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(never)) => match never {},
-        Err(panic) => layer_panicked(codec, "a request", panic.as_ref()),
-    }
+        .unwrap_or_else(|panic| layer_panicked(codec, "a request", panic.as_ref()))
 }
 
-/// Catches a panic of the user's layers (or of the dispatcher) as an `internal` reply.
-#[derive(Clone)]
-struct CatchPanic(ServerService);
-
-impl Service<ServerRequest> for CatchPanic {
-    type Response = Reply;
-    type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.0.poll_ready(cx)
-    }
-
-    /// Calls the service it wraps, readied by `poll_ready`, with no clone of its layers: a
-    /// panic while making the future or while it runs becomes the reply.
-    fn call(&mut self, request: ServerRequest) -> Self::Future {
-        let (codec, function) = (request.codec, request.function.clone());
-        let panicked = move |panic: Box<dyn std::any::Any + Send>| {
-            Ok(layer_panicked(
-                codec,
-                &format!("`{function}`"),
-                panic.as_ref(),
-            ))
-        };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.call(request))) {
-            Ok(future) => Box::pin(async move {
-                match AssertUnwindSafe(future).catch_unwind().await {
-                    Ok(reply) => reply,
-                    Err(panic) => panicked(panic),
-                }
-            }),
-            Err(panic) => Box::pin(std::future::ready(panicked(panic))),
+/// Calls `service` once; a panic while it makes its future, or while that runs, is the
+/// outcome instead of a reply.
+fn call_caught(
+    service: &ServerService,
+    request: ServerRequest,
+) -> impl Future<Output = Result<Reply, Box<dyn Any + Send>>> + Send + 'static {
+    let called = std::panic::catch_unwind(AssertUnwindSafe(|| service.call_once(request)));
+    async move {
+        match AssertUnwindSafe(called?).catch_unwind().await? {
+            Ok(reply) => Ok(reply),
+            Err(never) => match never {},
         }
     }
 }
 
-fn layer_panicked(codec: Codec, what: &str, panic: &(dyn std::any::Any + Send)) -> Reply {
+/// Catches a panic of the user's layers (or of the dispatcher) as an `internal` reply.
+struct CatchPanic(ServerService);
+
+impl OwnService<ServerRequest, Reply, Infallible> for CatchPanic {
+    fn call(&self, request: ServerRequest) -> BoxFuture<Result<Reply, Infallible>> {
+        let (codec, function) = (request.codec, request.function.clone());
+        let reply = call_caught(&self.0, request);
+        Box::pin(async move {
+            Ok(reply.await.unwrap_or_else(|panic| {
+                layer_panicked(codec, &format!("`{function}`"), panic.as_ref())
+            }))
+        })
+    }
+}
+
+fn layer_panicked(codec: Codec, what: &str, panic: &(dyn Any + Send)) -> Reply {
     let why = panic_message(panic);
     error!("a middleware layer panicked serving {what}: {why}");
     Reply::refusal(
@@ -127,19 +118,10 @@ fn layer_panicked(codec: Codec, what: &str, panic: &(dyn std::any::Any + Send)) 
 }
 
 /// The innermost service: finds and runs the function.
-#[derive(Clone)]
 struct Dispatch(Arc<Dispatcher>);
 
-impl Service<ServerRequest> for Dispatch {
-    type Response = Reply;
-    type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: ServerRequest) -> Self::Future {
+impl OwnService<ServerRequest, Reply, Infallible> for Dispatch {
+    fn call(&self, request: ServerRequest) -> BoxFuture<Result<Reply, Infallible>> {
         let dispatcher = self.0.clone();
         Box::pin(async move {
             dispatcher.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -348,7 +330,7 @@ fn describe(dispatcher: &Dispatcher) -> Description {
     }
 }
 
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
     if let Some(s) = panic.downcast_ref::<&str>() {
         s
     } else if let Some(s) = panic.downcast_ref::<String>() {
