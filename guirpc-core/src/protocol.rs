@@ -563,15 +563,20 @@ fn deadline_of(value: &AMQPValue) -> Option<SystemTime> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn request_properties_round_trip_through_request_meta() {
-        let props = request_properties(
-            "add",
-            Codec::Json,
+    /// The properties of a call to `function`, ID 7, with a timeout of 5 s.
+    fn a_call(function: &str, codec: Codec) -> BasicProperties {
+        request_properties(
+            function,
+            codec,
             "7".into(),
             Duration::from_secs(5),
             &FieldTable::default(),
-        );
+        )
+    }
+
+    #[test]
+    fn request_properties_round_trip_through_request_meta() {
+        let props = a_call("add", Codec::Json);
         assert_eq!(props.expiration().as_ref().unwrap().as_str(), "5000");
         assert!(props.headers().is_none(), "version 2 sends no header table");
         let meta = RequestMeta::read(&props);
@@ -590,22 +595,10 @@ mod tests {
 
     #[test]
     fn a_messagepack_request_has_no_content_type_and_is_read_as_messagepack() {
-        let props = request_properties(
-            "add",
-            Codec::MsgPack,
-            "7".into(),
-            Duration::from_secs(5),
-            &FieldTable::default(),
-        );
+        let props = a_call("add", Codec::MsgPack);
         assert_eq!(props.content_type(), &None);
         assert_eq!(RequestMeta::read(&props).codec, Ok(Codec::MsgPack));
-        let json = request_properties(
-            "add",
-            Codec::Json,
-            "7".into(),
-            Duration::from_secs(5),
-            &FieldTable::default(),
-        );
+        let json = a_call("add", Codec::Json);
         let content_type = json.content_type().as_ref().map(ShortString::as_str);
         assert_eq!(content_type, Some("application/json"));
     }
@@ -613,13 +606,7 @@ mod tests {
     #[test]
     fn a_name_too_long_for_type_goes_in_version_1_headers() {
         let name = "f".repeat(MAX_TYPE_LEN + 1);
-        let props = request_properties(
-            &name,
-            Codec::MsgPack,
-            "1".into(),
-            Duration::from_secs(5),
-            &FieldTable::default(),
-        );
+        let props = a_call(&name, Codec::MsgPack);
         assert!(props.kind().is_none());
         let meta = RequestMeta::read(&props);
         assert_eq!(meta.version, 1);
