@@ -349,7 +349,7 @@ where
     }
 
     /// One of guirpc's own services.
-    pub(crate) fn shared(service: impl OwnService<Req, Res, Err>) -> Self {
+    pub(crate) fn own(service: impl OwnService<Req, Res, Err>) -> Self {
         Pipeline(Node::Own(Arc::new(service)))
     }
 
@@ -403,7 +403,7 @@ impl<Req, Res, Err> fmt::Debug for Pipeline<Req, Res, Err> {
 
 /// Makes one of guirpc's own services a [`Service`] too (for a user who stacks its layer
 /// in a tower stack of their own): always ready, its call the shared one.
-macro_rules! service_of_shared {
+macro_rules! service_of_own {
     ($service:ty, $request:ty, $response:ty, $error:ty) => {
         impl $crate::middleware::Service<$request> for $service {
             type Response = $response;
@@ -423,7 +423,7 @@ macro_rules! service_of_shared {
         }
     };
 }
-pub(crate) use service_of_shared;
+pub(crate) use service_of_own;
 
 /// The outcome of a client call, for spans and metrics: `ok`, the server's error code, or
 /// what went wrong on the way (`timeout`, `no_route`, `connection`, `blocked`, ...).
@@ -553,7 +553,7 @@ mod tests {
     async fn a_users_service_inside_guirpcs_own_is_called_once_ready() {
         let user = ReadyLate::default();
         let polls = user.polls.clone();
-        let pipeline = Pipeline::shared(Around(Pipeline::new(user)));
+        let pipeline = Pipeline::own(Around(Pipeline::new(user)));
         assert_eq!(pipeline.call_once(4).await, Ok(41));
         // As a user's layer outside calls it: cloned, readied, called.
         assert_eq!(pipeline.clone().oneshot(5).await, Ok(51));

@@ -79,7 +79,7 @@ impl InMemoryServer {
             queue: self.queue.clone(),
             next_id: Arc::new(AtomicU64::new(1)),
         };
-        builder.build(ClientService::shared(transport), Transport::Memory)
+        builder.build(ClientService::own(transport), Transport::Memory)
     }
 }
 

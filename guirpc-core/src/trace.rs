@@ -22,7 +22,7 @@ use tracing::{Instrument, Span, field};
 use crate::error::Error;
 use crate::middleware::{
     BoxFuture, ClientRequest, ClientResponse, ClientService, Layer, OwnService, Reply,
-    ServerRequest, ServerService, client_outcome, service_of_shared,
+    ServerRequest, ServerService, client_outcome, service_of_own,
 };
 
 /// The request header carrying the caller's trace context (W3C Trace Context).
@@ -242,7 +242,7 @@ pub struct ServerTrace {
     inner: ServerService,
 }
 
-service_of_shared!(ServerTrace, ServerRequest, Reply, Infallible);
+service_of_own!(ServerTrace, ServerRequest, Reply, Infallible);
 
 impl OwnService<ServerRequest, Reply, Infallible> for ServerTrace {
     fn call(&self, request: ServerRequest) -> BoxFuture<Result<Reply, Infallible>> {
@@ -307,7 +307,7 @@ pub struct ClientTrace {
     inner: ClientService,
 }
 
-service_of_shared!(ClientTrace, ClientRequest, ClientResponse, Error);
+service_of_own!(ClientTrace, ClientRequest, ClientResponse, Error);
 
 impl OwnService<ClientRequest, ClientResponse, Error> for ClientTrace {
     fn call(&self, mut request: ClientRequest) -> BoxFuture<Result<ClientResponse, Error>> {

@@ -165,7 +165,7 @@ impl ClientBuilder {
             self.metrics.clone(),
         )
         .await?;
-        let innermost = ClientService::shared(amqp::Transport(shared.clone()));
+        let innermost = ClientService::own(amqp::Transport(shared.clone()));
         Ok(self.build(innermost, Transport::Amqp { shared, supervisor }))
     }
 
@@ -173,9 +173,9 @@ impl ClientBuilder {
     pub(crate) fn build(self, innermost: ClientService, transport: Transport) -> Client {
         let mut service = self.layers.wrap(innermost);
         if let Some(metrics) = &self.metrics {
-            service = ClientService::shared(metrics.client_layer().layer(service));
+            service = ClientService::own(metrics.client_layer().layer(service));
         }
-        let service = ClientService::shared(ClientTraceLayer.layer(service));
+        let service = ClientService::own(ClientTraceLayer.layer(service));
         Client {
             inner: Arc::new(Inner { service, transport }),
             queue: self.queue.as_str().into(),

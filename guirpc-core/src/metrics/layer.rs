@@ -15,7 +15,7 @@ use super::{Cache, ClientFamilies, HistogramFamily, Labels, ServerFamilies, queu
 use crate::error::Error;
 use crate::middleware::{
     BoxFuture, ClientRequest, ClientResponse, ClientService, Layer, OUTCOME_OK, OwnService, Reply,
-    ServerRequest, ServerService, client_outcome, service_of_shared,
+    ServerRequest, ServerService, client_outcome, service_of_own,
 };
 
 /// The label of a function no server serves: requests may name anything, and a label per
@@ -120,7 +120,7 @@ pub struct ServerMetrics {
     state: Arc<ServerState>,
 }
 
-service_of_shared!(ServerMetrics, ServerRequest, Reply, Infallible);
+service_of_own!(ServerMetrics, ServerRequest, Reply, Infallible);
 
 impl OwnService<ServerRequest, Reply, Infallible> for ServerMetrics {
     fn call(&self, request: ServerRequest) -> BoxFuture<Result<Reply, Infallible>> {
@@ -239,7 +239,7 @@ pub struct ClientMetrics {
     state: Arc<ClientState>,
 }
 
-service_of_shared!(ClientMetrics, ClientRequest, ClientResponse, Error);
+service_of_own!(ClientMetrics, ClientRequest, ClientResponse, Error);
 
 impl OwnService<ClientRequest, ClientResponse, Error> for ClientMetrics {
     fn call(&self, request: ClientRequest) -> BoxFuture<Result<ClientResponse, Error>> {

@@ -50,8 +50,8 @@ pub(crate) fn build(
     metrics: Option<&Metrics>,
     dead_letter: bool,
 ) -> ServerService {
-    let users = layers.wrap(ServerService::shared(Dispatch(dispatcher.clone())));
-    let mut service = ServerService::shared(CatchPanic(users));
+    let users = layers.wrap(ServerService::own(Dispatch(dispatcher.clone())));
+    let mut service = ServerService::own(CatchPanic(users));
     if let Some(metrics) = metrics {
         let mut functions: Vec<String> = dispatcher
             .registry
@@ -63,9 +63,9 @@ pub(crate) fn build(
         functions.push(protocol::FUNCTION_PING.to_owned());
         let layer =
             ServerMetricsLayer::new(metrics.server(), &dispatcher.queue, functions, dead_letter);
-        service = ServerService::shared(layer.layer(service));
+        service = ServerService::own(layer.layer(service));
     }
-    ServerService::shared(ServerTraceLayer.layer(service))
+    ServerService::own(ServerTraceLayer.layer(service))
 }
 
 /// Runs a request through the pipeline. Whatever panics costs the request an `internal`
