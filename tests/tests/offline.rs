@@ -259,3 +259,65 @@ async fn streams_run_in_memory_with_the_same_flow_control_errors_and_cancellatio
     };
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
 }
+
+/// A user's server layer that panics where the caller asks it to (in `poll_ready`, or in
+/// `call` before it makes a future), and passes the rest on.
+#[derive(Clone)]
+struct Brittle {
+    inner: ServerService,
+    /// Set, the next `poll_ready` panics (and clears it).
+    ready_panics: Arc<Mutex<bool>>,
+}
+
+impl tower::Service<ServerRequest> for Brittle {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = <ServerService as tower::Service<ServerRequest>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        if std::mem::take(&mut *self.ready_panics.lock().unwrap()) {
+            panic!("not ready, and broken");
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ServerRequest) -> Self::Future {
+        if request.function == "answer" {
+            panic!("broken before the call began");
+        }
+        self.inner.call(request)
+    }
+}
+
+#[tokio::test]
+async fn a_layer_panicking_while_made_ready_or_before_its_future_costs_only_its_call() {
+    let uri = no_broker().await;
+    let ready_panics = Arc::new(Mutex::new(false));
+    let flag = ready_panics.clone();
+    let server = Server::builder()
+        .uri(&uri)
+        .queue("brittle")
+        .layer(layer_fn(move |inner: ServerService| Brittle {
+            inner,
+            ready_panics: flag.clone(),
+        }))
+        .in_memory()
+        .unwrap();
+    let client = server.client();
+    for _ in 0..2 {
+        *ready_panics.lock().unwrap() = true;
+        let err = api::add::call(&client, 1, 2).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Internal), "{err}");
+        assert!(err.to_string().contains("not ready, and broken"), "{err}");
+        let err = client.call::<u32>("answer", ()).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Internal), "{err}");
+        assert!(
+            err.to_string().contains("broken before the call began"),
+            "{err}"
+        );
+        assert_eq!(api::add::call(&client, 1, 2).await.unwrap(), 3);
+    }
+}
