@@ -1468,7 +1468,9 @@ mod raw {
                     match request.properties.content_type().clone() {
                         Some(codec) => properties = properties.with_content_type(codec),
                         None if guirpc => {
-                            properties = properties.with_content_type("application/msgpack".into());
+                            properties = properties.with_content_type(
+                                guirpc_core::Codec::MsgPack.content_type().into(),
+                            );
                         }
                         None => {}
                     }
@@ -1621,7 +1623,8 @@ mod raw {
                     .with_timestamp(1 << 50);
             }
             if self.adds.codec {
-                properties = properties.with_content_type("application/msgpack".into());
+                properties =
+                    properties.with_content_type(guirpc_core::Codec::MsgPack.content_type().into());
             }
             let confirm = self.adds.confirm;
             let options = BasicPublishOptions {
