@@ -62,7 +62,6 @@ pub(super) async fn connect(
 
 /// The innermost service of a client on the broker: one call, one round trip (and as many
 /// more as its retries allow).
-#[derive(Clone)]
 pub(super) struct Transport(pub(super) Arc<Shared>);
 
 impl OwnService<ClientRequest, ClientResponse, Error> for Transport {
