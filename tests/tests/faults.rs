@@ -44,6 +44,16 @@ async fn client(broker: &PrivateBroker, queue: &str, timeout: Duration) -> Clien
         .unwrap()
 }
 
+/// Closes the one client connection on `broker`, as the broker's operator would.
+async fn close_the_client_connection(broker: PrivateBroker) -> PrivateBroker {
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(broker.close_connections_named("guirpc client"), 1);
+        broker
+    })
+    .await
+    .unwrap()
+}
+
 /// Calls `f` until it succeeds or `limit` passes; the last result.
 async fn eventually<T, E, F: std::future::Future<Output = Result<T, E>>>(
     limit: Duration,
@@ -184,12 +194,7 @@ async fn a_client_whose_connection_drops_fails_its_pending_calls_at_once_and_rec
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let dropped_at = Instant::now();
-    let broker = tokio::task::spawn_blocking(move || {
-        assert_eq!(broker.close_connections_named("guirpc client"), 1);
-        broker
-    })
-    .await
-    .unwrap();
+    let broker = close_the_client_connection(broker).await;
     for call in slow {
         let err = call.await.unwrap().unwrap_err();
         assert!(matches!(err, Error::Connection { .. }), "{err:?}");
@@ -207,6 +212,64 @@ async fn a_client_whose_connection_drops_fails_its_pending_calls_at_once_and_rec
     assert_eq!(add::call(&client, 2, 3).await.unwrap(), 5);
     assert_eq!(idempotent.await.unwrap().unwrap(), 49);
     drop(broker);
+}
+
+/// A blocking call routes the client's replies while it waits: when the connection drops
+/// under it, it fails at once like any other, and the client reconnects.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocking_client_whose_connection_drops_fails_its_calls_at_once_and_recovers() {
+    let (_one, broker) = private_broker("blocking-drop").await;
+    let _server = server(&broker, "blocking-drop", 64).await;
+    let uri = broker.uri();
+    // Outside the runtime: a blocking client refuses to run inside one.
+    let (connected, ready) = std::sync::mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        let client = guirpc_core::BlockingClient::connect(&uri)
+            .unwrap()
+            .with_queue("blocking-drop")
+            .with_timeout(Duration::from_secs(30));
+        assert_eq!(add::call_blocking(&client, 1, 2).unwrap(), 3);
+        connected.send(()).unwrap();
+        let slow = std::thread::spawn({
+            let client = client.clone();
+            move || nap::call_blocking(&client, 5000)
+        });
+        let called = Instant::now();
+        let err = nap::call_blocking(&client, 5000).unwrap_err();
+        let failed_after = called.elapsed();
+        assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+        assert!(err.is_retriable());
+        let other = slow.join().unwrap().unwrap_err();
+        assert!(matches!(other, Error::Connection { .. }), "{other:?}");
+        assert!(wait_blocking(&client), "the client did not reconnect");
+        assert_eq!(add::call_blocking(&client, 2, 3).unwrap(), 5);
+        failed_after
+    });
+    tokio::task::spawn_blocking(move || ready.recv().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let broker = close_the_client_connection(broker).await;
+    let failed_after = tokio::task::spawn_blocking(move || caller.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        failed_after < Duration::from_secs(4),
+        "the waiting calls failed only after {failed_after:?}, not at once"
+    );
+    drop(broker);
+}
+
+/// Waits up to 5 s for a blocking client's connection; whether it came.
+fn wait_blocking(client: &guirpc_core::BlockingClient) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if client.as_async().is_connected() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -399,12 +462,7 @@ async fn calls_made_while_reconnecting_wait_for_the_connection_instead_of_failin
     while done.load(Ordering::Relaxed) < 1500 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let broker = tokio::task::spawn_blocking(move || {
-        assert_eq!(broker.close_connections_named("guirpc client"), 1);
-        broker
-    })
-    .await
-    .unwrap();
+    let broker = close_the_client_connection(broker).await;
     let mut failed = Vec::new();
     for call in driver.await.unwrap() {
         let (i, result) = call.await.unwrap();

@@ -1,9 +1,9 @@
 //! The client's transport over RabbitMQ.
 //!
 //! One connection and one channel (a *link*) carry every call. Replies come back over
-//! RabbitMQ's direct reply-to, consumed by one task that hands each reply to the call
+//! RabbitMQ's direct reply-to, consumed by one router that hands each reply to the call
 //! waiting for its correlation ID, so any number of calls can be in flight at once on one
-//! client. Requests are published `mandatory`: a request no queue is bound for comes back
+//! client: a task, or a blocking call while it waits, on its own thread ([`Replies`]). Requests are published `mandatory`: a request no queue is bound for comes back
 //! from the broker, and its call fails within milliseconds with [`Error::NoRoute`] instead
 //! of running into its timeout.
 //!
@@ -14,9 +14,12 @@
 //! [`Error::Connection`] only if none comes in time.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
@@ -109,7 +112,7 @@ async fn send_request<R>(
     shared: &Shared,
     request: &ClientRequest,
     deadline: Instant,
-    register: impl Fn(&Pending, u64) -> Option<R>,
+    register: impl Fn(&Pending, u64) -> Option<(R, bool)>,
 ) -> Result<(Waiting, R), Error> {
     let function = request.function.as_str();
     // A call that has not been sent waits for a connection until its deadline; only a
@@ -118,11 +121,12 @@ async fn send_request<R>(
         let linked = shared.linked.notified();
         if let Some(link) = shared.link() {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            if let Some(reply) = register(&link.pending, id) {
+            if let Some((reply, leading)) = register(&link.pending, id) {
                 let waiting = Waiting {
                     link,
                     id,
                     answered: false,
+                    leading,
                 };
                 let properties = protocol::request_properties(
                     function,
@@ -167,11 +171,16 @@ async fn round_trip(shared: &Shared, request: &ClientRequest) -> Result<ClientRe
     // not by a timer of its own: registering one with tokio's timer and removing it again
     // cost about 2% of the rate with one call in flight.
     let deadline = Instant::now() + request.timeout;
-    let (mut waiting, reply) = send_request(shared, request, deadline, |pending, id| {
-        pending.insert(id, deadline)
+    let lead = LEADS.get();
+    let (mut waiting, mut reply) = send_request(shared, request, deadline, |pending, id| {
+        pending.insert(id, deadline, lead)
     })
     .await?;
-    let answer = reply.await;
+    let answer = if waiting.leading {
+        waiting.link.replies.lead(&mut reply).await
+    } else {
+        reply.await
+    };
     // Whatever came, the router, the returns tick or the link's end took the entry out.
     waiting.answered = true;
     match answer {
@@ -211,7 +220,7 @@ async fn open_stream(shared: &Shared, request: &ClientRequest) -> Result<ClientR
     let deadline = Instant::now() + request.timeout;
     let (tx, rx) = stream::channel(window);
     let (waiting, ()) = send_request(shared, request, deadline, |pending, id| {
-        pending.insert_stream(id, tx.clone())
+        pending.insert_stream(id, tx.clone()).map(|()| ((), false))
     })
     .await?;
     let expired = Box::pin(tokio::time::sleep_until(deadline));
@@ -448,6 +457,7 @@ pub(super) struct Link {
     pub(super) connection: Connection,
     channel: Channel,
     pending: Arc<Pending>,
+    replies: Arc<Replies>,
     /// The channel casts are published on, in publisher-confirm mode; opened by the first
     /// cast (calls need no confirms: their reply is the confirmation).
     casts: tokio::sync::OnceCell<Channel>,
@@ -497,17 +507,20 @@ impl Link {
             .await
             .map_err(failed)?;
         let pending = Arc::new(Pending::default());
+        let replies = Arc::new(Replies {
+            pending: pending.clone(),
+            consumer: Mutex::new(replies),
+            channel: channel.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            task: Mutex::new(None),
+        });
         let (ended, end) = oneshot::channel();
-        tokio::spawn(route_replies(
-            replies,
-            pending.clone(),
-            channel.clone(),
-            ended,
-        ));
+        tokio::spawn(route_replies(replies.clone(), ended));
         let link = Link {
             connection,
             channel,
             pending,
+            replies,
             casts: tokio::sync::OnceCell::new(),
         };
         Ok((link, end))
@@ -583,6 +596,23 @@ struct PendingCalls {
     deadlines: BTreeSet<(Instant, u64)>,
     /// Set once replies can no longer arrive; no call may wait after that.
     closed: bool,
+    /// Who routes replies now.
+    router: Router,
+    /// Set once the reply consumer has ended (whoever routed saw it).
+    ended: bool,
+}
+
+/// Who polls the link's reply consumer and hands out what it brings: one at a time, since
+/// the consumer wakes only the last to poll it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Router {
+    /// The link's router task, on the client's runtime.
+    #[default]
+    Task,
+    /// A blocking call, on its own thread, until its reply comes: lapin's I/O thread wakes
+    /// that thread directly, not through the router task (one thread wake-up per reply
+    /// instead of two).
+    Caller,
 }
 
 impl PendingCalls {
@@ -617,27 +647,47 @@ enum Waiter {
 }
 
 impl Pending {
-    fn insert(&self, id: u64, deadline: Instant) -> Option<oneshot::Receiver<Answer>> {
+    /// Puts a call in; its answer, and whether it routes replies until it comes (`lead`
+    /// asks to, and no other call does).
+    fn insert(
+        &self,
+        id: u64,
+        deadline: Instant,
+        lead: bool,
+    ) -> Option<(oneshot::Receiver<Answer>, bool)> {
         let (answer, rx) = oneshot::channel();
-        self.wait(id, Waiter::Call { answer, deadline })
-            .then_some(rx)
+        let leads = self.wait(id, Waiter::Call { answer, deadline }, lead)?;
+        Some((rx, leads))
     }
 
     fn insert_stream(&self, id: u64, tx: mpsc::Sender<Piece>) -> Option<()> {
-        self.wait(id, Waiter::Stream(tx)).then_some(())
+        self.wait(id, Waiter::Stream(tx), false).map(drop)
     }
 
-    fn wait(&self, id: u64, waiter: Waiter) -> bool {
+    /// Puts a waiter in unless replies can no longer come; whether it leads.
+    fn wait(&self, id: u64, waiter: Waiter, lead: bool) -> Option<bool> {
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         if calls.closed {
-            return false;
+            return None;
+        }
+        // Taken from the router task without waking it: the leader's first poll of the
+        // consumer puts its own waker in the task's place.
+        let leads = lead && calls.router == Router::Task && !calls.ended;
+        if leads {
+            calls.router = Router::Caller;
         }
         calls.put(id, waiter);
         drop(calls);
         if self.router_parked.swap(false, Ordering::SeqCst) {
             self.busy.notify_one();
         }
-        true
+        Some(leads)
+    }
+
+    /// Who routes replies, unless the consumer has ended.
+    fn router(&self) -> Option<Router> {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        (!calls.ended).then_some(calls.router)
     }
 
     /// Hands a reply to whoever waits for it; the reply back when no one does.
@@ -773,12 +823,17 @@ struct Waiting {
     link: Arc<Link>,
     id: u64,
     answered: bool,
+    /// Whether this call routes the link's replies (and hands that back when it ends).
+    leading: bool,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         if !self.answered {
             self.link.pending.remove(self.id);
+        }
+        if self.leading {
+            self.link.replies.hand_back();
         }
     }
 }
@@ -834,50 +889,154 @@ async fn collect_returns(ended: &mut oneshot::Receiver<()>, link: &Link) {
     }
 }
 
-/// Hands each reply to the call waiting for it, until the consumer ends; then says so.
-///
-/// Routing on lapin's I/O thread instead (a consumer delegate) would save blocking calls
-/// a hop, but lapin spawns a task for every delivery a delegate takes: measured, that cost
-/// more than the hop (docs/PERFORMANCE.md).
-async fn route_replies(
-    mut replies: lapin::Consumer,
-    pending: Arc<Pending>,
-    channel: Channel,
-    ended: oneshot::Sender<()>,
-) {
-    loop {
-        match replies.next().await {
-            Some(Ok(delivery)) => {
-                let unwanted = match correlation(&delivery) {
-                    Some(id) => pending.route(id, delivery),
-                    None => Some(delivery),
-                };
-                if let Some(delivery) = unwanted {
-                    refuse(&channel, delivery);
-                }
-            }
-            Some(Err(err)) => {
-                debug!("the reply consumer ended: {err}");
-                break;
-            }
-            None => break,
-        }
-    }
-    let _ = ended.send(());
+thread_local! {
+    /// Set while this thread makes a blocking call: its calls route replies while they
+    /// wait.
+    pub(super) static LEADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// A reply no call waits for (late, or a duplicate) is dropped; the first item of a
-/// stream no one waits for any more (its caller gave up before it came) is cancelled, so
-/// that its server stops.
-fn refuse(channel: &Channel, delivery: Delivery) {
-    debug!("dropping a reply no call waits for (late, or a duplicate)");
-    if let Piece::Item {
-        credit_to: Some((queue, id)),
-        ..
-    } = piece(delivery)
-    {
-        tokio::spawn(send_credit(channel.clone(), queue, id, None));
+/// A link's reply consumer and who routes what it brings.
+///
+/// The router task routes replies unless a blocking call does: a blocking call takes the
+/// consumer over while it waits (lapin's I/O thread then wakes the caller's thread itself,
+/// where through the task a reply would cost two thread wake-ups), routing every reply
+/// that comes meanwhile, and hands it back to the task when its own reply has come,
+/// without waking it. Routing on lapin's I/O thread instead (a consumer delegate) would
+/// save the same hop, but lapin spawns a task for every delivery a delegate takes:
+/// measured, that cost more than the hop (docs/PERFORMANCE.md).
+struct Replies {
+    pending: Arc<Pending>,
+    /// Polled only by the router of the moment, checked under this lock: the consumer
+    /// keeps one waker, the last poller's.
+    consumer: Mutex<lapin::Consumer>,
+    channel: Channel,
+    runtime: tokio::runtime::Handle,
+    /// The router task's waker, to hand routing back to it.
+    task: Mutex<Option<Waker>>,
+}
+
+impl std::fmt::Debug for Replies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replies").finish_non_exhaustive()
     }
+}
+
+impl Replies {
+    /// Routes every reply the consumer has while `router` routes; ready once it has
+    /// ended (or pending, with nothing registered, once `router` no longer routes).
+    fn poll_route(&self, router: Router, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let next = {
+                let mut consumer = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+                match self.pending.router() {
+                    None => return Poll::Ready(()),
+                    Some(now) if now != router => return Poll::Pending,
+                    Some(_) => {}
+                }
+                consumer.poll_next(cx)
+            };
+            match next {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(delivery))) => self.route(delivery),
+                Poll::Ready(end) => {
+                    if let Some(Err(err)) = end {
+                        debug!("the reply consumer ended: {err}");
+                    }
+                    self.ended();
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+
+    fn route(&self, delivery: Delivery) {
+        let unwanted = match correlation(&delivery) {
+            Some(id) => self.pending.route(id, delivery),
+            None => Some(delivery),
+        };
+        if let Some(delivery) = unwanted {
+            self.refuse(delivery);
+        }
+    }
+
+    /// Notes the consumer's end, and wakes the router task to report it.
+    fn ended(&self) {
+        {
+            let mut calls = self.pending.calls.lock().unwrap_or_else(|e| e.into_inner());
+            calls.ended = true;
+            calls.router = Router::Task;
+        }
+        if let Some(task) = self.task_waker() {
+            task.wake();
+        }
+    }
+
+    /// Waits for a leading call's answer, routing replies (its own among them) meanwhile.
+    async fn lead(
+        &self,
+        answer: &mut oneshot::Receiver<Answer>,
+    ) -> Result<Answer, oneshot::error::RecvError> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = Pin::new(&mut *answer).poll(cx) {
+                return Poll::Ready(answer);
+            }
+            // Ready only once the consumer has ended: the link's end then fails the call.
+            let _ = self.poll_route(Router::Caller, cx);
+            Pin::new(&mut *answer).poll(cx)
+        })
+        .await
+    }
+
+    /// A leading call ends: the router task routes again. Its waker goes back into the
+    /// consumer by polling it in the task's name, routing what came meanwhile: the task is
+    /// woken by the next reply, not now.
+    fn hand_back(&self) {
+        {
+            let mut calls = self.pending.calls.lock().unwrap_or_else(|e| e.into_inner());
+            if calls.router != Router::Caller {
+                return;
+            }
+            calls.router = Router::Task;
+        }
+        // No waker: the task has not polled yet, and will.
+        if let Some(task) = self.task_waker() {
+            let _ = self.poll_route(Router::Task, &mut Context::from_waker(&task));
+        }
+    }
+
+    fn task_waker(&self) -> Option<Waker> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A reply no call waits for (late, or a duplicate) is dropped; the first item of a
+    /// stream no one waits for any more (its caller gave up before it came) is cancelled,
+    /// so that its server stops.
+    fn refuse(&self, delivery: Delivery) {
+        debug!("dropping a reply no call waits for (late, or a duplicate)");
+        if let Piece::Item {
+            credit_to: Some((queue, id)),
+            ..
+        } = piece(delivery)
+        {
+            self.runtime
+                .spawn(send_credit(self.channel.clone(), queue, id, None));
+        }
+    }
+}
+
+/// Routes replies whenever no blocking call does, until the consumer ends; then says so.
+async fn route_replies(replies: Arc<Replies>, ended: oneshot::Sender<()>) {
+    std::future::poll_fn(|cx| {
+        {
+            let mut task = replies.task.lock().unwrap_or_else(|e| e.into_inner());
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        replies.poll_route(Router::Task, cx)
+    })
+    .await;
+    let _ = ended.send(());
 }
 
 /// A stream's message, as the caller's stream takes it.
@@ -951,10 +1110,10 @@ mod tests {
         let pending = Pending::default();
         let now = Instant::now();
         let at = |ms| now + Duration::from_millis(ms);
-        let mut late = pending.insert(1, at(30)).unwrap();
-        let mut first = pending.insert(2, at(10)).unwrap();
-        let mut second = pending.insert(3, at(20)).unwrap();
-        let mut cancelled = pending.insert(4, at(5)).unwrap();
+        let mut late = pending.insert(1, at(30), false).unwrap().0;
+        let mut first = pending.insert(2, at(10), false).unwrap().0;
+        let mut second = pending.insert(3, at(20), false).unwrap().0;
+        let mut cancelled = pending.insert(4, at(5), false).unwrap().0;
         // A call that ends otherwise (here: cancelled) leaves no deadline behind.
         assert!(matches!(pending.remove(4), Some(Waiter::Call { .. })));
         assert!(cancelled.try_recv().is_err());

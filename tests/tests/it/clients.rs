@@ -54,18 +54,25 @@ async fn a_blocking_function_does_not_stall_the_server() {
     assert_eq!(slow.await.unwrap().unwrap(), 1500);
 }
 
-#[test]
-fn blocking_client_calls_from_plain_threads() {
+/// A server on a runtime of its own, for tests whose blocking clients run outside one.
+fn serve_outside_a_runtime(test: &str) -> (tokio::runtime::Runtime, guirpc_core::Server) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime.block_on(async {
         guirpc_core::Server::builder()
             .uri(uri())
-            .queue(unique_queue("blocking-client"))
+            .queue(unique_queue(test))
             .queue_arguments(guirpc_tests::expiring())
+            .concurrency(64)
             .start()
             .await
             .unwrap()
     });
+    (runtime, server)
+}
+
+#[test]
+fn blocking_client_calls_from_plain_threads() {
+    let (runtime, server) = serve_outside_a_runtime("blocking-client");
     let client = BlockingClient::connect(&uri())
         .unwrap()
         .with_queue(server.queue());
@@ -97,6 +104,71 @@ fn blocking_client_calls_from_plain_threads() {
         .call::<u64>("nap", (2000,))
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    drop(client);
+    runtime.block_on(server.shutdown()).unwrap();
+}
+
+/// A blocking call routes the client's replies while it waits, the others' too; whatever
+/// it ends by (its reply, its timeout), routing goes on for every other call.
+#[test]
+fn blocking_and_async_calls_on_one_client_each_get_their_reply_however_the_others_end() {
+    let (runtime, server) = serve_outside_a_runtime("blocking-mixed");
+    let client = BlockingClient::connect(&uri())
+        .unwrap()
+        .with_queue(server.queue())
+        .with_timeout(Duration::from_secs(10));
+    // Async calls on the same client and connection, from another runtime, all along.
+    let asynchronous = client.as_async().clone();
+    let async_calls = runtime.spawn(async move {
+        let calls: Vec<_> = (0..400i64)
+            .map(|i| {
+                let client = asynchronous.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(i as u64 * 5)).await;
+                    add::call(&client, i, 1).await
+                })
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap().unwrap(), i as i64 + 1);
+        }
+    });
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let client = client.clone();
+            let quick = client.with_timeout(Duration::from_millis(100));
+            std::thread::spawn(move || {
+                for i in 0..30u64 {
+                    match (t + i) % 5 {
+                        // Slow replies: the thread waits (and may route) for a while.
+                        0 => assert_eq!(nap::call_blocking(&client, 40).unwrap(), 40),
+                        // Calls that time out while routing, and end that way.
+                        1 => {
+                            let err = nap::call_blocking(&quick, 400).unwrap_err();
+                            assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+                        }
+                        _ => {
+                            let (a, b) = (t as i64, i as i64);
+                            assert_eq!(add::call_blocking(&client, a, b).unwrap(), a + b);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    runtime.block_on(async_calls).unwrap();
+    // Nothing left routing for a call that is gone: async and blocking calls still answer.
+    let asynchronous = client.as_async().clone();
+    assert_eq!(
+        runtime
+            .block_on(async move { add::call(&asynchronous, 1, 1).await })
+            .unwrap(),
+        2
+    );
+    assert_eq!(add::call_blocking(&client, 2, 2).unwrap(), 4);
     drop(client);
     runtime.block_on(server.shutdown()).unwrap();
 }
