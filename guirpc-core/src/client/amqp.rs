@@ -922,29 +922,28 @@ impl std::fmt::Debug for Replies {
 }
 
 impl Replies {
-    /// Routes every reply the consumer has while `router` routes; ready once it has
-    /// ended (or pending, with nothing registered, once `router` no longer routes).
-    fn poll_route(&self, router: Router, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            let next = {
-                let mut consumer = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
-                match self.pending.router() {
-                    None => return Poll::Ready(()),
-                    Some(now) if now != router => return Poll::Pending,
-                    Some(_) => {}
+    /// The next reply, if `router` routes: `Ready(None)` once the consumer has ended;
+    /// pending with `cx` registered, or, once `router` no longer routes, with nothing
+    /// registered.
+    fn poll_next(&self, router: Router, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let next = {
+            let mut consumer = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+            match self.pending.router() {
+                None => return Poll::Ready(None),
+                Some(now) if now != router => return Poll::Pending,
+                Some(_) => {}
+            }
+            consumer.poll_next(cx)
+        };
+        match next {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(delivery))) => Poll::Ready(Some(delivery)),
+            Poll::Ready(end) => {
+                if let Some(Err(err)) = end {
+                    debug!("the reply consumer ended: {err}");
                 }
-                consumer.poll_next(cx)
-            };
-            match next {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(delivery))) => self.route(delivery),
-                Poll::Ready(end) => {
-                    if let Some(Err(err)) = end {
-                        debug!("the reply consumer ended: {err}");
-                    }
-                    self.ended();
-                    return Poll::Ready(());
-                }
+                self.ended();
+                Poll::Ready(None)
             }
         }
     }
@@ -977,19 +976,26 @@ impl Replies {
         answer: &mut oneshot::Receiver<Answer>,
     ) -> Result<Answer, oneshot::error::RecvError> {
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(answer) = Pin::new(&mut *answer).poll(cx) {
-                return Poll::Ready(answer);
+            loop {
+                // Checked after each reply routed: a call returns as soon as its own has
+                // come, however many others keep coming.
+                if let Poll::Ready(answer) = Pin::new(&mut *answer).poll(cx) {
+                    return Poll::Ready(answer);
+                }
+                match self.poll_next(Router::Caller, cx) {
+                    Poll::Ready(Some(delivery)) => self.route(delivery),
+                    // Once the consumer has ended, the link's end fails the call.
+                    Poll::Ready(None) | Poll::Pending => return Pin::new(&mut *answer).poll(cx),
+                }
             }
-            // Ready only once the consumer has ended: the link's end then fails the call.
-            let _ = self.poll_route(Router::Caller, cx);
-            Pin::new(&mut *answer).poll(cx)
         })
         .await
     }
 
     /// A leading call ends: the router task routes again. Its waker goes back into the
-    /// consumer by polling it in the task's name, routing what came meanwhile: the task is
-    /// woken by the next reply, not now.
+    /// consumer by polling it in the task's name: the task is woken by the next reply, not
+    /// now (but at once if a reply is there already, which is then the task's to route,
+    /// after this one).
     fn hand_back(&self) {
         {
             let mut calls = self.pending.calls.lock().unwrap_or_else(|e| e.into_inner());
@@ -999,8 +1005,14 @@ impl Replies {
             calls.router = Router::Task;
         }
         // No waker: the task has not polled yet, and will.
-        if let Some(task) = self.task_waker() {
-            let _ = self.poll_route(Router::Task, &mut Context::from_waker(&task));
+        let Some(task) = self.task_waker() else {
+            return;
+        };
+        if let Poll::Ready(Some(delivery)) =
+            self.poll_next(Router::Task, &mut Context::from_waker(&task))
+        {
+            self.route(delivery);
+            task.wake();
         }
     }
 
@@ -1033,7 +1045,13 @@ async fn route_replies(replies: Arc<Replies>, ended: oneshot::Sender<()>) {
                 *task = Some(cx.waker().clone());
             }
         }
-        replies.poll_route(Router::Task, cx)
+        loop {
+            match replies.poll_next(Router::Task, cx) {
+                Poll::Ready(Some(delivery)) => replies.route(delivery),
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     })
     .await;
     let _ = ended.send(());
