@@ -891,7 +891,9 @@ async fn collect_returns(ended: &mut oneshot::Receiver<()>, link: &Link) {
 
 thread_local! {
     /// Set while this thread makes a blocking call: its calls route replies while they
-    /// wait.
+    /// wait. Only blocking calls do: their thread waits in `block_on`, polling as soon as
+    /// it is woken, where an async call's future may sit unpolled for a while (a branch of
+    /// a `select!` kept for later) and every other call's reply would wait with it.
     pub(super) static LEADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
