@@ -3,7 +3,8 @@
 //! One connection and one channel (a *link*) carry every call. Replies come back over
 //! RabbitMQ's direct reply-to, consumed by one router that hands each reply to the call
 //! waiting for its correlation ID, so any number of calls can be in flight at once on one
-//! client: a task, or a blocking call while it waits, on its own thread ([`Replies`]). Requests are published `mandatory`: a request no queue is bound for comes back
+//! client: a task, or a blocking call while it waits, on its own thread ([`Replies`]).
+//! Requests are published `mandatory`: a request no queue is bound for comes back
 //! from the broker, and its call fails within milliseconds with [`Error::NoRoute`] instead
 //! of running into its timeout.
 //!
@@ -121,7 +122,7 @@ async fn send_request<R>(
         let linked = shared.linked.notified();
         if let Some(link) = shared.link() {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            if let Some((reply, leading)) = register(&link.pending, id) {
+            if let Some((reply, leading)) = register(link.pending(), id) {
                 let waiting = Waiting {
                     link,
                     id,
@@ -456,7 +457,7 @@ impl Shared {
 pub(super) struct Link {
     pub(super) connection: Connection,
     channel: Channel,
-    pending: Arc<Pending>,
+    /// Its reply consumer, and the calls waiting for replies.
     replies: Arc<Replies>,
     /// The channel casts are published on, in publisher-confirm mode; opened by the first
     /// cast (calls need no confirms: their reply is the confirmation).
@@ -506,9 +507,8 @@ impl Link {
             )
             .await
             .map_err(failed)?;
-        let pending = Arc::new(Pending::default());
         let replies = Arc::new(Replies {
-            pending: pending.clone(),
+            pending: Pending::default(),
             consumer: Mutex::new(replies),
             channel: channel.clone(),
             runtime: tokio::runtime::Handle::current(),
@@ -519,7 +519,6 @@ impl Link {
         let link = Link {
             connection,
             channel,
-            pending,
             replies,
             casts: tokio::sync::OnceCell::new(),
         };
@@ -544,7 +543,11 @@ impl Link {
 
     pub(super) async fn close(&self) {
         let _ = self.connection.close(200, "client closed".into()).await;
-        self.pending.close();
+        self.pending().close();
+    }
+
+    fn pending(&self) -> &Pending {
+        &self.replies.pending
     }
 }
 
@@ -561,7 +564,7 @@ async fn supervise(
         // Unpublished first: a call failed below and retried must find no link, and wait
         // for the next one rather than try the dead one again.
         drop(shared.take_link());
-        link.pending.close();
+        link.pending().close();
         shared.blocked.clear();
         warn!("lost the connection to {}; reconnecting", shared.masked_uri);
         target.brokers.lost();
@@ -830,7 +833,7 @@ struct Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         if !self.answered {
-            self.link.pending.remove(self.id);
+            self.link.pending().remove(self.id);
         }
         if self.leading {
             self.link.replies.hand_back();
@@ -858,17 +861,17 @@ async fn collect_returns(ended: &mut oneshot::Receiver<()>, link: &Link) {
     loop {
         tokio::select! {
             _ = &mut *ended => return,
-            () = link.pending.busy.notified(), if parked => {
+            () = link.pending().busy.notified(), if parked => {
                 (parked, quiet_ticks) = (false, 0);
             }
             _ = returns.tick(), if !parked => {
-                link.pending.expire(Instant::now());
-                if link.pending.has_waiting() {
+                link.pending().expire(Instant::now());
+                if link.pending().has_waiting() {
                     quiet_ticks = 0;
                 } else {
                     quiet_ticks += 1;
                     if quiet_ticks >= PARK_AFTER_QUIET_TICKS {
-                        parked = link.pending.park_router();
+                        parked = link.pending().park_router();
                     }
                 }
                 // Publisher confirms would report returns per message, at the price of one
@@ -878,7 +881,7 @@ async fn collect_returns(ended: &mut oneshot::Receiver<()>, link: &Link) {
                     Ok(returned) => {
                         for message in returned {
                             if let Some(id) = correlation(&message.delivery) {
-                                link.pending.returned(id);
+                                link.pending().returned(id);
                             }
                         }
                     }
@@ -890,11 +893,24 @@ async fn collect_returns(ended: &mut oneshot::Receiver<()>, link: &Link) {
 }
 
 thread_local! {
-    /// Set while this thread makes a blocking call: its calls route replies while they
-    /// wait. Only blocking calls do: their thread waits in `block_on`, polling as soon as
-    /// it is woken, where an async call's future may sit unpolled for a while (a branch of
-    /// a `select!` kept for later) and every other call's reply would wait with it.
-    pub(super) static LEADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set while this thread makes a blocking call ([`leading`]).
+    static LEADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `block_on`, a blocking call, whose calls route replies while they wait. Only
+/// blocking calls do: their thread waits in `block_on`, polling as soon as it is woken,
+/// where an async call's future may sit unpolled for a while (a branch of a `select!` kept
+/// for later) and every other call's reply would wait with it.
+pub(super) fn leading<T>(block_on: impl FnOnce() -> T) -> T {
+    struct Unset;
+    impl Drop for Unset {
+        fn drop(&mut self) {
+            LEADS.set(false);
+        }
+    }
+    LEADS.set(true);
+    let _unset = Unset;
+    block_on()
 }
 
 /// A link's reply consumer and who routes what it brings.
@@ -907,7 +923,7 @@ thread_local! {
 /// save the same hop, but lapin spawns a task for every delivery a delegate takes:
 /// measured, that cost more than the hop (docs/PERFORMANCE.md).
 struct Replies {
-    pending: Arc<Pending>,
+    pending: Pending,
     /// Polled only by the router of the moment, checked under this lock: the consumer
     /// keeps one waker, the last poller's.
     consumer: Mutex<lapin::Consumer>,

@@ -212,15 +212,7 @@ impl BlockingClient {
         outside_runtime()?;
         // The call routes replies while it waits: its reply wakes this thread straight
         // from lapin's I/O thread, not through the client's runtime thread.
-        struct Leads;
-        impl Drop for Leads {
-            fn drop(&mut self) {
-                super::amqp::LEADS.set(false);
-            }
-        }
-        super::amqp::LEADS.set(true);
-        let _leads = Leads;
-        self.runtime.block_on(call)
+        super::amqp::leading(|| self.runtime.block_on(call))
     }
 }
 
