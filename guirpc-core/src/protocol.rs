@@ -315,10 +315,7 @@ pub(crate) fn request_properties(
         .with_correlation_id(correlation_id)
         .with_reply_to(DIRECT_REPLY_TO.into())
         .with_expiration(itoa::Buffer::new().format(expiration).into());
-    let properties = match codec {
-        Codec::MsgPack => properties,
-        _ => properties.with_content_type(codec.content_type().into()),
-    };
+    let properties = announcing(properties, (codec != Codec::MsgPack).then_some(codec));
     addressed(properties, function, Some(deadline_ms), extra_headers)
 }
 
@@ -412,18 +409,34 @@ pub(crate) async fn declare_events_exchange(
         .await
 }
 
-/// The properties of a reply to a request.
+/// The codec a request's reply, and each message of its stream, announces in
+/// `content_type`: the request's codec when the request named one, none when it named
+/// none. A caller that leaves `content_type` out reads an absent one as MessagePack, as
+/// its request meant; one that names its codec gets its canonical name back.
+pub(crate) fn announced_codec(request: &BasicProperties, codec: Codec) -> Option<Codec> {
+    request.content_type().as_ref().map(|_| codec)
+}
+
+/// `properties` with `codec` named in `content_type`, if there is one to name.
+fn announcing(properties: BasicProperties, codec: Option<Codec>) -> BasicProperties {
+    match codec {
+        Some(codec) => properties.with_content_type(codec.content_type().into()),
+        None => properties,
+    }
+}
+
+/// The properties of a reply to a request. `codec` is the `content_type` it announces:
+/// the request's codec when the request named one, `None` when it named none (its caller
+/// reads an absent `content_type` as MessagePack, as the request meant).
 pub(crate) fn reply_properties(
-    codec: Codec,
+    codec: Option<Codec>,
     correlation_id: Option<ShortString>,
     ok: bool,
 ) -> BasicProperties {
     // The status travels in the `type` property: a reply carries no header table to
     // encode and parse.
     let status = if ok { STATUS_OK } else { STATUS_ERROR };
-    let props = BasicProperties::default()
-        .with_content_type(codec.content_type().into())
-        .with_type(status.into());
+    let props = announcing(BasicProperties::default(), codec).with_type(status.into());
     match correlation_id {
         Some(id) => props.with_correlation_id(id),
         None => props,
@@ -433,13 +446,12 @@ pub(crate) fn reply_properties(
 /// The properties of one item of a stream. The first also says where the caller sends
 /// credit (`credit_to`: the queue, and the server's ID of the stream).
 pub(crate) fn item_properties(
-    codec: Codec,
+    codec: Option<Codec>,
     correlation_id: Option<ShortString>,
     seq: u64,
     credit_to: Option<(&ShortString, u64)>,
 ) -> BasicProperties {
-    let props = BasicProperties::default()
-        .with_content_type(codec.content_type().into())
+    let props = announcing(BasicProperties::default(), codec)
         .with_type(STATUS_ITEM.into())
         .with_message_id(itoa::Buffer::new().format(seq).into());
     let props = match correlation_id {
@@ -466,7 +478,7 @@ pub(crate) fn item_properties(
 /// The properties of a stream's last message: the end marker (after `count` items), or
 /// an error envelope.
 pub(crate) fn end_properties(
-    codec: Codec,
+    codec: Option<Codec>,
     correlation_id: Option<ShortString>,
     ok: bool,
     count: u64,
@@ -710,8 +722,12 @@ mod tests {
     #[test]
     fn a_reply_without_status_is_not_ok() {
         assert!(!reply_is_ok(&BasicProperties::default()));
-        assert!(reply_is_ok(&reply_properties(Codec::MsgPack, None, true)));
-        assert!(!reply_is_ok(&reply_properties(Codec::MsgPack, None, false)));
+        assert!(reply_is_ok(&reply_properties(None, None, true)));
+        assert!(!reply_is_ok(&reply_properties(
+            Some(Codec::Json),
+            None,
+            false
+        )));
     }
 
     /// A small deterministic generator, so that a failure reproduces.

@@ -284,10 +284,10 @@ enum Arm {
     /// The baseline with the function in `type` and the deadline in `timestamp` (no
     /// header table), answered with the status in `type`: protocol version 2's.
     RawType,
-    /// The baseline with every property guirpc's version 2 sends: the request's
-    /// `content_type`, `type`, `timestamp`, `expiration` and `mandatory` flag, the reply's
-    /// `content_type` and `type`. What is left between it and the async arm is guirpc's
-    /// own code.
+    /// The baseline with every property guirpc's version 2 sends with a MessagePack
+    /// call: the request's `type`, `timestamp`, `expiration` and `mandatory` flag, the
+    /// reply's `type` (neither carries a `content_type`: absent means MessagePack). What
+    /// is left between it and the async arm is guirpc's own code.
     RawAll,
     /// The baseline with the request's and the reply's `content_type`.
     RawCodec,
@@ -1462,19 +1462,12 @@ mod raw {
                     };
                     let mut properties = BasicProperties::default().with_correlation_id(id);
                     // Answered as guirpc answers a request naming a function in `type`:
-                    // the status in `type`, the codec in `content_type` (MessagePack,
-                    // unless the request named another). The bare baseline adds nothing.
-                    let guirpc = request.properties.kind().is_some();
-                    match request.properties.content_type().clone() {
-                        Some(codec) => properties = properties.with_content_type(codec),
-                        None if guirpc => {
-                            properties = properties.with_content_type(
-                                guirpc_core::Codec::MsgPack.content_type().into(),
-                            );
-                        }
-                        None => {}
+                    // the status in `type`, the request's `content_type` echoed when it
+                    // named one. The bare baseline adds nothing.
+                    if let Some(codec) = request.properties.content_type().clone() {
+                        properties = properties.with_content_type(codec);
                     }
-                    if guirpc {
+                    if request.properties.kind().is_some() {
                         properties = properties.with_type("ok".into());
                     }
                     channel
@@ -1521,11 +1514,11 @@ mod raw {
     }
 
     impl Adds {
-        /// Every property a guirpc version 2 call in MessagePack carries (and, from the
-        /// echo, its reply: `content_type` and the status in `type`), but those named in
-        /// `RAW_ALL_SKIP` (any of `expiration`, `type`, `mandatory`), to measure what
-        /// leaving one out would save; `RAW_ALL_CODEC` adds the request's `content_type`,
-        /// which guirpc's calls carried before they left it out.
+        /// Every property a guirpc version 2 call in MessagePack carries (and its reply:
+        /// the status in `type`), but those named in `RAW_ALL_SKIP` (any of `expiration`,
+        /// `type`, `mandatory`), to measure what leaving one out would save;
+        /// `RAW_ALL_CODEC` adds the request's `content_type`, echoed in the reply's, as
+        /// guirpc's calls carried them before they left them out.
         pub fn version_2() -> Adds {
             let skip = std::env::var("RAW_ALL_SKIP").unwrap_or_default();
             Adds {

@@ -51,7 +51,7 @@ pub(super) async fn handle(
             let reply = ReplyTo {
                 to: to.clone(),
                 correlation_id: request.correlation_id.clone(),
-                codec: request.codec,
+                codec: protocol::announced_codec(&properties, request.codec),
                 redelivered,
             };
             let (sink, progress) = ItemSink::new(streams.outlet(replier.clone(), reply, credit));
@@ -67,6 +67,7 @@ pub(super) async fn handle(
         );
     }
     let (codec, correlation_id) = (request.codec, request.correlation_id.clone());
+    let announced = protocol::announced_codec(&properties, codec);
     let function = request.function.clone();
     let reply = pipeline::run(&shared.service, request).await;
     let mut verdict = if reply.rejected {
@@ -97,9 +98,9 @@ pub(super) async fn handle(
     if let Some(reply_to) = reply_to {
         let properties = match last {
             Last::End { count } => {
-                protocol::end_properties(codec, correlation_id, reply.is_ok(), count)
+                protocol::end_properties(announced, correlation_id, reply.is_ok(), count)
             }
-            _ => protocol::reply_properties(codec, correlation_id, reply.is_ok()),
+            _ => protocol::reply_properties(announced, correlation_id, reply.is_ok()),
         };
         match replier
             .send(reply_to, properties, reply.body(), redelivered)

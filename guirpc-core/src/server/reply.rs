@@ -124,7 +124,9 @@ impl Replier {
         until_written: bool,
     ) -> Result<(), Undelivered> {
         if redelivered {
-            return self.send_quarantined(reply_to, properties, body).await;
+            // Boxed: the rare path's future (connecting included) is many times the size
+            // of the common one's, and every request's task would carry it.
+            return Box::pin(self.send_quarantined(reply_to, properties, body)).await;
         }
         let publish = self.channel.basic_publish(
             "".into(),

@@ -316,14 +316,17 @@ async fn consume(
         match delivery {
             Some(Ok(delivery)) => {
                 session.settler.received(delivery.delivery_tag);
-                tokio::spawn(super::dispatch::handle(
+                // Boxed: a request's future is several kilobytes (the reply's publish
+                // among them), which the runtime would copy on spawn and again as the
+                // task ends; a box is moved as a pointer.
+                tokio::spawn(Box::pin(super::dispatch::handle(
                     shared.clone(),
                     session.settler.clone(),
                     session.replier.clone(),
                     session.streams.clone(),
                     delivery,
                     permit,
-                ));
+                )));
             }
             Some(Err(err)) => return Err(err.to_string()),
             None => return Err("the broker cancelled the consumer".into()),

@@ -180,7 +180,8 @@ impl Streams {
 pub(super) struct ReplyTo {
     pub to: ShortString,
     pub correlation_id: Option<ShortString>,
-    pub codec: Codec,
+    /// The codec its messages announce (`protocol::announced_codec`).
+    pub codec: Option<Codec>,
     pub redelivered: bool,
 }
 

@@ -195,19 +195,29 @@ async fn plain_errors_carry_the_envelope() {
             assert_eq!(envelope["detail"], Value::Null);
         }
     }
-    // MessagePack without content_type is the default.
-    let props = BasicProperties::default()
-        .with_correlation_id("mp".into())
-        .with_reply_to("amq.rabbitmq.reply-to".into())
-        .with_headers(headers(&[function("add")]));
+    // MessagePack without content_type is the default, and its reply leaves it out too;
+    // a request that names its codec, by any alias, gets the canonical name back.
     let request = rmp_serde::to_vec_named(&json!({"a": 2, "b": 3})).unwrap();
-    plain.publish(server.queue(), props, &request).await;
-    let reply = plain.reply().await;
-    assert_eq!(
-        reply.properties.content_type().as_ref().unwrap().as_str(),
-        "application/msgpack"
-    );
-    assert_eq!(rmp_serde::from_slice::<i64>(&reply.data).unwrap(), 5);
+    for (named, announced) in [
+        (None, None),
+        (Some("application/x-msgpack"), Some("application/msgpack")),
+        (Some("application/msgpack"), Some("application/msgpack")),
+    ] {
+        let props = BasicProperties::default()
+            .with_correlation_id("mp".into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_headers(headers(&[function("add")]));
+        let props = match named {
+            Some(content_type) => props.with_content_type(content_type.into()),
+            None => props,
+        };
+        plain.publish(server.queue(), props, &request).await;
+        let reply = plain.reply().await;
+        let content_type = reply.properties.content_type().as_ref();
+        assert_eq!(content_type.map(|c| c.as_str()), announced, "{named:?}");
+        assert_eq!(status(&reply), "ok");
+        assert_eq!(rmp_serde::from_slice::<i64>(&reply.data).unwrap(), 5);
+    }
     // Nothing of this disturbed the service.
     assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
 }
