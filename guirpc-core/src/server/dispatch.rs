@@ -44,6 +44,7 @@ pub(super) async fn handle(
         redelivered,
         data,
     );
+    let announced = protocol::announced_codec(&properties, request.codec);
     // A caller asking for a stream gets one from a function that streams; any other
     // function answers it with a plain reply.
     let progress = match (&reply_to, request.credit, &streams) {
@@ -51,7 +52,7 @@ pub(super) async fn handle(
             let reply = ReplyTo {
                 to: to.clone(),
                 correlation_id: request.correlation_id.clone(),
-                codec: protocol::announced_codec(&properties, request.codec),
+                codec: announced,
                 redelivered,
             };
             let (sink, progress) = ItemSink::new(streams.outlet(replier.clone(), reply, credit));
@@ -67,7 +68,6 @@ pub(super) async fn handle(
         );
     }
     let (codec, correlation_id) = (request.codec, request.correlation_id.clone());
-    let announced = protocol::announced_codec(&properties, codec);
     let function = request.function.clone();
     let reply = pipeline::run(&shared.service, request).await;
     let mut verdict = if reply.rejected {
