@@ -8,6 +8,10 @@
 //! runs is acknowledged on its own, so that a slow call never holds back the
 //! acknowledgement of a fast one. Rejections (dead-lettering) always go one by one.
 //!
+//! When no request is running, nothing could come to share the next frame: the
+//! acknowledgement is queued on the channel (behind the reply, which is written by then)
+//! and the handler ends, instead of waiting to be woken once the frame is written.
+//!
 //! Frames go straight to the channel rather than through lapin's `Acker`, which would
 //! pass each one through lapin's internal task first.
 
@@ -124,11 +128,18 @@ impl Settler {
         // Every delivery up to the newest acknowledgement older than all running ones has
         // finished: one frame settles them all.
         if let Some(newest) = acks.clone().take_while(|&tag| older(tag)).last() {
-            let acked = self
+            let ack = self
                 .channel
-                .basic_ack(newest, BasicAckOptions { multiple: true })
-                .await;
-            report(acked);
+                .basic_ack(newest, BasicAckOptions { multiple: true });
+            match oldest_running {
+                Some(_) => report(ack.await),
+                // Polled once, the frame is queued (or the channel found closed).
+                None => {
+                    if let Some(acked) = futures_lite::future::poll_once(ack).await {
+                        report(acked);
+                    }
+                }
+            }
         }
         for tag in acks.by_ref().filter(|&tag| !older(tag)) {
             let acked = self
