@@ -349,3 +349,15 @@ fn instance_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{host}:{}", std::process::id())
 }
+
+/// Sends a frame-producing lapin call (a publish, an acknowledgement): awaited until its
+/// frames are written when `until_written`, or polled once, which queues them (or finds
+/// the channel closed), sparing the task the wake-up that reports the write. `None` when
+/// queued and not yet written.
+async fn sent<F: Future>(frames: F, until_written: bool) -> Option<F::Output> {
+    if until_written {
+        Some(frames.await)
+    } else {
+        futures_lite::future::poll_once(frames).await
+    }
+}

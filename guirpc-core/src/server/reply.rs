@@ -135,13 +135,7 @@ impl Replier {
             body,
             properties,
         );
-        // Polled once, a publish has queued its frames (or found the channel closed).
-        let published = if until_written {
-            Some(publish.await)
-        } else {
-            futures_lite::future::poll_once(publish).await
-        };
-        match published {
+        match super::sent(publish, until_written).await {
             Some(Err(err)) => {
                 debug!("cannot publish a reply: {err}");
                 Err(Undelivered::SessionLost)

@@ -131,14 +131,9 @@ impl Settler {
             let ack = self
                 .channel
                 .basic_ack(newest, BasicAckOptions { multiple: true });
-            match oldest_running {
-                Some(_) => report(ack.await),
-                // Polled once, the frame is queued (or the channel found closed).
-                None => {
-                    if let Some(acked) = futures_lite::future::poll_once(ack).await {
-                        report(acked);
-                    }
-                }
+            // Awaited only while a request runs, whose settlement could share the next frame.
+            if let Some(acked) = super::sent(ack, oldest_running.is_some()).await {
+                report(acked);
             }
         }
         for tag in acks.by_ref().filter(|&tag| !older(tag)) {
