@@ -280,6 +280,14 @@ pub async fn record(token: String) {
     notify.notify_waiters();
 }
 
+/// Records that it was called with `token`, as [`record`] does, then sleeps for `ms`:
+/// a call still running when something happens to its connection.
+#[rpc]
+pub async fn record_then_nap(token: String, ms: u64) {
+    record(token).await;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
 /// Waits until [`record`] has seen `token` `times` times, at most `limit`.
 pub async fn wait_recorded(token: &str, times: u32, limit: Duration) -> bool {
     let (calls, notify) = recorded();

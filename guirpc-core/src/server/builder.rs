@@ -219,6 +219,7 @@ impl ServerBuilder {
             dispatcher: prepared.dispatcher,
             service: prepared.service,
             metrics: prepared.metrics,
+            redeliveries: Default::default(),
         });
         if let Some(metrics) = &shared.metrics {
             shared.probe_into(metrics);

@@ -30,6 +30,7 @@ mod builder;
 mod dispatch;
 mod events;
 pub(crate) mod pipeline;
+mod redeliveries;
 mod reply;
 mod session;
 mod settle;
@@ -253,6 +254,8 @@ struct Shared {
     service: ServerService,
     metrics: Option<Metrics>,
     health: Health,
+    /// The redelivered requests this server has run.
+    redeliveries: redeliveries::Redeliveries,
 }
 
 impl Shared {

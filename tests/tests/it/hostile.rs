@@ -360,6 +360,100 @@ async fn a_reply_address_that_makes_the_broker_close_the_connection_runs_once_an
     }
 }
 
+/// A redelivered request whose connection is closed under it again before it is settled
+/// (here by another request's reply) comes back a third time: it is not run again, and
+/// the reply its second run could not send reaches its caller, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_redelivered_again_is_not_run_again_and_its_reply_arrives() {
+    let queue = unique_queue("again");
+    let (_server, client) = start(&queue, |_| {}).await;
+    let mut plain = Plain::connect().await;
+    let token = format!("again-{}", std::process::id());
+    let poisoned = format!("{token}-poison");
+    let slow = json_request("slow", headers(&[function("record_then_nap")]));
+    plain
+        .publish(&queue, slow, json!([token, 1500]).to_string().as_bytes())
+        .await;
+    // While the slow request runs, a reply closes the server's connection: under its
+    // first run, then under its redelivery.
+    for run in 1..=2 {
+        assert!(
+            wait_recorded(&token, run, Duration::from_secs(10)).await,
+            "run {run} of the slow request"
+        );
+        let poison = json_request(&format!("poison-{run}"), headers(&[function("record")]))
+            .with_reply_to("amq.rabbitmq.reply-to.AAAA.BBBB".into());
+        plain
+            .publish(&queue, poison, json!([poisoned]).to_string().as_bytes())
+            .await;
+    }
+    let reply = plain.reply().await;
+    assert_eq!(
+        reply.properties.correlation_id().as_ref().unwrap().as_str(),
+        "slow"
+    );
+    assert_eq!(status(&reply), "ok");
+    assert!(
+        wait_recorded(&poisoned, 4, Duration::from_secs(10)).await,
+        "each poisoned request runs twice"
+    );
+    let runs = |token: &str| {
+        guirpc_tests::recorded()
+            .0
+            .lock()
+            .unwrap()
+            .get(token)
+            .copied()
+    };
+    let more = tokio::time::timeout(Duration::from_secs(2), plain.reply()).await;
+    assert!(
+        more.is_err(),
+        "a second reply: {:?}",
+        more.map(|r| r.properties)
+    );
+    assert_eq!(runs(&token), Some(2), "the slow request ran again");
+    assert_eq!(runs(&poisoned), Some(4));
+    assert_eq!(add::call(&client, 2, 2).await.unwrap(), 4);
+}
+
+/// Requests without an identity (casts: no correlation ID, no reply address, no message
+/// ID) cannot be told apart: two identical ones redelivered together both run again.
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_casts_redelivered_together_both_run_again() {
+    let queue = unique_queue("twin-casts");
+    let (_server, client) = start(&queue, |_| {}).await;
+    let plain = Plain::connect().await;
+    let token = format!("twins-{}", std::process::id());
+    let cast = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(headers(&[function("record_then_nap")]));
+    for _ in 0..2 {
+        plain
+            .publish(
+                &queue,
+                cast.clone(),
+                json!([token, 1500]).to_string().as_bytes(),
+            )
+            .await;
+    }
+    assert!(wait_recorded(&token, 2, Duration::from_secs(10)).await);
+    // Both nap: a reply now closes the server's connection under them.
+    let poison = json_request("poison", headers(&[function("record")]))
+        .with_reply_to("amq.rabbitmq.reply-to.AAAA.BBBB".into());
+    plain
+        .publish(
+            &queue,
+            poison,
+            json!([format!("{token}-poison")]).to_string().as_bytes(),
+        )
+        .await;
+    assert!(
+        wait_recorded(&token, 4, Duration::from_secs(10)).await,
+        "each cast runs again"
+    );
+    assert_eq!(add::call(&client, 1, 1).await.unwrap(), 2);
+}
+
 /// Nesting deep enough to exhaust a stack, in both codecs and at every depth up to
 /// 100,000, to a function with typed parameters and to one that takes any value: each is
 /// answered `bad_request`, and the server (a debug build here, as `cargo run` gives) lives.
