@@ -13,7 +13,7 @@ use tracing::{debug, error, warn};
 
 use super::Shared;
 use super::pipeline;
-use super::redeliveries::{Claim, Outcome};
+use super::redeliveries::Outcome;
 use super::reply::{Replier, Undelivered};
 use super::settle::{Settler, Verdict};
 use super::streams::{ReplyTo, Streams};
@@ -75,7 +75,7 @@ pub(super) async fn handle(
                 "a redelivered request: it may have run before"
             );
         }
-        let claim = claim.as_ref();
+        let keep = claim.is_some();
         serve(
             &shared,
             &replier,
@@ -83,7 +83,7 @@ pub(super) async fn handle(
             request,
             reply_to,
             &properties,
-            claim,
+            keep,
         )
         .await
     };
@@ -105,8 +105,8 @@ pub(super) async fn handle(
 }
 
 /// Runs a request and sends its reply: what became of it, or nothing when the connection
-/// was lost first and there is nothing to keep (a stream cut off, the reply of a request
-/// that is not `claim`ed: only redelivered ones keep theirs).
+/// was lost first and there is nothing to keep (a stream cut off, or a reply not to be
+/// kept: only a remembered redelivery's is, to be sent when it comes back).
 async fn serve(
     shared: &Shared,
     replier: &Arc<Replier>,
@@ -114,7 +114,7 @@ async fn serve(
     mut request: ServerRequest,
     reply_to: Option<ShortString>,
     properties: &BasicProperties,
-    claim: Option<&Claim<'_>>,
+    keep: bool,
 ) -> Option<Outcome> {
     let redelivered = request.redelivered;
     let announced = protocol::announced_codec(properties, request.codec);
@@ -176,7 +176,7 @@ async fn serve(
         }
         _ => protocol::reply_properties(announced, correlation_id, reply.is_ok()),
     };
-    let kept = claim.map(|_| Box::new(properties.clone()));
+    let kept = keep.then(|| Box::new(properties.clone()));
     let sent = answer(
         shared,
         replier,
