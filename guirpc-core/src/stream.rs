@@ -2,7 +2,7 @@
 //! message per item as they are produced, with flow control.
 //!
 //! The caller grants credit: its request says how many items the server may send before
-//! it hears more ([`protocol::HEADER_STREAM`]), and it grants more as its code consumes
+//! it hears more ([`HEADER_STREAM`](crate::protocol::HEADER_STREAM)), and it grants more as its code consumes
 //! them, so that neither side nor the broker ever holds more than that window. Dropping
 //! the stream cancels the function; its deadline bounds the whole stream; a connection lost
 //! on either side ends it with a retriable [`Error::Connection`]. `docs/PROTOCOL.md`

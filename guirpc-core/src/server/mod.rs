@@ -8,7 +8,8 @@
 //! The walk, file by file: [`builder`] configures and starts a server, [`session`] owns
 //! the connections (consume, reconnect, drain), [`dispatch`] turns one delivery into a
 //! request and its reply into a settlement, [`pipeline`] runs the request through the
-//! layers to the function, [`reply`] publishes the reply, and [`settle`] acknowledges.
+//! layers to the function, [`reply`] publishes the reply, and [`settle`] acknowledges;
+//! [`redeliveries`] remembers the redelivered requests run, so that none runs twice.
 
 use std::future::Future;
 use std::net::SocketAddr;
