@@ -288,6 +288,11 @@ pub async fn record_then_nap(token: String, ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// How many times [`record`] has seen `token` (`None`: never).
+pub fn recorded_times(token: &str) -> Option<u32> {
+    recorded().0.lock().unwrap().get(token).copied()
+}
+
 /// Waits until [`record`] has seen `token` `times` times, at most `limit`.
 pub async fn wait_recorded(token: &str, times: u32, limit: Duration) -> bool {
     let (calls, notify) = recorded();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use guirpc_core::Server;
 use guirpc_core::config::ServiceSettings;
-use guirpc_tests::{add, expiring, unique_queue, uri, wait_recorded};
+use guirpc_tests::{add, expiring, recorded_times, unique_queue, uri, wait_recorded};
 use lapin::BasicProperties;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicRejectOptions, QueueDeclareOptions,
@@ -339,14 +339,7 @@ async fn a_reply_address_that_makes_the_broker_close_the_connection_runs_once_an
     // Each ran at most twice: once as a first delivery, whose reply closed the connection,
     // once redelivered, whose reply went to the quarantine and was given up. Never again.
     let most = 2 * poison.len() as u32;
-    let runs = || {
-        guirpc_tests::recorded()
-            .0
-            .lock()
-            .unwrap()
-            .get(&token)
-            .copied()
-    };
+    let runs = || recorded_times(&token);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let settled = runs();
     assert!(
@@ -358,6 +351,22 @@ async fn a_reply_address_that_makes_the_broker_close_the_connection_runs_once_an
     for i in 0..20 {
         assert_eq!(add::call(&client, i, 2).await.unwrap(), i + 2);
     }
+}
+
+/// Publishes a call to `record(token)`, under `correlation_id`, whose reply makes the
+/// broker close the server's connection (a malformed direct reply-to address), once per
+/// delivery that is not a redelivery.
+async fn close_the_servers_connection(
+    plain: &Plain,
+    queue: &str,
+    correlation_id: &str,
+    token: &str,
+) {
+    let poison = json_request(correlation_id, headers(&[function("record")]))
+        .with_reply_to("amq.rabbitmq.reply-to.AAAA.BBBB".into());
+    plain
+        .publish(queue, poison, json!([token]).to_string().as_bytes())
+        .await;
 }
 
 /// A redelivered request whose connection is closed under it again before it is settled
@@ -381,11 +390,7 @@ async fn a_request_redelivered_again_is_not_run_again_and_its_reply_arrives() {
             wait_recorded(&token, run, Duration::from_secs(10)).await,
             "run {run} of the slow request"
         );
-        let poison = json_request(&format!("poison-{run}"), headers(&[function("record")]))
-            .with_reply_to("amq.rabbitmq.reply-to.AAAA.BBBB".into());
-        plain
-            .publish(&queue, poison, json!([poisoned]).to_string().as_bytes())
-            .await;
+        close_the_servers_connection(&plain, &queue, &format!("poison-{run}"), &poisoned).await;
     }
     let reply = plain.reply().await;
     assert_eq!(
@@ -397,22 +402,18 @@ async fn a_request_redelivered_again_is_not_run_again_and_its_reply_arrives() {
         wait_recorded(&poisoned, 4, Duration::from_secs(10)).await,
         "each poisoned request runs twice"
     );
-    let runs = |token: &str| {
-        guirpc_tests::recorded()
-            .0
-            .lock()
-            .unwrap()
-            .get(token)
-            .copied()
-    };
     let more = tokio::time::timeout(Duration::from_secs(2), plain.reply()).await;
     assert!(
         more.is_err(),
         "a second reply: {:?}",
         more.map(|r| r.properties)
     );
-    assert_eq!(runs(&token), Some(2), "the slow request ran again");
-    assert_eq!(runs(&poisoned), Some(4));
+    assert_eq!(
+        recorded_times(&token),
+        Some(2),
+        "the slow request ran again"
+    );
+    assert_eq!(recorded_times(&poisoned), Some(4));
     assert_eq!(add::call(&client, 2, 2).await.unwrap(), 4);
 }
 
@@ -438,15 +439,7 @@ async fn identical_casts_redelivered_together_both_run_again() {
     }
     assert!(wait_recorded(&token, 2, Duration::from_secs(10)).await);
     // Both nap: a reply now closes the server's connection under them.
-    let poison = json_request("poison", headers(&[function("record")]))
-        .with_reply_to("amq.rabbitmq.reply-to.AAAA.BBBB".into());
-    plain
-        .publish(
-            &queue,
-            poison,
-            json!([format!("{token}-poison")]).to_string().as_bytes(),
-        )
-        .await;
+    close_the_servers_connection(&plain, &queue, "poison", &format!("{token}-poison")).await;
     assert!(
         wait_recorded(&token, 4, Duration::from_secs(10)).await,
         "each cast runs again"
