@@ -151,7 +151,7 @@ pub struct Reply {
 impl Reply {
     /// A reply carrying `value`, or an `internal` error if `value` cannot be encoded.
     pub fn value<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Reply {
-        match codec.encode(value) {
+        match codec.encode_to_send(value) {
             Ok(body) => Reply::encoded(body),
             Err(err) => Reply::error(
                 codec,
@@ -201,6 +201,10 @@ impl Reply {
     /// The encoded body: the return value, or the error envelope.
     pub fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    pub(crate) fn into_body(self) -> Vec<u8> {
+        self.body
     }
 
     /// `ok`, or the error code: the outcome's name in spans and metrics.

@@ -74,7 +74,7 @@ pub async fn run_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'sta
 
 /// The reply to a function that returned a value.
 pub fn value_reply<T: Serialize>(function: &str, invocation: &Invocation, value: &T) -> Reply {
-    match invocation.codec.encode(value) {
+    match invocation.codec.encode_to_send(value) {
         Ok(body) => Reply::encoded(body),
         Err(err) => Reply::error(
             invocation.codec,

@@ -221,6 +221,9 @@ struct Samples {
     /// CPU time of this process (client and server) and of the broker.
     own_cpu: Duration,
     broker_cpu: Duration,
+    /// Minor page faults of this process (and the servers' process): memory the allocator
+    /// gave back to the kernel and took again.
+    own_faults: u64,
 }
 
 impl Samples {
@@ -229,6 +232,11 @@ impl Samples {
         self.elapsed += other.elapsed;
         self.own_cpu += other.own_cpu;
         self.broker_cpu += other.broker_cpu;
+        self.own_faults += other.own_faults;
+    }
+
+    fn faults_per_call(&self) -> f64 {
+        self.own_faults as f64 / self.latencies.len().max(1) as f64
     }
 
     fn cpu_per_call(&self, cpu: Duration) -> f64 {
@@ -529,7 +537,7 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
         guirpc_core::config::mask_uri(&broker())
     );
     println!(
-        "{:>8} {:>9}  {:<16} {:>10} {:>9} {:>9}  {:>8} {:>9} {:>9} {:>9}",
+        "{:>8} {:>9}  {:<16} {:>10} {:>9} {:>9}  {:>8} {:>9} {:>9} {:>9} {:>8}",
         "payload",
         "in flight",
         "arm",
@@ -539,7 +547,8 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
         "vs raw",
         "p50 +µs",
         "cpu µs",
-        "broker µs"
+        "broker µs",
+        "faults"
     );
     let mut rows = Vec::new();
     for &payload in &options.payloads {
@@ -573,7 +582,7 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
                 let ratio = rate / base_rate;
                 let (own, broker) = (s.cpu_per_call(s.own_cpu), s.cpu_per_call(s.broker_cpu));
                 println!(
-                    "{:>8} {:>9}  {:<16} {:>10.0} {:>9} {:>9}  {:>7.1}% {:>+9} {:>9.1} {:>9.1}",
+                    "{:>8} {:>9}  {:<16} {:>10.0} {:>9} {:>9}  {:>7.1}% {:>+9} {:>9.1} {:>9.1} {:>8.1}",
                     human_bytes(payload),
                     inflight,
                     arm.name(),
@@ -583,13 +592,15 @@ fn compare(runtime: &tokio::runtime::Runtime, options: &Options) {
                     ratio * 100.0,
                     i64::from(p50) - i64::from(base_p50),
                     own,
-                    broker
+                    broker,
+                    s.faults_per_call()
                 );
                 rows.push(serde_json::json!({
                     "payload_bytes": payload, "in_flight": inflight, "arm": arm.name(),
                     "calls": s.latencies.len(), "calls_per_second": rate, "p50_us": p50, "p99_us": p99,
                     "ratio_to_raw": ratio, "p50_over_raw_us": i64::from(p50) - i64::from(base_p50),
                     "process_cpu_us_per_call": own, "broker_cpu_us_per_call": broker,
+                    "process_minor_faults_per_call": s.faults_per_call(),
                 }));
             }
         }
@@ -737,19 +748,50 @@ fn draw_comparison(
     Ok(())
 }
 
-/// CPU time (user + system) a process has used, from /proc.
-fn cpu_time(pid: &str) -> Duration {
+/// What a process has used so far, from /proc.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    /// CPU time, user and system.
+    cpu: Duration,
+    minor_faults: u64,
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+
+    fn add(self, other: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu + other.cpu,
+            minor_faults: self.minor_faults + other.minor_faults,
+        }
+    }
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+
+    fn sub(self, before: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu.saturating_sub(before.cpu),
+            minor_faults: self.minor_faults.saturating_sub(before.minor_faults),
+        }
+    }
+}
+
+fn usage(pid: &str) -> Usage {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
+        return Usage::default();
     };
     // The fields after the command name, which may hold spaces, closed by ')'.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    let field = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    Usage {
+        cpu: Duration::from_millis((field(11) + field(12)) * 10),
+        minor_faults: field(7),
+    }
 }
 
 /// The broker's process, when exactly one RabbitMQ node runs here.
@@ -783,15 +825,19 @@ fn run(
     duration: Duration,
 ) -> Samples {
     let broker = broker_pid();
-    let servers_before = contenders
+    let servers = contenders
         .servers
         .as_ref()
-        .map(|child| cpu_time(&child.id().to_string()))
-        .unwrap_or_default();
-    let (own_before, broker_before) = (
-        cpu_time("self"),
-        broker.as_deref().map(cpu_time).unwrap_or_default(),
-    );
+        .map(|child| child.id().to_string());
+    // With the servers in a process of their own, "own" is both processes.
+    let own = || usage("self") + servers.as_deref().map(usage).unwrap_or_default();
+    let broker_cpu = || {
+        broker
+            .as_deref()
+            .map(|pid| usage(pid).cpu)
+            .unwrap_or_default()
+    };
+    let (own_before, broker_before) = (own(), broker_cpu());
     let started = Instant::now();
     let end = started + duration;
     let latencies: Vec<u32> = match arm {
@@ -866,17 +912,13 @@ fn run(
             })
         }
     };
-    // With the servers in a process of their own, "own" is both processes.
-    let servers = contenders
-        .servers
-        .as_ref()
-        .map(|child| child.id().to_string());
-    let servers_cpu = servers.as_deref().map(cpu_time).unwrap_or_default();
+    let used = own() - own_before;
     Samples {
         latencies,
         elapsed: started.elapsed(),
-        own_cpu: cpu_time("self") - own_before + servers_cpu - servers_before,
-        broker_cpu: broker.as_deref().map(cpu_time).unwrap_or_default() - broker_before,
+        own_cpu: used.cpu,
+        broker_cpu: broker_cpu() - broker_before,
+        own_faults: used.minor_faults,
     }
 }
 

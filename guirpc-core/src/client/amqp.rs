@@ -33,7 +33,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::codec::Codec;
+use crate::codec::{self, Codec};
 use crate::error::Error;
 use crate::link::{self, Backoff, Blocked, Brokers};
 use crate::middleware::{BoxFuture, CallKind, ClientRequest, ClientResponse, OwnService};
@@ -77,14 +77,19 @@ impl OwnService<ClientRequest, ClientResponse, Error> for Transport {
                 let waiter = waiter.clone();
                 async move { waiter.wait_linked(limit).await }
             };
-            let (shared, request) = (&*shared, &request);
-            match request.kind {
-                CallKind::Call => {
-                    super::with_retries(request, wait, || round_trip(shared, request)).await
+            let response = {
+                let (shared, request) = (&*shared, &request);
+                match request.kind {
+                    CallKind::Call => {
+                        super::with_retries(request, wait, || round_trip(shared, request)).await
+                    }
+                    CallKind::Stream => open_stream(shared, request).await,
+                    _ => cast(shared, request).await,
                 }
-                CallKind::Stream => open_stream(shared, request).await,
-                _ => cast(shared, request).await,
-            }
+            };
+            // Sent (every retry too) or never to be: lapin copied it into its frames.
+            codec::buffers::give_back(request.body);
+            response
         })
     }
 }

@@ -393,10 +393,13 @@ impl Client {
         retries: u32,
         kind: CallKind,
     ) -> Result<ClientRequest, Error> {
-        let body = self.codec.encode(args).map_err(|source| Error::Encode {
-            function: function.to_owned(),
-            source,
-        })?;
+        let body = self
+            .codec
+            .encode_to_send(args)
+            .map_err(|source| Error::Encode {
+                function: function.to_owned(),
+                source,
+            })?;
         Ok(ClientRequest {
             function: function.to_owned(),
             queue: self.queue.clone(),

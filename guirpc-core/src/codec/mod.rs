@@ -7,6 +7,7 @@
 //! exhaust a stack, in a debug build either. Both refuse to write a float that is not
 //! finite in JSON, which has no way to carry it.
 
+pub(crate) mod buffers;
 mod extent;
 mod finite;
 mod shared;
@@ -83,12 +84,41 @@ impl Codec {
 
     /// Encodes a value.
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, CodecError> {
-        match self {
-            Codec::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| CodecError(e.to_string())),
-            Codec::Json => {
-                serde_json::to_vec(&finite::Finite(value)).map_err(|e| CodecError(e.to_string()))
+        let mut body = Vec::new();
+        self.encode_into(value, &mut body)?;
+        Ok(body)
+    }
+
+    /// Encodes a value into a kept buffer: a body about to be sent, whose buffer goes back
+    /// with [`buffers::give_back`] once it is.
+    pub(crate) fn encode_to_send<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+    ) -> Result<Vec<u8>, CodecError> {
+        let mut body = buffers::take();
+        match self.encode_into(value, &mut body) {
+            Ok(()) => Ok(body),
+            Err(err) => {
+                buffers::give_back(body);
+                Err(err)
             }
         }
+    }
+
+    fn encode_into<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        body: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let written = match self {
+            Codec::MsgPack => {
+                rmp_serde::encode::write_named(body, value).map_err(|e| e.to_string())
+            }
+            Codec::Json => {
+                serde_json::to_writer(body, &finite::Finite(value)).map_err(|e| e.to_string())
+            }
+        };
+        written.map_err(CodecError)
     }
 
     /// Decodes a value; the error says what did not fit, and where.

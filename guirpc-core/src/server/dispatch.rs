@@ -17,6 +17,7 @@ use super::redeliveries::Outcome;
 use super::reply::{Replier, Undelivered};
 use super::settle::{Settler, Verdict};
 use super::streams::{ReplyTo, Streams};
+use crate::codec;
 use crate::config::Delivery as DeliveryGuarantee;
 use crate::envelope;
 use crate::middleware::ServerRequest;
@@ -188,15 +189,18 @@ async fn serve(
         function,
     )
     .await;
-    Some(match (sent, kept) {
-        (Some(verdict), _) => Outcome::Settled(verdict),
-        (None, Some(properties)) => Outcome::Unsent {
+    match (sent, kept) {
+        (None, Some(properties)) => Some(Outcome::Unsent {
             properties,
-            body: reply.body().to_vec(),
+            body: reply.into_body(),
             verdict,
-        },
-        (None, None) => return None,
-    })
+        }),
+        (sent, _) => {
+            // Sent, or lost with its connection: lapin copied it into its frames.
+            codec::buffers::give_back(reply.into_body());
+            sent.map(Outcome::Settled)
+        }
+    }
 }
 
 /// Answers a redelivered request that ran here before, from what became of it.

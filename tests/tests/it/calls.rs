@@ -89,6 +89,53 @@ async fn both_codecs_carry_every_shape() {
     }
 }
 
+/// Large bodies are encoded into buffers kept from earlier calls: many calls at once, of
+/// sizes that grow and shrink from wave to wave, each get their own bytes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_of_many_calls_at_once_each_come_back_whole() {
+    let (_server, client) = serve("large-bodies").await;
+    let body = |wave: usize, i: usize, len: usize| -> Vec<u8> {
+        (0..len).map(|k| (k * 31 + i * 7 + wave) as u8).collect()
+    };
+    let sizes = [
+        16 * 1024,
+        300 * 1024,
+        64 * 1024,
+        100,
+        1536 * 1024,
+        20 * 1024,
+    ];
+    for (wave, codec) in [(0, Codec::MsgPack), (1, Codec::MsgPack), (2, Codec::Json)] {
+        let client = client.with_codec(codec);
+        let calls = (0..24).map(|i| {
+            // JSON writes bytes as numbers: smaller bodies keep the test quick.
+            let len = sizes[(i + wave) % sizes.len()] / if codec == Codec::Json { 8 } else { 1 };
+            let sent = body(wave, i, len);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let back = if i % 2 == 0 {
+                    echo::call(&client, sent.clone()).await.unwrap()
+                } else {
+                    let (back, _) = echo_shared::call(&client, sent.clone().into())
+                        .await
+                        .unwrap();
+                    back.to_vec()
+                };
+                (i, sent, back)
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            let (i, sent, back) = call.await.unwrap();
+            assert!(
+                back == sent,
+                "call {i} of wave {wave} ({codec}): {} bytes sent, {} back",
+                sent.len(),
+                back.len()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dynamic_calls_take_arguments_by_name_or_in_order() {
     let (_server, client) = serve("dynamic").await;
