@@ -189,18 +189,19 @@ async fn serve(
         function,
     )
     .await;
-    match (sent, kept) {
+    let outcome = match (sent, kept) {
+        (Some(verdict), _) => Some(Outcome::Settled(verdict)),
         (None, Some(properties)) => Some(Outcome::Unsent {
             properties,
-            body: reply.into_body(),
+            // A copy of its own size: the buffer may be a kept one, much larger.
+            body: reply.body().to_vec(),
             verdict,
         }),
-        (sent, _) => {
-            // Sent, or lost with its connection: lapin copied it into its frames.
-            codec::buffers::give_back(reply.into_body());
-            sent.map(Outcome::Settled)
-        }
-    }
+        (None, None) => None,
+    };
+    // Sent or not, lapin has copied the body into its frames.
+    codec::buffers::give_back(reply.into_body());
+    outcome
 }
 
 /// Answers a redelivered request that ran here before, from what became of it.
