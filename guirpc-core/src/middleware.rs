@@ -173,10 +173,9 @@ impl Reply {
     /// An error reply to a request that can never be served as sent: the request is
     /// rejected, so that a dead-letter exchange keeps it.
     pub(crate) fn refusal(codec: Codec, code: ErrorCode, message: &str) -> Reply {
-        Reply {
-            rejected: true,
-            ..Reply::error(codec, code, message)
-        }
+        let mut reply = Reply::error(codec, code, message);
+        reply.rejected = true;
+        reply
     }
 
     /// A return value, already encoded.
@@ -203,13 +202,22 @@ impl Reply {
         &self.body
     }
 
-    pub(crate) fn into_body(self) -> Vec<u8> {
-        self.body
+    /// The body, taken out: for whoever sends it on.
+    pub(crate) fn into_body(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body)
     }
 
     /// `ok`, or the error code: the outcome's name in spans and metrics.
     pub fn outcome(&self) -> &str {
         self.code.as_ref().map_or(OUTCOME_OK, ErrorCode::as_str)
+    }
+}
+
+impl Drop for Reply {
+    /// A reply's body was encoded into a kept buffer if it is large: dropped, the reply
+    /// has been sent (lapin copied it into its frames) or never will be.
+    fn drop(&mut self) {
+        crate::codec::buffers::give_back(std::mem::take(&mut self.body));
     }
 }
 

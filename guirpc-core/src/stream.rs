@@ -193,7 +193,7 @@ impl ItemSink {
                 if !reply.is_ok() {
                     return reply;
                 }
-                if let Err(stopped) = self.outlet.send(sent, reply.body).await {
+                if let Err(stopped) = self.outlet.send(sent, reply.into_body()).await {
                     return stop(stopped, sent);
                 }
                 sent += 1;

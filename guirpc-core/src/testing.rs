@@ -186,7 +186,7 @@ impl InMemory {
                 _ => Piece::Reply {
                     ok: reply.is_ok(),
                     codec,
-                    body: reply.body,
+                    body: reply.into_body(),
                 },
             };
             let _ = tx.send(last).await;
@@ -211,7 +211,7 @@ impl InMemory {
             Ok(reply) => Ok(ClientResponse {
                 ok: reply.is_ok(),
                 codec,
-                body: reply.body,
+                body: reply.into_body(),
                 items: None,
             }),
             Err(_) => Err(timed_out(request)),

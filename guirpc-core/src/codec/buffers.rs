@@ -6,9 +6,12 @@
 //! bodies the allocator keeps such memory well. With large ones (tens of KiB) glibc's
 //! allocator hands freed memory back to the kernel as soon as the top of a heap has
 //! more than 128 KiB free (`M_TRIM_THRESHOLD`), and the next call's buffer is faulted in
-//! again, a page at a time: 64 KiB bodies, 16 calls in flight, cost guirpc about twice the
-//! minor page faults per call of raw lapin's echo (docs/PERFORMANCE.md). Keeping a few
-//! large buffers takes guirpc's own part out of that.
+//! again, a page at a time: with 64 KiB bodies and one call in flight, about one minor
+//! page fault per call with the servers apart and a dozen in one process, where raw
+//! lapin's echo took none (docs/PERFORMANCE.md). Keeping a few large buffers takes
+//! guirpc's own part out of that. A buffer goes back where its body's owner lets go of it:
+//! a [`crate::middleware::Reply`] as it is dropped, a stream's item once sent, a call's
+//! arguments when the call is over.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};

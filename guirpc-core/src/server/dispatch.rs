@@ -17,7 +17,6 @@ use super::redeliveries::Outcome;
 use super::reply::{Replier, Undelivered};
 use super::settle::{Settler, Verdict};
 use super::streams::{ReplyTo, Streams};
-use crate::codec;
 use crate::config::Delivery as DeliveryGuarantee;
 use crate::envelope;
 use crate::middleware::ServerRequest;
@@ -189,19 +188,17 @@ async fn serve(
         function,
     )
     .await;
-    let outcome = match (sent, kept) {
-        (Some(verdict), _) => Some(Outcome::Settled(verdict)),
-        (None, Some(properties)) => Some(Outcome::Unsent {
+    Some(match (sent, kept) {
+        (Some(verdict), _) => Outcome::Settled(verdict),
+        (None, Some(properties)) => Outcome::Unsent {
             properties,
-            // A copy of its own size: the buffer may be a kept one, much larger.
+            // A copy of its own size: the reply's buffer may be a kept one, much larger,
+            // and goes back as the reply is dropped.
             body: reply.body().to_vec(),
             verdict,
-        }),
-        (None, None) => None,
-    };
-    // Sent or not, lapin has copied the body into its frames.
-    codec::buffers::give_back(reply.into_body());
-    outcome
+        },
+        (None, None) => return None,
+    })
 }
 
 /// Answers a redelivered request that ran here before, from what became of it.

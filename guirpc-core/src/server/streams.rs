@@ -212,18 +212,21 @@ impl Outlet for AmqpOutlet {
                 seq,
                 credit_to,
             );
-            self.replier
+            let sent = self
+                .replier
                 .send_item(
                     self.reply.to.clone(),
                     properties,
                     &body,
                     self.reply.redelivered,
                 )
-                .await
-                .map_err(|undelivered| match undelivered {
-                    Undelivered::SessionLost => Stopped::SessionLost,
-                    Undelivered::GaveUp(why) => Stopped::GaveUp(why),
-                })
+                .await;
+            // Sent or not, lapin has copied the item into its frames.
+            crate::codec::buffers::give_back(body);
+            sent.map_err(|undelivered| match undelivered {
+                Undelivered::SessionLost => Stopped::SessionLost,
+                Undelivered::GaveUp(why) => Stopped::GaveUp(why),
+            })
         })
     }
 
