@@ -86,11 +86,12 @@ pub(crate) enum Stopped {
 
 /// Publishes items: to the broker, or to an in-memory caller.
 pub(crate) trait Outlet: Send + Sync {
-    /// Sends item `seq`, once the caller has granted credit for it.
+    /// Sends item `seq` (a reply carrying a value), once the caller has granted credit
+    /// for it.
     fn send(
         &mut self,
         seq: u64,
-        body: Vec<u8>,
+        item: Reply,
     ) -> Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>>;
 
     /// Resolves when the stream must stop whatever its function is doing: the caller
@@ -193,7 +194,7 @@ impl ItemSink {
                 if !reply.is_ok() {
                     return reply;
                 }
-                if let Err(stopped) = self.outlet.send(sent, reply.into_body()).await {
+                if let Err(stopped) = self.outlet.send(sent, reply).await {
                     return stop(stopped, sent);
                 }
                 sent += 1;

@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::client::{Transport, timed_out, with_retries};
 use crate::error::Error;
 use crate::middleware::{
-    BoxFuture, CallKind, ClientRequest, ClientResponse, ClientService, OwnService, ServerRequest,
-    ServerService,
+    BoxFuture, CallKind, ClientRequest, ClientResponse, ClientService, OwnService, Reply,
+    ServerRequest, ServerService,
 };
 use crate::protocol;
 use crate::server::pipeline;
@@ -226,12 +226,12 @@ impl Outlet for MemoryOutlet {
     fn send(
         &mut self,
         seq: u64,
-        body: Vec<u8>,
+        item: Reply,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>> {
         Box::pin(async move {
             let item = Piece::Item {
                 seq,
-                body,
+                body: item.into_body(),
                 credit_to: None,
             };
             self.0.send(item).await.map_err(|_| Stopped::Cancelled)

@@ -22,6 +22,7 @@ use tracing::debug;
 
 use super::reply::{Replier, Undelivered};
 use crate::codec::Codec;
+use crate::middleware::Reply;
 use crate::protocol::{self, MAX_CREDIT};
 use crate::stream::{Outlet, Stopped};
 
@@ -198,7 +199,7 @@ impl Outlet for AmqpOutlet {
     fn send(
         &mut self,
         seq: u64,
-        body: Vec<u8>,
+        item: Reply,
     ) -> Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>> {
         Box::pin(async move {
             match self.flow.credit.acquire().await {
@@ -212,21 +213,18 @@ impl Outlet for AmqpOutlet {
                 seq,
                 credit_to,
             );
-            let sent = self
-                .replier
+            self.replier
                 .send_item(
                     self.reply.to.clone(),
                     properties,
-                    &body,
+                    item.body(),
                     self.reply.redelivered,
                 )
-                .await;
-            // Sent or not, lapin has copied the item into its frames.
-            crate::codec::buffers::give_back(body);
-            sent.map_err(|undelivered| match undelivered {
-                Undelivered::SessionLost => Stopped::SessionLost,
-                Undelivered::GaveUp(why) => Stopped::GaveUp(why),
-            })
+                .await
+                .map_err(|undelivered| match undelivered {
+                    Undelivered::SessionLost => Stopped::SessionLost,
+                    Undelivered::GaveUp(why) => Stopped::GaveUp(why),
+                })
         })
     }
 
