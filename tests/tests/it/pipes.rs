@@ -35,9 +35,10 @@ for line in sys.stdin:
     print(json.dumps(answer), flush=True)
 "#;
 
+/// The bash worker of docs/PIPES.md, as it is there.
 const BASH: &str = r#"
 while IFS= read -r line; do
-  printf '%s\n' "$(jq -c '{ok: (.args.text | split(" ") | length)}' <<<"$line")"
+  printf '%s\n' "$(jq -c '{ok: (.args.text | [scan("\\S+")] | length)}' <<<"$line")"
 done
 "#;
 
@@ -73,6 +74,18 @@ async fn serve_with(
         .await
         .unwrap();
     (server, client)
+}
+
+/// Whether process `pid` is gone within `limit` (looked for every 10 ms).
+async fn gone_within(pid: u64, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 fn alive(pid: u64) -> bool {
@@ -130,10 +143,10 @@ async fn bash_python_and_rust_programs_serve_functions_like_rust_ones() {
         let counted: Value = client.call("text.words", ["a b"]).await.unwrap();
         assert_eq!(counted["words"], 2);
         let wc: u64 = client
-            .call("text.wc", json!({"text": "the quick brown fox"}))
+            .call("text.wc", json!({"text": " the quick  brown\tfox "}))
             .await
             .unwrap();
-        assert_eq!(wc, 4);
+        assert_eq!(wc, 4, "words are what blanks separate, however many");
         let sum: Value = client.call("sum", json!({"a": 2, "b": 3})).await.unwrap();
         assert_eq!(sum["sum"], 5);
     }
@@ -146,7 +159,10 @@ async fn bash_python_and_rust_programs_serve_functions_like_rust_ones() {
         panic!("{err:?}")
     };
     assert_eq!(remote.code(), &ErrorCode::HandlerError);
-    assert!(remote.message().contains("asked to fail"), "{remote}");
+    assert_eq!(
+        remote.message(),
+        "`text.words` returned an error: asked to fail"
+    );
     assert_eq!(
         remote.detail::<Value>().unwrap().unwrap(),
         json!({"why": "on purpose"})
@@ -346,6 +362,11 @@ async fn a_worker_out_of_step_with_its_calls_is_replaced_and_no_caller_gets_anot
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Internal), "{err}");
     assert!(err.to_string().contains("neither"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("must write nothing to its standard output but"),
+        "the error says the rule: {err}"
+    );
     let after: Value = client.call("sum", json!({"a": 2, "b": 3})).await.unwrap();
     assert_eq!(after["sum"], 5);
     assert_ne!(after["pid"], next["pid"]);
@@ -357,4 +378,255 @@ async fn a_worker_out_of_step_with_its_calls_is_replaced_and_no_caller_gets_anot
         assert_eq!(again["pid"], noisy["pid"], "the worker was replaced");
     }
     server.shutdown().await.unwrap();
+}
+
+/// Answers with its pid, then closes its standard output and waits for its next call.
+const CLOSES_ITS_OUTPUT: &str = r#"
+while IFS= read -r line; do
+  printf '{"ok": {"pid": %d}}\n' "$$"
+  exec 1>&-
+done
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_closes_its_output_between_calls_is_replaced_before_a_call_pays() {
+    let closes = script("closes.sh", CLOSES_ITS_OUTPUT);
+    let (server, client) = serve(
+        "pipe-closes",
+        vec![PipeFunction::parse(&format!("closes=bash {}", closes.display())).unwrap()],
+    )
+    .await;
+    let mut last: Value = client.call("closes", ()).await.unwrap();
+    for _ in 0..2 {
+        // Its output closed while it has no call (it still runs, reading its input): it is
+        // replaced then, not when the next call finds it so.
+        let pid = last["pid"].as_u64().unwrap();
+        assert!(
+            gone_within(pid, Duration::from_secs(10)).await,
+            "worker {pid} closed its output and was left running"
+        );
+        let next: Value = client.call("closes", ()).await.unwrap();
+        assert_ne!(next["pid"], last["pid"]);
+        last = next;
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// Writes a banner on its standard output before it reads its first call; exits (status 4)
+/// when asked to crash.
+const BANNER: &str = r#"
+echo "banner worker 1.0, starting"
+while IFS= read -r line; do
+  case "$line" in
+    *'"crash":true'*) exit 4 ;;
+  esac
+  printf '{"ok": {"pid": %d}}\n' "$$"
+done
+"#;
+
+/// Warnings logged on the thread that captures them (a current-thread runtime's, on which
+/// the server's tasks run too), as text: message and fields.
+#[derive(Clone, Default)]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Warnings {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+    }
+
+    fn matching(&self, keep: impl Fn(&str) -> bool) -> usize {
+        self.0.lock().unwrap().iter().filter(|w| keep(w)).count()
+    }
+
+    /// Waits (up to 10 s) for a warning that `keep` holds for.
+    async fn wait_for(&self, keep: impl Fn(&str) -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.matching(&keep) == 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.push_str(&format!("{}={value} ", field.name()));
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN {
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            self.0.lock().unwrap().push(text.0);
+        }
+    }
+}
+
+// A current-thread runtime, so that the server's tasks log where the test captures them.
+#[tokio::test]
+async fn a_worker_that_writes_a_banner_serves_and_so_does_each_replacement() {
+    let warnings = Warnings::default();
+    let _capture = warnings.capture();
+    let banner = script("banner.sh", BANNER);
+    let (server, client) = serve(
+        "pipe-banner",
+        vec![PipeFunction::parse(&format!("banner=bash {}", banner.display())).unwrap()],
+    )
+    .await;
+    let said = |w: &str| w.contains("`banner`") && w.contains("before its first call");
+    // Read while the worker waits for its first call, and said so, with the rule.
+    assert!(warnings.wait_for(said).await, "no warning of the banner");
+    assert_eq!(
+        warnings.matching(|w| said(w) && w.contains("must write nothing to its standard output")),
+        1
+    );
+    let first: Value = client.call("banner", json!({})).await.unwrap();
+    let mut pids = vec![first["pid"].clone()];
+    // Each replacement writes its banner too, while a call waits for it: the banner is
+    // still not that call's answer.
+    for _ in 0..3 {
+        let err = client
+            .call::<Value>("banner", json!({"crash": true}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("exit status: 4"), "{err}");
+        let next: Value = client.call("banner", json!({})).await.unwrap();
+        assert!(!pids.contains(&next["pid"]), "{next}: not a new worker");
+        pids.push(next["pid"].clone());
+    }
+    assert_eq!(warnings.matching(said), 1, "said once");
+    server.shutdown().await.unwrap();
+}
+
+/// Answers as its arguments ask: with extra keys, with both `ok` and `error`, or an error.
+const SHAPES: &str = r#"
+import json, sys
+for line in sys.stdin:
+    call = json.loads(line)
+    how = call["args"]["how"]
+    if how == "extra":
+        answer = {"id": call["id"], "ok": "fine", "took_ms": 1}
+    elif how == "both":
+        answer = {"ok": 1, "error": "and yet"}
+    else:
+        answer = {"error": "text must be a string", "id": call["id"]}
+    print(json.dumps(answer), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_is_exactly_one_of_ok_and_error_and_other_keys_are_ignored() {
+    let shapes = script("shapes.py", SHAPES);
+    let (server, client) = serve(
+        "pipe-shapes",
+        vec![PipeFunction::parse(&format!("shapes=python3 {}", shapes.display())).unwrap()],
+    )
+    .await;
+    let fine: String = client
+        .call("shapes", json!({"how": "extra"}))
+        .await
+        .unwrap();
+    assert_eq!(fine, "fine");
+    let err = client
+        .call::<Value>("shapes", json!({"how": "error"}))
+        .await
+        .unwrap_err();
+    let Error::Remote(remote) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(remote.code(), &ErrorCode::HandlerError);
+    assert_eq!(
+        remote.message(),
+        "`shapes` returned an error: text must be a string"
+    );
+    let err = client
+        .call::<Value>("shapes", json!({"how": "both"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Internal), "{err}");
+    assert!(err.to_string().contains("both `ok` and `error`"), "{err}");
+    let fine: String = client
+        .call("shapes", json!({"how": "extra"}))
+        .await
+        .unwrap();
+    assert_eq!(fine, "fine");
+    server.shutdown().await.unwrap();
+}
+
+/// On a call: writes its pid to the file its arguments name, then runs for ten minutes.
+const LONG_CALL: &str = r#"
+import json, os, sys, time
+for line in sys.stdin:
+    call = json.loads(line)
+    path = call["args"]["pidfile"]
+    with open(path + ".new", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".new", path)
+    time.sleep(600)
+    print(json.dumps({"ok": None}), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_server_takes_its_workers_with_it_even_in_the_middle_of_a_call() {
+    use std::io::BufRead;
+    let long = script("long.py", LONG_CALL);
+    let queue = unique_queue("pipe-killed");
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_pipe-server"))
+        .args([
+            uri(),
+            queue.clone(),
+            format!("long=python3 {}", long.display()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut serving = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut serving)
+        .unwrap();
+    assert_eq!(serving.trim(), "serving");
+    let client = Client::builder()
+        .uri(uri())
+        .queue(&queue)
+        .timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    let pidfile = long.with_file_name(format!("long-{}.pid", queue));
+    let call = tokio::spawn({
+        let pidfile = pidfile.display().to_string();
+        async move {
+            client
+                .call::<Value>("long", json!({"pidfile": pidfile}))
+                .await
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < until, "the call never reached a worker");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(alive(pid));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        gone_within(pid, Duration::from_secs(5)).await,
+        "worker {pid}, in the middle of a call, outlived its killed server"
+    );
+    call.abort();
+    let _ = std::fs::remove_file(&pidfile);
 }

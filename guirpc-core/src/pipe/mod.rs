@@ -1,0 +1,467 @@
+//! Functions in any language: a program that reads one JSON line per call on its standard
+//! input and writes one JSON line per answer on its standard output, served as a guirpc
+//! function (`docs/PIPES.md`).
+//!
+//! A [`PipeFunction`] names the function and the command. A server started with it
+//! ([`ServerBuilder::pipe`](crate::ServerBuilder::pipe), `guirpc serve --pipe`, or a
+//! `[[pipe]]` table in `guirpc.toml`) starts its worker processes, hands each one call at
+//! a time, and answers, acknowledges, counts and traces those calls exactly like a Rust
+//! function's. A worker that exits, hangs past the call's time, or writes what is not an
+//! answer costs that one call an error and is replaced.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use guirpc_core::pipe::PipeFunction;
+//! use guirpc_core::Server;
+//!
+//! let wc = PipeFunction::parse("text.wc=python3 wc.py")?.workers(4);
+//! let server = Server::builder().queue("text").pipe(wc).start().await?;
+//! # Ok(()) }
+//! ```
+
+mod line;
+mod slot;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::middleware::Reply;
+use crate::protocol::ErrorCode;
+use crate::registry::{Function, HandlerFuture, Invocation};
+use slot::{Banners, Job, Slot};
+use worker::{Pids, Worker, kill_group};
+
+/// The time a worker gets for one call, unless configured otherwise (the caller's deadline
+/// bounds it too).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A function served by worker processes through their standard input and output.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipeFunction {
+    /// The name callers use.
+    pub name: String,
+    /// The program and its arguments.
+    #[serde(deserialize_with = "command")]
+    pub command: Vec<String>,
+    /// How many worker processes run it, each one call at a time.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// How long a worker may take for one call before it is killed and replaced.
+    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// The workers' working directory (the server's, if unset; in `guirpc.toml`, relative
+    /// to the file, which is the default).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Environment variables set for the workers, beside the server's own.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// What `guirpc list` shows as its description.
+    #[serde(default)]
+    pub description: String,
+    /// The names of its parameters, for `guirpc list`.
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+/// A command as a string (split as a shell splits words, without running one) or a list.
+fn command<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Command {
+        Line(String),
+        Words(Vec<String>),
+    }
+    let words = match Command::deserialize(deserializer)? {
+        Command::Line(line) => split_words(&line).map_err(serde::de::Error::custom)?,
+        Command::Words(words) => words,
+    };
+    if words.is_empty() {
+        return Err(serde::de::Error::custom("the command is empty"));
+    }
+    Ok(words)
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    crate::config::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+impl PipeFunction {
+    /// A function run by `command` (a program and its arguments), one worker, the default
+    /// timeout.
+    pub fn new(name: impl Into<String>, command: Vec<String>) -> PipeFunction {
+        PipeFunction {
+            name: name.into(),
+            command,
+            workers: 1,
+            timeout: DEFAULT_TIMEOUT,
+            dir: None,
+            env: BTreeMap::new(),
+            description: String::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Reads `name=command args...`, the form of `guirpc serve --pipe`. The command is
+    /// split into words as a shell would (quotes and backslashes), but no shell runs it.
+    pub fn parse(spec: &str) -> Result<PipeFunction, String> {
+        let Some((name, command)) = spec.split_once('=') else {
+            return Err(format!(
+                "`{spec}` is not `NAME=COMMAND`: write --pipe 'text.wc=python3 wc.py'"
+            ));
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("`{spec}` names no function before `=`"));
+        }
+        let words = split_words(command)?;
+        if words.is_empty() {
+            return Err(format!("`{spec}` has no command after `=`"));
+        }
+        Ok(PipeFunction::new(name, words))
+    }
+
+    /// This function with `workers` worker processes.
+    #[must_use]
+    pub fn workers(mut self, workers: usize) -> PipeFunction {
+        self.workers = workers;
+        self
+    }
+
+    /// This function with another timeout per call.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> PipeFunction {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What is wrong with it, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("a pipe function needs a name".into());
+        }
+        if self.name.starts_with(crate::protocol::RESERVED_PREFIX) {
+            return Err(format!(
+                "pipe function `{}`: names starting with `guirpc.` are reserved",
+                self.name
+            ));
+        }
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return Err(format!("pipe function `{}` has no command", self.name));
+        }
+        if self.workers == 0 {
+            return Err(format!(
+                "pipe function `{}` needs at least one worker",
+                self.name
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(format!(
+                "pipe function `{}` needs a timeout above zero",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Splits a command line into words as a POSIX shell does: blanks separate words, single
+/// quotes keep everything, double quotes keep all but `\"` and `\\`, a backslash escapes
+/// the next character. No expansion of any kind.
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(done) = word.take() {
+                    words.push(done);
+                }
+            }
+            '\'' => {
+                let word = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err(format!("unterminated single quote in `{line}`")),
+                    }
+                }
+            }
+            '"' => {
+                let word = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => word.push(c),
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => return Err(format!("unterminated double quote in `{line}`")),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err(format!("unterminated double quote in `{line}`")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err(format!("a trailing backslash in `{line}`")),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+/// The workers of one pipe function, and the calls waiting for one.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    spec: Arc<PipeFunction>,
+    jobs: mpsc::Sender<Job>,
+    stop: watch::Sender<bool>,
+    slots: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    next_id: AtomicU64,
+    /// The workers alive now: ended with the pool, whatever state they are in.
+    pids: Pids,
+    grace: Duration,
+}
+
+impl Pool {
+    /// Starts the workers: a command that cannot be started at all is an error here.
+    pub(crate) async fn start(
+        spec: PipeFunction,
+        max_line: usize,
+        grace: Duration,
+    ) -> Result<Arc<Pool>, String> {
+        spec.check()?;
+        let spec = Arc::new(spec);
+        let (jobs, receiver) = mpsc::channel(spec.workers * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let (stop, _) = watch::channel(false);
+        let pool = Arc::new(Pool {
+            spec: spec.clone(),
+            jobs,
+            stop,
+            slots: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            pids: Pids::default(),
+            grace,
+        });
+        let banners = Arc::new(Banners::default());
+        let mut slots = Vec::with_capacity(spec.workers);
+        for index in 1..=spec.workers {
+            let worker = Worker::spawn(&spec, index, &pool.pids)
+                .await
+                .map_err(|err| {
+                    format!(
+                        "pipe function `{}`: cannot start `{}`: {err}",
+                        spec.name,
+                        spec.command.join(" ")
+                    )
+                })?;
+            let slot = Slot {
+                spec: spec.clone(),
+                index,
+                jobs: receiver.clone(),
+                stop: pool.stop.subscribe(),
+                grace,
+                max_line,
+                pids: pool.pids.clone(),
+                banners: banners.clone(),
+            };
+            slots.push(tokio::spawn(slot.run(worker)));
+        }
+        *pool.slots.lock().await = slots;
+        info!(
+            function = spec.name,
+            workers = spec.workers,
+            "started `{}`",
+            spec.command.join(" ")
+        );
+        Ok(pool)
+    }
+
+    /// The function callers call, registered like a `#[rpc]` one.
+    pub(crate) fn function(self: &Arc<Self>) -> &'static Function {
+        // The function lives as long as the program; the pool only as long as its server,
+        // whose end (or failure to start) stops the workers.
+        let pool = Arc::downgrade(self);
+        let name = self.spec.name.clone();
+        let handler = Arc::new(move |invocation: Invocation| -> HandlerFuture {
+            match pool.upgrade() {
+                Some(pool) => Box::pin(async move { pool.call(invocation).await }),
+                None => {
+                    let reply = Reply::error(
+                        invocation.codec,
+                        ErrorCode::Internal,
+                        &format!("`{name}` is stopping: its workers are gone"),
+                    );
+                    Box::pin(std::future::ready(reply))
+                }
+            }
+        });
+        Function::dynamic(
+            &self.spec.name,
+            &self.spec.description,
+            &self.spec.params,
+            format!("pipe `{}`", self.spec.command.join(" ")),
+            handler,
+        )
+    }
+
+    /// Runs one call on the next free worker.
+    async fn call(&self, invocation: Invocation) -> Reply {
+        let codec = invocation.codec;
+        let name = &self.spec.name;
+        // A MessagePack caller's arguments become JSON for the worker, and its answer
+        // MessagePack again.
+        let args: Value = match codec.decode(&invocation.body) {
+            Ok(args) => args,
+            Err(err) => {
+                return Reply::error(
+                    codec,
+                    ErrorCode::BadRequest,
+                    &format!("invalid arguments for `{name}`: {err}"),
+                );
+            }
+        };
+        let args = match self.named(args) {
+            Ok(args) => args,
+            Err(message) => return Reply::error(codec, ErrorCode::BadRequest, &message),
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let deadline_ms = invocation.deadline.map(|deadline| {
+            deadline
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis()
+        });
+        let line = line::request(id, name, &args, deadline_ms);
+        let deadline = invocation.deadline.map(|deadline| {
+            Instant::now()
+                + deadline
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+        });
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            line,
+            deadline,
+            answer,
+        };
+        if self.jobs.send(job).await.is_err() {
+            return Reply::error(
+                codec,
+                ErrorCode::Internal,
+                &format!("`{name}` is stopping: its workers are gone"),
+            );
+        }
+        match answered.await {
+            Ok(Ok(answer)) => answer.reply(name, codec),
+            // A broken worker is refused like a panicking function: dead-lettered where
+            // configured.
+            Ok(Err(failure)) if failure.code == ErrorCode::Internal => {
+                Reply::refusal(codec, failure.code, &failure.message)
+            }
+            Ok(Err(failure)) => Reply::error(codec, failure.code, &failure.message),
+            Err(_) => Reply::error(
+                codec,
+                ErrorCode::Internal,
+                &format!("`{name}` is stopping: its workers are gone"),
+            ),
+        }
+    }
+
+    /// The arguments as the worker reads them: by name when the function names its
+    /// parameters (arguments in order become a map), as the caller sent them otherwise;
+    /// none (`null`) is `{}`.
+    fn named(&self, args: Value) -> Result<Value, String> {
+        let params = &self.spec.params;
+        match args {
+            Value::Null => Ok(Value::Object(Default::default())),
+            Value::Array(items) if !params.is_empty() => {
+                if items.len() != params.len() {
+                    return Err(format!(
+                        "invalid arguments for `{}`: {} given in order, it takes {} ({})",
+                        self.spec.name,
+                        items.len(),
+                        params.len(),
+                        params.join(", ")
+                    ));
+                }
+                Ok(Value::Object(params.iter().cloned().zip(items).collect()))
+            }
+            args => Ok(args),
+        }
+    }
+
+    /// Closes the workers' input, waits for them within the grace period, then kills
+    /// them (also those still running a call the server abandoned).
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let slots = std::mem::take(&mut *self.slots.lock().await);
+        let all = async {
+            for slot in slots {
+                let _ = slot.await;
+            }
+        };
+        if tokio::time::timeout(self.grace + Duration::from_secs(1), all)
+            .await
+            .is_err()
+        {
+            warn!(
+                function = self.spec.name,
+                "workers busy past the grace period: killed"
+            );
+        }
+        self.kill_all();
+        info!(function = self.spec.name, "workers stopped");
+    }
+
+    fn kill_all(&self) {
+        let pids: Vec<u32> = self
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for pid in pids {
+            kill_group(pid);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.kill_all();
+    }
+}
+
+#[cfg(test)]
+mod tests;
