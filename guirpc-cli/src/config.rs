@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Subcommand};
 use guirpc_core::Settings;
-use guirpc_core::config::DEFAULT_CONFIG_FILE;
+use guirpc_core::config::{DEFAULT_CONFIG_FILE, format_duration};
 
 use crate::exit::{Exit, Failure};
 use crate::list::print_table;
@@ -36,7 +36,8 @@ enum Command {
         #[arg(default_value = DEFAULT_CONFIG_FILE)]
         path: PathBuf,
     },
-    /// Print the effective settings and where each came from (file, env, flag, default).
+    /// Print the effective settings and where each came from (file, env, flag, default),
+    /// then the file's [[pipe]] tables.
     ///
     /// Example: GUIRPC_QUEUE=calculator guirpc config show --timeout 5s
     Show {
@@ -55,7 +56,16 @@ pub(crate) fn run(
 ) -> Result<(), Failure> {
     match args.command {
         Command::Init { path } => init(path, defaults),
-        Command::Show { json, client } => show(&client.load(log, defaults)?, json),
+        Command::Show { json, client } => {
+            let settings = client.load(log, defaults)?;
+            // Where `Settings::load` found the file, which is where its [[pipe]] tables came
+            // from.
+            let file =
+                client.broker.config.clone().or_else(|| {
+                    Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|path| path.exists())
+                });
+            show(&settings, file, json)
+        }
     }
 }
 
@@ -88,22 +98,64 @@ fn init(path: PathBuf, defaults: &[(&'static str, String)]) -> Result<(), Failur
     Ok(())
 }
 
-fn show(settings: &Settings, json: bool) -> Result<(), Failure> {
+fn show(settings: &Settings, file: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+    let mut rows: Vec<[String; 3]> = settings
+        .entries()
+        .map(|(key, value, source)| [key.path(), value, source.to_string()])
+        .collect();
+    // A [[pipe]] table's fields, under its function's name: `pipe[text.wc].workers`.
+    let source = file.map_or_else(String::new, |file| format!("file {}", file.display()));
+    for pipe in &settings.pipes {
+        let dir = pipe
+            .dir
+            .as_ref()
+            .map_or_else(|| ".".to_owned(), |dir| dir.display().to_string());
+        for (field, value) in [
+            ("command", shell_words(&pipe.command)),
+            ("workers", pipe.workers.to_string()),
+            ("timeout", format_duration(pipe.timeout)),
+            ("dir", dir),
+        ] {
+            rows.push([
+                format!("pipe[{}].{field}", pipe.name),
+                value,
+                source.clone(),
+            ]);
+        }
+    }
     if json {
-        let entries: Vec<serde_json::Value> = settings
-            .entries()
-            .map(|(key, value, source)| serde_json::json!({"key": key.path(), "value": value, "source": source.to_string()}))
+        let entries: Vec<serde_json::Value> = rows
+            .into_iter()
+            .map(|[key, value, source]| serde_json::json!({"key": key, "value": value, "source": source}))
             .collect();
         outln!(
             "{}",
             serde_json::to_string_pretty(&entries).expect("settings always print")
         );
     } else {
-        let rows: Vec<[String; 3]> = settings
-            .entries()
-            .map(|(key, value, source)| [key.path(), value, source.to_string()])
-            .collect();
         print_table(["SETTING", "VALUE", "SOURCE"], &rows);
     }
     Ok(())
+}
+
+/// A command's words as `--pipe` and `command = "..."` read them back: quoted where a
+/// word holds what a shell would split or interpret.
+fn shell_words(words: &[String]) -> String {
+    let plain = |word: &str| {
+        !word.is_empty()
+            && word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    };
+    words
+        .iter()
+        .map(|word| {
+            if plain(word) {
+                word.clone()
+            } else {
+                format!("'{}'", word.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

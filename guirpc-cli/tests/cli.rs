@@ -492,6 +492,55 @@ fn config_init_writes_every_setting_and_never_overwrites() {
 }
 
 #[test]
+fn config_show_lists_the_pipe_tables() {
+    let dir = std::env::temp_dir().join(format!("guirpc-cli-config-pipes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("guirpc.toml"),
+        "[[pipe]]\nname = \"text.wc\"\ncommand = \"python3 wc.py\"\nworkers = 4\ntimeout = \"5s\"\ndir = \"scripts\"\n\n[[pipe]]\nname = \"say\"\ncommand = [\"bash\", \"-c\", \"echo 'hi there'\"]\n",
+    )
+    .unwrap();
+    let out = run(&["config".into(), "show".into()], None, Some(&dir));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let row = |key: &str| {
+        let row = table
+            .lines()
+            .find(|line| line.starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in\n{table}"));
+        assert!(row.ends_with("file guirpc.toml"), "{row}");
+        row.to_owned()
+    };
+    assert!(row("pipe[text.wc].command").contains(" python3 wc.py "));
+    assert!(row("pipe[text.wc].workers").contains(" 4 "));
+    assert!(row("pipe[text.wc].timeout").contains(" 5s "));
+    assert!(row("pipe[text.wc].dir").contains(" scripts "));
+    assert!(row("pipe[say].workers").contains(" 1 "));
+    assert!(row("pipe[say].timeout").contains(" 30s "));
+    assert!(row("pipe[say].dir").contains(" . "));
+    // The command as `--pipe` reads it back, quotes and all.
+    let args: Vec<String> = ["config", "show", "--json"].map(String::from).to_vec();
+    let out = run(&args, None, Some(&dir));
+    let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let value = |key: &str| {
+        entries
+            .iter()
+            .find(|e| e["key"] == key)
+            .unwrap_or_else(|| panic!("no {key}"))["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(value("pipe[text.wc].workers"), "4");
+    let say =
+        guirpc_core::pipe::PipeFunction::parse(&format!("say={}", value("pipe[say].command")))
+            .unwrap();
+    assert_eq!(say.command, ["bash", "-c", "echo 'hi there'"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn new_refuses_existing_directories_and_bad_names() {
     let dir = std::env::temp_dir().join(format!("guirpc-cli-new-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
