@@ -15,6 +15,11 @@ fn broker() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The `rabbitmqctl` of the broker the tests use: `$GUIRPC_TEST_CTL`, or the machine's.
+fn ctl() -> String {
+    std::env::var("GUIRPC_TEST_CTL").unwrap_or_else(|_| "rabbitmqctl".into())
+}
+
 /// Starts `binary serve --queue queue` and waits until it serves.
 fn serve(binary: &str, queue: &str) -> Child {
     let mut child = Command::new(binary)
@@ -135,8 +140,6 @@ async fn an_order_placed_with_the_orders_service_is_shipped_by_the_shipping_serv
         format!("{reports_queue}.record"),
         reports_queue,
     ] {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_queue", &queue])
-            .output();
+        let _ = Command::new(ctl()).args(["delete_queue", &queue]).output();
     }
 }

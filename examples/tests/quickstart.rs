@@ -11,6 +11,11 @@ fn broker() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The `rabbitmqctl` of the broker the tests use: `$GUIRPC_TEST_CTL`, or the machine's.
+fn ctl() -> String {
+    std::env::var("GUIRPC_TEST_CTL").unwrap_or_else(|_| "rabbitmqctl".into())
+}
+
 fn queue(test: &str) -> String {
     format!("guirpc-test.quickstart.{test}.{}", std::process::id())
 }
@@ -169,9 +174,7 @@ fn the_calculator_serves_both_clients_and_stops_cleanly_on_sigterm() {
         "serve should exit 0 on SIGTERM, got {status}"
     );
     // The service queue stays for the next server; remove this test's.
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_queue", &queue])
-        .output();
+    let _ = Command::new(ctl()).args(["delete_queue", &queue]).output();
 }
 
 #[test]
@@ -309,7 +312,5 @@ fn the_python_client_of_the_protocol_document_works_as_printed() {
         started.elapsed()
     );
     assert!(terminate(child).success());
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_queue", &queue])
-        .output();
+    let _ = Command::new(ctl()).args(["delete_queue", &queue]).output();
 }

@@ -69,6 +69,11 @@ fn broker() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The `rabbitmqctl` of the broker the tests use: `$GUIRPC_TEST_CTL`, or the machine's.
+fn ctl() -> String {
+    std::env::var("GUIRPC_TEST_CTL").unwrap_or_else(|_| "rabbitmqctl".into())
+}
+
 fn unique_queue(test: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!(
@@ -658,9 +663,7 @@ fn a_new_service_builds_serves_and_answers_at_once() {
         .status()
         .unwrap();
     assert!(service.wait().unwrap().success());
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_queue", &queue])
-        .output();
+    let _ = Command::new(ctl()).args(["delete_queue", &queue]).output();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -1077,9 +1080,7 @@ async fn the_standalone_binary_serves_pipe_functions_and_no_worker_outlives_it()
         "{}",
         text(&out.stderr)
     );
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_queue", &queue])
-        .output();
+    let _ = Command::new(ctl()).args(["delete_queue", &queue]).output();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -1122,7 +1123,5 @@ async fn the_pipes_example_serves_a_python_and_a_bash_function() {
         .status()
         .unwrap();
     assert!(server.wait().unwrap().success());
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_queue", &queue])
-        .output();
+    let _ = Command::new(ctl()).args(["delete_queue", &queue]).output();
 }

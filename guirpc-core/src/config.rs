@@ -269,6 +269,8 @@ settings! {
         "The direct exchange requests are published to; \"\" (the default) is the broker's default exchange, which routes by queue name with no declaration or binding.";
     tls_ca_file: String = String::new(), ["broker"."tls_ca_file"], env ["GUIRPC_TLS_CA_FILE"],
         "For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.";
+    heartbeat: Duration = crate::link::DEFAULT_HEARTBEAT, ["broker"."heartbeat"], env ["GUIRPC_HEARTBEAT"],
+        "The AMQP heartbeat, in whole seconds: a connection that carries nothing for twice this long (a firewall or NAT dropped it without a word) is taken for dead and replaced, its calls failed as retriable; `0s` takes the broker's (60 s on RabbitMQ: two minutes to notice).";
     queue: String = crate::protocol::DEFAULT_QUEUE.to_owned(), ["service"."queue"], env ["GUIRPC_QUEUE"],
         "The service's request queue: the name callers address.";
     prefetch: u16 = 128, ["service"."prefetch"], env ["GUIRPC_PREFETCH"],
@@ -552,6 +554,7 @@ impl Settings {
             uri: self.uri.clone(),
             shuffle: self.shuffle,
             tls_ca_file: self.tls_ca_file.clone(),
+            heartbeat: self.heartbeat,
             exchange: self.exchange.clone(),
             queue: self.queue.clone(),
             queue_type: self.queue_type,
@@ -614,6 +617,8 @@ pub struct ServiceSettings {
     pub shuffle: bool,
     /// For `amqps://`: the CA certificates to trust (PEM file); empty for the system's.
     pub tls_ca_file: String,
+    /// The AMQP heartbeat: a silent connection is noticed within twice this.
+    pub heartbeat: Duration,
     /// The exchange requests arrive through.
     pub exchange: String,
     /// The request queue.

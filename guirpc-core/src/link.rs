@@ -1,7 +1,8 @@
 //! The link to the broker, for the server and the client alike: connecting (the
 //! connection's name, what `rabbitmqctl list_connections` shows; for `amqps://` the
-//! certificates to trust), the one backoff policy every reconnection follows, and the
-//! broker's blocked/unblocked events (a memory or disk alarm), logged and kept as state.
+//! certificates to trust; the heartbeat that finds a connection gone silent), the one
+//! backoff policy every reconnection follows, and the broker's blocked/unblocked events
+//! (a memory or disk alarm), logged and kept as state.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use futures_lite::StreamExt;
 use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, Event};
 use tracing::{info, warn};
 
@@ -24,13 +26,34 @@ const MAX_RETRY: Duration = Duration::from_secs(4);
 /// must not hold up the move to the next one for the system's TCP timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to `uri`; `ca_file`, when not empty, is a PEM file of the certificates that
-/// may sign an `amqps://` broker's certificate (instead of the system's).
+/// The heartbeat asked of the broker unless configured otherwise (`broker.heartbeat`).
+/// lapin takes a connection that has carried nothing for two heartbeats for dead (and
+/// checks every half heartbeat): a connection a firewall or NAT silently dropped is
+/// noticed within 20 to 25 seconds, where the broker's own 60 s would take two minutes.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// How to reach a broker node, besides its URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LinkOptions {
+    /// A PEM file of the certificates that may sign an `amqps://` broker's certificate
+    /// (instead of the system's); empty for the system's.
+    pub ca_file: String,
+    /// The heartbeat asked of the broker (whole seconds, rounded up); zero takes the
+    /// broker's. A heartbeat in the URI (`?heartbeat=5`) wins.
+    pub heartbeat: Duration,
+}
+
+/// Connects to `uri`.
 pub(crate) async fn connect(
     uri: &str,
-    ca_file: &str,
+    options: &LinkOptions,
     name: &str,
 ) -> Result<Connection, ConnectError> {
+    let ca_file = options.ca_file.as_str();
+    let mut uri: AMQPUri = uri.parse()?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(heartbeat_seconds(options.heartbeat));
+    }
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let tls = OwnedTLSConfig {
         identity: None,
@@ -43,11 +66,17 @@ pub(crate) async fn connect(
         },
     };
     let runtime = lapin::runtime::default_runtime()?;
-    let connecting = Connection::connect_with_config(uri, properties, tls, runtime);
+    let connecting = Connection::connect_uri_with_config(uri, properties, tls, runtime);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(connected) => Ok(connected?),
         Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}").into()),
     }
+}
+
+/// A heartbeat in AMQP's whole seconds: rounded up, so that a sub-second one still beats.
+fn heartbeat_seconds(heartbeat: Duration) -> u16 {
+    let seconds = heartbeat.as_secs() + u64::from(heartbeat.subsec_nanos() > 0);
+    u16::try_from(seconds).unwrap_or(u16::MAX)
 }
 
 /// The broker nodes a server or client may connect to (`broker.uri`, a comma-separated
@@ -58,7 +87,7 @@ pub(crate) async fn connect(
 pub(crate) struct Brokers {
     uris: Vec<String>,
     masked: Vec<String>,
-    ca_file: String,
+    options: LinkOptions,
     /// The node of the live (or last) connection.
     current: AtomicUsize,
     /// Where the next attempt starts.
@@ -79,7 +108,7 @@ pub(crate) struct Connected {
 impl Brokers {
     /// The nodes of `list`, tried in order, or from a random one when `shuffle` (which
     /// spreads the connections of many processes over the nodes).
-    pub(crate) fn new(list: &str, ca_file: &str, shuffle: bool) -> Brokers {
+    pub(crate) fn new(list: &str, options: LinkOptions, shuffle: bool) -> Brokers {
         let uris: Vec<String> = crate::config::uris(list).map(str::to_owned).collect();
         let start = if shuffle && uris.len() > 1 {
             fastrand::usize(..uris.len())
@@ -92,7 +121,7 @@ impl Brokers {
                 .map(|uri| crate::config::mask_uri(uri))
                 .collect(),
             uris,
-            ca_file: ca_file.to_owned(),
+            options,
             current: AtomicUsize::new(start),
             next: AtomicUsize::new(start),
             connected: AtomicBool::new(false),
@@ -104,10 +133,15 @@ impl Brokers {
         self.masked.join(",")
     }
 
-    /// The node of the live (or last) connection, unmasked: where a server's second
-    /// connection (its reply quarantine) goes too.
+    /// The node of the live (or last) connection, unmasked.
     pub(crate) fn current_uri(&self) -> &str {
         &self.uris[self.current.load(Ordering::Acquire)]
+    }
+
+    /// Another connection to the node of the live (or last) one: a server's reply
+    /// quarantine goes where its requests come from.
+    pub(crate) async fn connect_current(&self, name: &str) -> Result<Connection, ConnectError> {
+        connect(self.current_uri(), &self.options, name).await
     }
 
     /// The connection was lost: the next attempt starts at the next node.
@@ -127,7 +161,7 @@ impl Brokers {
         let mut failures = Vec::new();
         for step in 0..count {
             let index = (start + step) % count;
-            match connect(&self.uris[index], &self.ca_file, name).await {
+            match connect(&self.uris[index], &self.options, name).await {
                 Ok(connection) => {
                     let before = self.current.swap(index, Ordering::AcqRel);
                     self.next.store(index, Ordering::Release);
@@ -232,10 +266,26 @@ pub(crate) fn watch_blocked(
 mod tests {
     use super::*;
 
+    fn options() -> LinkOptions {
+        LinkOptions {
+            ca_file: String::new(),
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+
+    #[test]
+    fn heartbeats_are_whole_seconds_rounded_up() {
+        assert_eq!(heartbeat_seconds(Duration::ZERO), 0);
+        assert_eq!(heartbeat_seconds(Duration::from_millis(200)), 1);
+        assert_eq!(heartbeat_seconds(Duration::from_millis(2500)), 3);
+        assert_eq!(heartbeat_seconds(DEFAULT_HEARTBEAT), 10);
+        assert_eq!(heartbeat_seconds(Duration::from_secs(1 << 20)), u16::MAX);
+    }
+
     #[test]
     fn node_lists_start_at_the_first_or_anywhere_when_shuffled() {
         let list = "amqp://u:p@a/%2f, amqp://u:p@b/%2f,amqp://u:p@c/%2f";
-        let brokers = Brokers::new(list, "", false);
+        let brokers = Brokers::new(list, options(), false);
         assert_eq!(brokers.current_uri(), "amqp://u:p@a/%2f");
         assert_eq!(
             brokers.masked(),
@@ -245,7 +295,7 @@ mod tests {
         brokers.lost();
         assert_eq!(brokers.next.load(Ordering::Relaxed), 1);
         let starts: std::collections::HashSet<String> = (0..64)
-            .map(|_| Brokers::new(list, "", true).current_uri().to_owned())
+            .map(|_| Brokers::new(list, options(), true).current_uri().to_owned())
             .collect();
         assert!(starts.len() > 1, "shuffled lists all start at {starts:?}");
     }

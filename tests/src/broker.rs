@@ -2,6 +2,10 @@
 //! connections, restart it, raise alarms): the installed `rabbitmq-server`, started on free
 //! ports with its own node name, data directory and Erlang cookie, and shut down on drop.
 //! It never touches the shared broker on 5672.
+//!
+//! With `GUIRPC_TEST_RABBITMQ_ROOT` set to a tree holding another RabbitMQ (the Debian 13
+//! tree `scripts/broker --version 4` makes), nodes run that one, through `chroot`, with
+//! their data directories inside the tree.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -19,14 +23,37 @@ pub struct PrivateBroker {
     tls_port: Option<u16>,
 }
 
-/// Where the installed RabbitMQ keeps its scripts, bypassing the wrapper that would switch
-/// to the `rabbitmq` user and read the shared node's configuration.
-fn script(name: &str) -> PathBuf {
+/// The tree of the RabbitMQ that private nodes run, when not the machine's own.
+fn tree() -> Option<PathBuf> {
+    std::env::var_os("GUIRPC_TEST_RABBITMQ_ROOT")
+        .filter(|root| !root.is_empty())
+        .map(PathBuf::from)
+}
+
+/// A command running one of RabbitMQ's scripts directly, bypassing the wrapper that would
+/// switch to the `rabbitmq` user and read the shared node's configuration: the installed
+/// RabbitMQ's, or the one in [`tree`] through `chroot`.
+fn script(name: &str) -> Command {
     let direct = Path::new("/usr/lib/rabbitmq/bin").join(name);
-    if direct.exists() {
-        direct
-    } else {
-        PathBuf::from(name)
+    match tree() {
+        Some(root) => {
+            let mut command = Command::new("chroot");
+            command
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+            command.env("LANG", "C.UTF-8").arg(root).arg(direct);
+            command
+        }
+        None if direct.exists() => Command::new(direct),
+        None => Command::new(name),
+    }
+}
+
+/// A path of the node's directory as the broker sees it: inside the tree, when it runs in one.
+fn seen_by_broker(path: &Path) -> PathBuf {
+    match tree() {
+        Some(root) => Path::new("/").join(path.strip_prefix(&root).unwrap_or(path)),
+        None => path.to_owned(),
     }
 }
 
@@ -61,7 +88,11 @@ impl PrivateBroker {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let dir = std::env::temp_dir().join(format!("guirpc-broker-{test}-{id}"));
+        let temp = match tree() {
+            Some(root) => root.join("tmp"),
+            None => std::env::temp_dir(),
+        };
+        let dir = temp.join(format!("guirpc-broker-{test}-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("home")).unwrap();
         let broker = PrivateBroker {
@@ -77,7 +108,8 @@ impl PrivateBroker {
         );
         if let Some(tls_port) = broker.tls_port {
             broker.make_certificates();
-            let dir = broker.dir.display();
+            let dir = seen_by_broker(&broker.dir);
+            let dir = dir.display();
             conf.push_str(&format!(
                 "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
                  ssl_options.cacertfile = {dir}/ca.pem\n\
@@ -111,8 +143,8 @@ impl PrivateBroker {
     }
 
     fn command(&self, name: &str) -> Command {
-        let mut command = Command::new(script(name));
-        let dir = &self.dir;
+        let mut command = script(name);
+        let dir = &seen_by_broker(&self.dir);
         command
             .env("HOME", dir.join("home"))
             .env("RABBITMQ_NODENAME", &self.node)

@@ -7,7 +7,7 @@ use super::{BlockingClient, Client, Inner, Transport, amqp};
 use crate::codec::Codec;
 use crate::config::{Settings, validate_uri};
 use crate::error::Error;
-use crate::link::Brokers;
+use crate::link::{Brokers, LinkOptions};
 use crate::metrics::Metrics;
 use crate::middleware::{
     self, ClientRequest, ClientResponse, ClientService, Layer, Layers, Service,
@@ -36,6 +36,7 @@ use crate::trace::ClientTraceLayer;
 pub struct ClientBuilder {
     uri: String,
     tls_ca_file: String,
+    heartbeat: Duration,
     exchange: String,
     events_exchange: String,
     queue: String,
@@ -59,6 +60,7 @@ impl ClientBuilder {
         ClientBuilder {
             uri: settings.uri.clone(),
             tls_ca_file: settings.tls_ca_file.clone(),
+            heartbeat: settings.heartbeat,
             exchange: settings.exchange.clone(),
             events_exchange: settings.events_exchange.clone(),
             queue: settings.queue.clone(),
@@ -87,6 +89,14 @@ impl ClientBuilder {
     /// For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.
     pub fn tls_ca_file(mut self, path: impl Into<String>) -> Self {
         self.tls_ca_file = path.into();
+        self
+    }
+
+    /// The AMQP heartbeat (`broker.heartbeat`, 10 s by default): a connection that carries
+    /// nothing for twice this long is taken for dead, its calls in flight failed as
+    /// retriable, and replaced. Zero takes the broker's.
+    pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
         self
     }
 
@@ -157,7 +167,11 @@ impl ClientBuilder {
     /// Connects to the broker.
     pub async fn connect(self) -> Result<Client, Error> {
         validate_uri(&self.uri).map_err(Error::Config)?;
-        let brokers = Brokers::new(&self.uri, &self.tls_ca_file, self.shuffle);
+        let options = LinkOptions {
+            ca_file: self.tls_ca_file.clone(),
+            heartbeat: self.heartbeat,
+        };
+        let brokers = Brokers::new(&self.uri, options, self.shuffle);
         let (shared, supervisor) = amqp::connect(
             brokers,
             &self.exchange,

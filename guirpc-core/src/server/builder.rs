@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, watch};
 use super::pipeline::{self, Dispatcher};
 use super::{AbortOnDrop, Health, ServeError, Server, Shared, instance_name, session};
 use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
-use crate::link::Brokers;
+use crate::link::{Brokers, LinkOptions};
 use crate::metrics::Metrics;
 use crate::metrics::http::{self, Endpoint};
 use crate::middleware::{self, Layer, Layers, Reply, ServerRequest, ServerService, Service};
@@ -69,6 +69,14 @@ impl ServerBuilder {
     /// With several URIs: start at a random one, to spread many servers over the nodes.
     pub fn shuffle(mut self, shuffle: bool) -> Self {
         self.settings.shuffle = shuffle;
+        self
+    }
+
+    /// The AMQP heartbeat (`broker.heartbeat`, 10 s by default): a connection that carries
+    /// nothing for twice this long is taken for dead and replaced, and `/readyz` answers
+    /// 503 meanwhile. Zero takes the broker's.
+    pub fn heartbeat(mut self, heartbeat: std::time::Duration) -> Self {
+        self.settings.heartbeat = heartbeat;
         self
     }
 
@@ -211,7 +219,10 @@ impl ServerBuilder {
             masked_uri: mask_uri(&settings.uri),
             brokers: Arc::new(Brokers::new(
                 &settings.uri,
-                &settings.tls_ca_file,
+                LinkOptions {
+                    ca_file: settings.tls_ca_file.clone(),
+                    heartbeat: settings.heartbeat,
+                },
                 settings.shuffle,
             )),
             semaphore: Arc::new(Semaphore::new(settings.concurrency)),

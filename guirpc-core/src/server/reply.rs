@@ -49,7 +49,6 @@ pub(super) struct Replier {
 /// which name.
 struct Target {
     brokers: Arc<crate::link::Brokers>,
-    tls_ca_file: String,
     masked_uri: String,
     name: String,
     blocked: Arc<Blocked>,
@@ -77,7 +76,6 @@ impl Replier {
             channel,
             target: Target {
                 brokers: shared.brokers.clone(),
-                tls_ca_file: settings.tls_ca_file.clone(),
                 masked_uri: shared.masked_uri.clone(),
                 name: format!("guirpc server {} quarantine", settings.queue),
                 blocked: shared.health.blocked.clone(),
@@ -235,8 +233,7 @@ impl Replier {
 
 impl Target {
     async fn connect(&self) -> Result<QuarantineLink, ConnectError> {
-        let uri = self.brokers.current_uri();
-        let connection = link::connect(uri, &self.tls_ca_file, &self.name).await?;
+        let connection = self.brokers.connect_current(&self.name).await?;
         link::watch_blocked(
             &connection,
             self.masked_uri.clone(),
