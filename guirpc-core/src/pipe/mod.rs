@@ -7,7 +7,9 @@
 //! `[[pipe]]` table in `guirpc.toml`) starts its worker processes, hands each one call at
 //! a time, and answers, acknowledges, counts and traces those calls exactly like a Rust
 //! function's. A worker that exits, hangs past the call's time, or writes what is not an
-//! answer costs that one call an error and is replaced.
+//! answer costs that one call an error and is replaced; one that fails while it has no call
+//! costs none. The line format (`line`), the place of a worker in its pool (`slot`) and
+//! the worker process (`worker`) are modules of their own.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
