@@ -186,6 +186,15 @@ impl Value for LogFormat {
     }
 }
 
+/// The longest a function's run may take, unless configured otherwise: half RabbitMQ's
+/// default `consumer_timeout`, so that a request waiting for its turn and then running
+/// its longest is still acknowledged in time on a broker that cannot be told otherwise.
+pub const DEFAULT_MAX_RUN: Duration = Duration::from_secs(15 * 60);
+
+/// The largest message body sent or taken, unless configured otherwise: RabbitMQ 4's
+/// `max_message_size` (3.x allowed 128 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
 /// One setting: where it lives in the file, which variables set it, what it means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
@@ -281,8 +290,12 @@ settings! {
         "`at-least-once` (acknowledge after the reply) or `at-most-once` (acknowledge on receipt).";
     shutdown_grace: Duration = Duration::from_secs(30), ["service"."shutdown_grace"], env ["GUIRPC_SHUTDOWN_GRACE"],
         "How long a stopping server waits for running calls.";
-    max_message_size: usize = 16 * 1024 * 1024, ["service"."max_message_size"], env ["GUIRPC_MAX_MESSAGE_SIZE"],
+    max_run: Duration = DEFAULT_MAX_RUN, ["service"."max_run"], env ["GUIRPC_MAX_RUN"],
+        "The longest a function's run may take, unless the function states its own (`#[rpc(max_run = \"...\")]`): past it the run is cancelled and its caller answered `max_run_exceeded`. Keep it below the broker's `consumer_timeout` (30 min by default) on RabbitMQ 3.10 and 3.11; from 3.12 the server declares its queue with a consumer timeout to match (docs/RELIABILITY.md).";
+    max_message_size: usize = DEFAULT_MAX_MESSAGE_SIZE, ["service"."max_message_size"], env ["GUIRPC_MAX_MESSAGE_SIZE"],
         "The largest request body, in bytes, a server decodes; a larger one is answered `too_large`.";
+    max_reply_size: usize = DEFAULT_MAX_MESSAGE_SIZE, ["service"."max_reply_size"], env ["GUIRPC_MAX_REPLY_SIZE"],
+        "The largest reply body, in bytes, a server sends; a result that would make a larger one is answered `too_large` instead. The default is RabbitMQ 4's `max_message_size`: the broker closes the channel of a larger message, and every request in flight on the consuming channel with it.";
     queue_type: QueueType = QueueType::Classic, ["service"."queue_type"], env ["GUIRPC_QUEUE_TYPE"],
         "`classic`, or `quorum` (replicated on a cluster's nodes: survives the loss of one; needs a cluster to be worth it).";
     delivery_limit: u32 = 0, ["service"."delivery_limit"], env ["GUIRPC_DELIVERY_LIMIT"],
@@ -301,6 +314,8 @@ settings! {
         "How long a call waits for its reply.";
     codec: Codec = Codec::MsgPack, ["client"."codec"], env ["GUIRPC_CODEC"],
         "How a client encodes arguments: `msgpack` or `json`.";
+    client_max_message_size: usize = DEFAULT_MAX_MESSAGE_SIZE, ["client"."max_message_size"], env ["GUIRPC_CLIENT_MAX_MESSAGE_SIZE"],
+        "The largest message body, in bytes, a client sends (calls, casts, events): a larger one fails at once, before it is sent. The default is RabbitMQ 4's `max_message_size`; a broker closes the channel of a larger message, and every call in flight on it fails.";
     retries: u32 = 0, ["client"."retries"], env ["GUIRPC_RETRIES"],
         "How often a client re-sends a call to an idempotent function after a lost connection or a timeout.";
     log_level: String = "info".to_owned(), ["log"."level"], env ["GUIRPC_LOG"],
@@ -564,6 +579,8 @@ impl Settings {
             delivery: self.delivery,
             shutdown_grace: self.shutdown_grace,
             max_message_size: self.max_message_size,
+            max_run: self.max_run,
+            max_reply_size: self.max_reply_size,
             dead_letter_exchange: self.dead_letter_exchange.clone(),
             metrics_addr: self.metrics_addr.clone(),
             events_exchange: self.events_exchange.clone(),
@@ -633,6 +650,10 @@ pub struct ServiceSettings {
     pub shutdown_grace: Duration,
     /// The largest request body decoded.
     pub max_message_size: usize,
+    /// The largest reply body sent.
+    pub max_reply_size: usize,
+    /// The longest run of a function that states none.
+    pub max_run: Duration,
     /// The type of the service queue.
     pub queue_type: QueueType,
     /// Quorum queues: deliveries after which an unsettled request is dead-lettered (0: the

@@ -80,6 +80,20 @@ pub enum Error<E = Infallible> {
         /// What the codec said.
         source: CodecError,
     },
+    /// The encoded arguments are larger than the client sends (`client.max_message_size`,
+    /// 16 MiB by default, RabbitMQ 4's limit: a broker closes the channel of a larger
+    /// message, failing every call in flight on it). Nothing was sent; not retriable.
+    #[error(
+        "the arguments of `{function}` are {size} bytes encoded, over the {limit}-byte limit of a message (client.max_message_size); nothing was sent"
+    )]
+    TooLarge {
+        /// The function called.
+        function: String,
+        /// The encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The reply could not be decoded into the expected type.
     #[error("cannot decode the reply of `{function}`: {source}")]
     Decode {
@@ -122,8 +136,8 @@ impl<E> Error<E> {
     }
 
     /// What the call ended in, in one word for spans and metrics: the server's error
-    /// code, or `timeout`, `no_route`, `encode`, `decode`, `connection`, `blocked`,
-    /// `config`.
+    /// code, or `timeout`, `no_route`, `encode`, `too_large`, `decode`, `connection`,
+    /// `blocked`, `config`.
     pub fn outcome(&self) -> std::borrow::Cow<'static, str> {
         let kind = match self {
             Error::Remote(remote) => return remote.code.as_str().to_owned().into(),
@@ -131,6 +145,7 @@ impl<E> Error<E> {
             Error::Timeout { .. } => "timeout",
             Error::NoRoute { .. } => "no_route",
             Error::Encode { .. } => "encode",
+            Error::TooLarge { .. } => "too_large",
             Error::Decode { .. } => "decode",
             Error::Connection { .. } => "connection",
             Error::Blocked { .. } => "blocked",
@@ -179,6 +194,15 @@ impl<E> Error<E> {
             Error::Remote(remote) => Error::Remote(remote),
             Error::Handler { error, .. } => match error {},
             Error::Encode { function, source } => Error::Encode { function, source },
+            Error::TooLarge {
+                function,
+                size,
+                limit,
+            } => Error::TooLarge {
+                function,
+                size,
+                limit,
+            },
             Error::Decode { function, source } => Error::Decode { function, source },
             Error::Connection { uri, source } => Error::Connection { uri, source },
             Error::Blocked { function, reason } => Error::Blocked { function, reason },

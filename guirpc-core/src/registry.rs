@@ -61,6 +61,9 @@ pub struct Function {
     blocking: bool,
     streams: bool,
     location: &'static str,
+    /// The longest a run may take before it is cancelled (`#[rpc(max_run = "...")]`);
+    /// `None` for the server's `service.max_run`.
+    max_run: Option<std::time::Duration>,
     handler: Handler,
 }
 
@@ -88,8 +91,16 @@ impl Function {
             blocking,
             streams,
             location,
+            max_run: None,
             handler: Handler::Static(handler),
         }
+    }
+
+    /// Used by `#[rpc(max_run = "...")]`; not a stable interface.
+    #[doc(hidden)]
+    pub const fn __with_max_run(mut self, millis: u64) -> Self {
+        self.max_run = Some(std::time::Duration::from_millis(millis));
+        self
     }
 
     /// A function made at run time, which lives as long as the program (a server makes
@@ -119,6 +130,7 @@ impl Function {
             blocking: false,
             streams: false,
             location: Box::leak(location.into_boxed_str()),
+            max_run: None,
             handler: Handler::Dynamic(handler),
         }))
     }
@@ -156,6 +168,12 @@ impl Function {
     /// Whether the function streams its result, one item at a time.
     pub fn streams(&self) -> bool {
         self.streams
+    }
+
+    /// The longest a run may take, when the function states it (`#[rpc(max_run = "...")]`);
+    /// otherwise the server's `service.max_run` applies.
+    pub fn max_run(&self) -> Option<std::time::Duration> {
+        self.max_run
     }
 
     /// Where the function is defined: `module::path (file:line)`.

@@ -8,6 +8,8 @@ use syn::{Attribute, Block, LitStr, Signature, Token, Visibility};
 pub(crate) struct RpcArgs {
     pub name: Option<LitStr>,
     pub idempotent: bool,
+    /// `max_run = "10m"`, in milliseconds.
+    pub max_run: Option<u64>,
 }
 
 impl Parse for RpcArgs {
@@ -36,11 +38,24 @@ impl Parse for RpcArgs {
                 args.name = Some(name);
             } else if key == "idempotent" {
                 args.idempotent = true;
+            } else if key == "max_run" {
+                if args.max_run.is_some() {
+                    return Err(syn::Error::new(key.span(), "`max_run` is given twice"));
+                }
+                input.parse::<Token![=]>()?;
+                let text: LitStr = input.parse()?;
+                let millis = parse_millis(&text.value()).ok_or_else(|| {
+                    syn::Error::new(
+                        text.span(),
+                        "`max_run` takes a duration above zero: \"500ms\", \"30s\", \"10m\", \"2h\" or \"1.5h\"",
+                    )
+                })?;
+                args.max_run = Some(millis);
             } else {
                 return Err(syn::Error::new(
                     key.span(),
                     format!(
-                        "unknown #[rpc] option `{key}`; the options are `name = \"...\"` and `idempotent`"
+                        "unknown #[rpc] option `{key}`; the options are `name = \"...\"`, `idempotent` and `max_run = \"...\"`"
                     ),
                 ));
             }
@@ -50,6 +65,22 @@ impl Parse for RpcArgs {
         }
         Ok(args)
     }
+}
+
+/// `500ms`, `30s`, `10m`, `2h` or `1.5h` in milliseconds, above zero (the syntax of
+/// `guirpc_core::config::parse_duration`).
+fn parse_millis(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?);
+    let scale = match unit.trim() {
+        "ms" => 1.0,
+        "s" => 1e3,
+        "m" => 60e3,
+        "h" => 3600e3,
+        _ => return None,
+    };
+    let millis = number.parse::<f64>().ok()? * scale;
+    (1.0..1e15).contains(&millis).then_some(millis.round() as u64)
 }
 
 /// A function, with or without a body.

@@ -26,6 +26,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
         .map(|n| n.value())
         .unwrap_or_else(|| ident.to_string());
     let doc = doc_of(attrs);
+    let max_run = args.max_run.map(|millis| quote!(.__with_max_run(#millis)));
     let params = &signature.params;
     let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
     let types: Vec<&Type> = params.iter().map(|p| p.ty).collect();
@@ -237,7 +238,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
                     #streams,
                     #location,
                     __guirpc_handler,
-                )
+                )#max_run
             }
         };
     })

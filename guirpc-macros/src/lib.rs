@@ -60,6 +60,21 @@
 //! - `idempotent`: running the function twice for one call is harmless, so its stubs
 //!   re-send a call after a lost connection or a timeout, as often as the client's
 //!   `retries` setting allows (0 by default).
+//! - `max_run = "2h"`: the longest one run may take (`500ms`, `30s`, `10m`, `2h`); past it
+//!   the run is cancelled and its caller answered `max_run_exceeded`. Without it, the
+//!   server's `service.max_run` applies (15 minutes by default). A plain `fn` runs on its
+//!   own thread, which cannot be stopped: its caller is answered, and the thread's result
+//!   is dropped when it ends.
+//!
+//! ```
+//! # use guirpc_core::rpc;
+//! /// Renders a report; may take an hour on a big month.
+//! #[rpc(max_run = "90m")]
+//! async fn render(month: String) -> Vec<u8> {
+//!     # let _ = month;
+//!     Vec::new()
+//! }
+//! ```
 //!
 //! # Declarations
 //!

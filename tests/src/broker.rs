@@ -78,10 +78,22 @@ impl PrivateBroker {
     }
 
     fn start_with(test: &str, tls: bool) -> PrivateBroker {
-        PrivateBroker::start_node(test, tls, None)
+        PrivateBroker::start_node(test, tls, None, None)
     }
 
-    fn start_node(test: &str, tls: bool, cookie: Option<&str>) -> PrivateBroker {
+    /// Starts a node whose consumer timeout (`consumer_timeout`: how long a delivery may
+    /// stay unacknowledged before the broker closes its channel) is `timeout`, checked
+    /// every second instead of every minute.
+    pub fn start_with_consumer_timeout(test: &str, timeout: Duration) -> PrivateBroker {
+        PrivateBroker::start_node(test, false, None, Some(timeout))
+    }
+
+    fn start_node(
+        test: &str,
+        tls: bool,
+        cookie: Option<&str>,
+        consumer_timeout: Option<Duration>,
+    ) -> PrivateBroker {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let id = format!(
             "{}-{}",
@@ -119,6 +131,14 @@ impl PrivateBroker {
                  ssl_options.fail_if_no_peer_cert = false\n"
             ));
         }
+        // The channel's tick, when it checks its deliveries' age, has no rabbitmq.conf key.
+        let mut advanced = String::from("[{rabbit, [");
+        if let Some(timeout) = consumer_timeout {
+            conf.push_str(&format!("consumer_timeout = {}\n", timeout.as_millis()));
+            advanced.push_str("{channel_tick_interval, 1000}");
+        }
+        advanced.push_str("]}].\n");
+        std::fs::write(broker.dir.join("advanced.config"), advanced).unwrap();
         std::fs::write(broker.dir.join("rabbitmq.conf"), conf).unwrap();
         std::fs::write(broker.dir.join("env.conf"), "").unwrap();
         std::fs::write(broker.dir.join("enabled_plugins"), "[].\n").unwrap();
@@ -151,6 +171,7 @@ impl PrivateBroker {
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
             .env("RABBITMQ_CONF_ENV_FILE", dir.join("env.conf"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
             .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
@@ -263,6 +284,23 @@ impl PrivateBroker {
         output
     }
 
+    /// The node's RabbitMQ version, `3.10.8` or `4.0.5`.
+    pub fn version(&self) -> String {
+        let output = self.ctl(&["version"]);
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Whether the node's RabbitMQ gives a queue declared with `x-consumer-timeout` a
+    /// consumer timeout of its own (3.12 and later).
+    pub fn honours_queue_consumer_timeouts(&self) -> bool {
+        let version = self.version();
+        let mut parts = version
+            .split('.')
+            .map(|part| part.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (3, 12)
+    }
+
     /// Closes every client connection, as an operator or a network fault would.
     pub fn close_all_connections(&self) {
         self.ctl(&["close_all_connections", "closed by a guirpc test"]);
@@ -288,23 +326,7 @@ impl PrivateBroker {
 
     /// Closes the connections whose client-given name is `name`.
     pub fn close_connections_named(&self, name: &str) -> usize {
-        let output = self.ctl(&[
-            "list_connections",
-            "pid",
-            "client_properties",
-            "--no-table-headers",
-            "--quiet",
-        ]);
-        let needle = format!("{{\"connection_name\",\"{name}\"}}");
-        let pids: Vec<String> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter(|line| line.contains(&needle))
-            .filter_map(|line| line.split('\t').next().map(str::to_owned))
-            .collect();
-        for pid in &pids {
-            self.ctl(&["close_connection", pid, "closed by a guirpc test"]);
-        }
-        pids.len()
+        close_named(|args| self.ctl(args), name)
     }
 
     /// Messages in a queue, ready or delivered and not yet acknowledged.
@@ -384,6 +406,49 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// Runs the shared broker's `rabbitmqctl` (`$GUIRPC_TEST_CTL`, or the machine's): for a
+/// test's dealings with its own connections and queues, never the broker's state.
+pub fn shared_ctl(args: &[&str]) -> Output {
+    let ctl = std::env::var("GUIRPC_TEST_CTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let output = Command::new(&ctl)
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        output.status.success(),
+        "{ctl} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Closes the shared broker's connections whose client-given name is `name` (a test's own,
+/// named after its unique queue), as an operator or a network fault would.
+pub fn close_shared_connections_named(name: &str) -> usize {
+    close_named(shared_ctl, name)
+}
+
+/// Closes the connections named `name` through `ctl`; how many.
+fn close_named(ctl: impl Fn(&[&str]) -> Output, name: &str) -> usize {
+    let output = ctl(&[
+        "list_connections",
+        "pid",
+        "client_properties",
+        "--no-table-headers",
+        "--quiet",
+    ]);
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    let pids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .filter_map(|line| line.split('\t').next().map(str::to_owned))
+        .collect();
+    for pid in &pids {
+        ctl(&["close_connection", pid, "closed by a guirpc test"]);
+    }
+    pids.len()
+}
+
 /// A cluster of private nodes: one Erlang cookie, every node joined to the first. Its nodes
 /// shut down with it.
 #[derive(Debug)]
@@ -396,7 +461,7 @@ impl PrivateCluster {
     pub fn start(test: &str, size: usize) -> PrivateCluster {
         let cookie = format!("GUIRPCCLUSTER{}{}", std::process::id(), fastrand_u64());
         let nodes: Vec<PrivateBroker> = (0..size)
-            .map(|i| PrivateBroker::start_node(&format!("{test}-{i}"), false, Some(&cookie)))
+            .map(|i| PrivateBroker::start_node(&format!("{test}-{i}"), false, Some(&cookie), None))
             .collect();
         for node in &nodes[1..] {
             node.ctl(&["stop_app"]);

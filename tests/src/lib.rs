@@ -289,6 +289,15 @@ pub async fn record_then_nap(token: String, ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+/// Records its call under `token`, then sleeps for `ms`, but may run for half a second at
+/// most: a function cut off by its `max_run`.
+#[rpc(max_run = "500ms")]
+pub async fn overrun(token: String, ms: u64) -> u64 {
+    record(token).await;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
 /// How many times [`record`] has seen `token` (`None`: never).
 pub fn recorded_times(token: &str) -> Option<u32> {
     recorded().0.lock().unwrap().get(token).copied()

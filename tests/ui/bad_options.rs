@@ -13,3 +13,9 @@ fn main() {}
 
 #[rpc(name = "guirpc.ping")]
 async fn reserved() {}
+
+#[rpc(max_run = "soon")]
+async fn vague() {}
+
+#[rpc(max_run = "0s")]
+async fn instant() {}

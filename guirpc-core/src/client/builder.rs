@@ -43,6 +43,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     codec: Codec,
     retries: u32,
+    max_message_size: usize,
     layers: Layers<ClientService>,
     metrics: Option<Metrics>,
     shuffle: bool,
@@ -67,6 +68,7 @@ impl ClientBuilder {
             timeout: settings.timeout,
             codec: settings.codec,
             retries: settings.retries,
+            max_message_size: settings.client_max_message_size,
             layers: Layers::default(),
             metrics: None,
             shuffle: settings.shuffle,
@@ -140,6 +142,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The largest encoded arguments (or event) the client sends (`client.max_message_size`,
+    /// 16 MiB by default, RabbitMQ 4's limit): a call over it fails at once with
+    /// [`Error::TooLarge`], sending nothing, instead of costing the channel every call in
+    /// flight shares.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
     /// Wraps every call in `layer`: it sees each call, may answer it on its own, and sees
     /// each outcome (see [`crate::middleware`]). Layers run in the order added, the first
     /// outermost, inside the built-in tracing and metrics layers.
@@ -196,6 +207,7 @@ impl ClientBuilder {
             timeout: self.timeout,
             codec: self.codec,
             retries: self.retries,
+            max_message_size: self.max_message_size,
         }
     }
 

@@ -52,6 +52,7 @@ pub struct Client {
     timeout: Duration,
     codec: Codec,
     retries: u32,
+    max_message_size: usize,
 }
 
 /// What the clones of one client share.
@@ -400,6 +401,15 @@ impl Client {
                 function: function.to_owned(),
                 source,
             })?;
+        if body.len() > self.max_message_size {
+            let size = body.len();
+            crate::codec::buffers::give_back(body);
+            return Err(Error::TooLarge {
+                function: function.to_owned(),
+                size,
+                limit: self.max_message_size,
+            });
+        }
         Ok(ClientRequest {
             function: function.to_owned(),
             queue: self.queue.clone(),

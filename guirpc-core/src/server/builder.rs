@@ -231,6 +231,8 @@ impl ServerBuilder {
             service: prepared.service,
             metrics: prepared.metrics,
             redeliveries: Default::default(),
+            reply_nodes: Default::default(),
+            consumer_timeouts: Default::default(),
         });
         if let Some(metrics) = &shared.metrics {
             shared.probe_into(metrics);
@@ -333,6 +335,7 @@ impl ServerBuilder {
             queue: settings.queue.as_str().into(),
             registry,
             max_message_size: settings.max_message_size,
+            max_run: settings.max_run,
             concurrency: settings.concurrency,
             instance: instance_name(),
             started: std::time::Instant::now(),

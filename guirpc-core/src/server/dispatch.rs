@@ -17,10 +17,11 @@ use super::redeliveries::Outcome;
 use super::reply::{Replier, Undelivered};
 use super::settle::{Settler, Verdict};
 use super::streams::{ReplyTo, Streams};
+use crate::codec::Codec;
 use crate::config::Delivery as DeliveryGuarantee;
 use crate::envelope;
-use crate::middleware::ServerRequest;
-use crate::protocol;
+use crate::middleware::{Reply, ServerRequest};
+use crate::protocol::{self, ErrorCode};
 use crate::stream::{ItemSink, Last, Stopped};
 
 pub(super) async fn handle(
@@ -48,15 +49,41 @@ pub(super) async fn handle(
         redelivered,
         data,
     );
-    let key = redelivered
+    // An acknowledged request is never delivered again: nothing to remember of it.
+    let key = (!at_most_once)
         .then(|| {
             shared
                 .redeliveries
                 .key(&request, reply_to.as_ref(), &properties)
         })
         .flatten();
+    let mut settled = at_most_once;
+    // A stream cannot be resumed: its caller is told of a cut-off stream, and a stream
+    // run again would send its items from the start to a caller no longer listening. So
+    // it is acknowledged as it starts, and no consumer timeout can take its channel away
+    // however long it runs.
+    if !settled && streams_to_its_caller(&shared, &request, &reply_to, &streams) {
+        settler.finished(delivery_tag, Verdict::Served).await;
+        settled = true;
+    }
     let (claim, before) = match key {
         Some(key) => {
+            // A delivery of a request still running here, after the broker's consumer
+            // timeout took a channel away: acknowledged now, or it would time out in its
+            // turn while it waits for the run, and come back again (see `consumer_timeout`
+            // in the module of the server's sessions).
+            if redelivered
+                && !settled
+                && shared.consumer_timed_out()
+                && shared.redeliveries.is_running(key)
+            {
+                debug!(
+                    function = request.function,
+                    "a delivery of a request still running here: acknowledged, answered when the run ends"
+                );
+                settler.finished(delivery_tag, Verdict::Served).await;
+                settled = true;
+            }
             let (claim, before) = shared.redeliveries.claim(key).await;
             (Some(claim), before)
         }
@@ -65,7 +92,7 @@ pub(super) async fn handle(
     let outcome = if let Some(before) = before {
         debug!(
             function = request.function,
-            "a redelivered request this server has run before: not run again"
+            "a request this server has run before: not run again"
         );
         Some(again(&shared, &replier, before, reply_to, &request.function).await)
     } else {
@@ -94,14 +121,37 @@ pub(super) async fn handle(
         Outcome::Settled(verdict) => Some(verdict),
         Outcome::Unsent { .. } => None,
     };
-    if let Some(claim) = claim {
-        claim.end(outcome);
-    }
     if let Some(verdict) = verdict
-        && !at_most_once
+        && !settled
     {
         settler.finished(delivery_tag, verdict).await;
     }
+    if let Some(claim) = claim {
+        // A first delivery settled on a live channel will not come back; any other may.
+        if !redelivered && verdict.is_some() && settler.connected() {
+            claim.forget();
+        } else {
+            claim.end(outcome);
+        }
+    }
+}
+
+/// Whether the request is a stream's, to a function that streams (any other function
+/// answers a stream request with a plain reply).
+fn streams_to_its_caller(
+    shared: &Shared,
+    request: &ServerRequest,
+    reply_to: &Option<ShortString>,
+    streams: &Option<Arc<Streams>>,
+) -> bool {
+    reply_to.is_some()
+        && request.credit.is_some()
+        && streams.is_some()
+        && shared
+            .dispatcher
+            .registry
+            .get(&request.function)
+            .is_some_and(|function| function.streams())
 }
 
 /// Runs a request and sends its reply: what became of it, or nothing when the connection
@@ -137,6 +187,7 @@ async fn serve(
     let (codec, correlation_id) = (request.codec, request.correlation_id.clone());
     let function = request.function.clone();
     let reply = pipeline::run(&shared.service, request).await;
+    let reply = within_limit(reply, codec, &function, shared.settings.max_reply_size);
     let verdict = if reply.rejected {
         Verdict::Rejected
     } else {
@@ -170,35 +221,48 @@ async fn serve(
         }
         return Some(Outcome::Settled(Verdict::Rejected));
     };
-    let properties = match last {
-        Last::End { count } => {
-            protocol::end_properties(announced, correlation_id, reply.is_ok(), count)
-        }
-        _ => protocol::reply_properties(announced, correlation_id, reply.is_ok()),
+    let ok = reply.is_ok();
+    let properties = |correlation_id| match last {
+        Last::End { count } => protocol::end_properties(announced, correlation_id, ok, count),
+        _ => protocol::reply_properties(announced, correlation_id, ok),
     };
-    let kept = keep.then(|| Box::new(properties.clone()));
     let sent = answer(
         shared,
         replier,
         reply_to,
-        properties,
+        properties(correlation_id.clone()),
         reply.body(),
         verdict,
         redelivered,
         function,
     )
     .await;
-    Some(match (sent, kept) {
-        (Some(verdict), _) => Outcome::Settled(verdict),
-        (None, Some(properties)) => Outcome::Unsent {
-            properties,
+    Some(match sent {
+        Some(verdict) => Outcome::Settled(verdict),
+        None if keep => Outcome::Unsent {
+            properties: Box::new(properties(correlation_id)),
             // A copy of its own size: the reply's buffer may be a kept one, much larger,
             // and goes back as the reply is dropped.
             body: reply.body().to_vec(),
             verdict,
         },
-        (None, None) => return None,
+        None => return None,
     })
+}
+
+/// `reply`, or a `too_large` error in its place when its body is over `limit`: the broker
+/// would close the channel that carried it (RabbitMQ 4 refuses messages over 16 MiB), and
+/// with it every request in flight on the consuming channel.
+fn within_limit(reply: Reply, codec: Codec, function: &str, limit: usize) -> Reply {
+    let size = reply.body().len();
+    if size <= limit {
+        return reply;
+    }
+    let message = format!(
+        "the result of `{function}` is {size} bytes encoded, over the maximum of {limit} bytes of a reply (service.max_reply_size)"
+    );
+    warn!(function, "{message}");
+    Reply::error(codec, ErrorCode::TooLarge, &message)
 }
 
 /// Answers a redelivered request that ran here before, from what became of it.
@@ -269,7 +333,7 @@ async fn answer(
         Err(Undelivered::GaveUp(why)) => {
             error!(
                 function,
-                "the broker refused this request's reply on every attempt ({why}); the request is settled without a reply"
+                "the broker refused this request's reply ({why}); the request is settled without a reply"
             );
             if verdict != Verdict::Rejected {
                 shared.count_rejected_late();

@@ -257,6 +257,10 @@ struct Shared {
     health: Health,
     /// The redelivered requests this server has run.
     redeliveries: redeliveries::Redeliveries,
+    /// The broker nodes replies have been delivered to (safe on the consuming channel).
+    reply_nodes: Arc<reply::ReplyNodes>,
+    /// How many sessions the broker's consumer timeout has ended.
+    consumer_timeouts: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -282,6 +286,13 @@ impl Shared {
                 false
             }
         });
+    }
+
+    /// Whether the broker's consumer timeout has taken a channel of this server away: it
+    /// cannot be raised for this queue (RabbitMQ 3.10 and 3.11, or a queue declared
+    /// before), and deliveries of requests still running are acknowledged as they come.
+    fn consumer_timed_out(&self) -> bool {
+        self.consumer_timeouts.load(Ordering::Relaxed) > 0
     }
 
     /// Whether a rejected request goes to the dead-letter exchange: one is configured, and

@@ -32,6 +32,8 @@ pub(crate) struct Dispatcher {
     pub queue: Arc<str>,
     pub registry: Registry,
     pub max_message_size: usize,
+    /// The longest run of a function that states none.
+    pub max_run: std::time::Duration,
     pub concurrency: usize,
     pub instance: String,
     pub started: Instant,
@@ -233,7 +235,17 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         deadline,
         items,
     });
-    match AssertUnwindSafe(future).catch_unwind().await {
+    let max_run = registered.max_run().unwrap_or(dispatcher.max_run);
+    let run = tokio::time::timeout(max_run, AssertUnwindSafe(future).catch_unwind());
+    let Ok(ran) = run.await else {
+        let message = format!(
+            "`{name}` ran longer than its max_run of {} and was cancelled",
+            crate::config::format_duration(max_run)
+        );
+        warn!(function = name, "{message}");
+        return Reply::error(codec, ErrorCode::MaxRunExceeded, &message);
+    };
+    match ran {
         Ok(reply) => reply,
         Err(panic) => {
             let what = panic_message(panic.as_ref());

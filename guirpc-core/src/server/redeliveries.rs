@@ -1,27 +1,29 @@
-//! What a server remembers of the redelivered requests it has run, so that it runs none of
-//! them a second time.
+//! What a server remembers of the requests it runs, so that it runs none of them a second
+//! time when the broker delivers it again.
 //!
-//! A request comes back redelivered when the connection that carried it closed before the
-//! broker had its acknowledgement. It may have run, or not: the server runs it, and its
-//! reply goes out through the quarantine (see `reply`). But the connection it came back on
-//! can close too before it is settled: another request's reply closed it (a malformed
-//! direct reply-to address crashes the broker's channel), or the broker went away. The
-//! broker then delivers it once more, and running it again would run a function the
-//! redelivery had already run, maybe the very request whose reply closes connections.
+//! The broker delivers a request again when the channel that carried it closed before the
+//! broker had its acknowledgement: a lost connection, another request's reply that closed
+//! it, or the broker's consumer timeout (a request left unacknowledged longer than
+//! `consumer_timeout`: a function that runs longer). The request may still be running
+//! here, or have run. So each request a server runs is remembered while it runs, by a keyed
+//! hash of what tells it apart (function, correlation ID, reply address, deadline, message
+//! ID, arguments), and a delivery of it that arrives meanwhile waits for that run's outcome
+//! instead of running it again. A run whose channel is gone by its end (its reply could
+//! not be sent, or its acknowledgement may not have reached the broker) is remembered
+//! after it with what became of it: settled, or its reply kept. A redelivered request's
+//! run always is. A request that comes back is then not run: its kept reply is sent, and
+//! it is settled as it would have been. A run that ends on a live channel is forgotten at
+//! once: the broker has its acknowledgement and will not deliver it again.
 //!
-//! So each redelivered request a server runs is remembered, by a keyed hash of what tells
-//! it apart (function, correlation ID, reply address, deadline, message ID, arguments), with
-//! what became of it: settled, or its reply kept because the connection was lost before it
-//! was sent. A request that comes back again is not run: its kept reply is sent, and it is
-//! settled as it would have been. One that comes back while its last delivery still runs
-//! (on the connection that was lost) waits for that run's outcome. A run that ends without
-//! one (its stream was cut off, its task cancelled) is forgotten, and runs again. A request
-//! without an identity (no correlation ID with its reply address, no message ID: a cast) is
-//! not remembered: another just like it is a call of its own, and runs.
+//! A run that ends without an outcome (its stream was cut off, its task cancelled) is
+//! forgotten, and runs again. A request without an identity (no correlation ID with its
+//! reply address, no message ID: a cast) is not remembered: another just like it is a call
+//! of its own, and runs.
 //!
-//! The memory is bounded: the [`ENTRIES`] most recent requests and [`KEPT_BYTES`] of kept
-//! replies, the oldest forgotten first. A forgotten request that comes back runs again, as
-//! at-least-once delivery allows; so does one redelivered to another server.
+//! The memory is bounded: the requests running, and of the ended ones the [`ENTRIES`] most
+//! recent and [`KEPT_BYTES`] of kept replies, the oldest forgotten first. A forgotten
+//! request that comes back runs again, as at-least-once delivery allows; so does one
+//! redelivered to another server.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
@@ -34,12 +36,14 @@ use tokio::sync::Notify;
 use super::settle::Verdict;
 use crate::middleware::ServerRequest;
 
-/// How many redelivered requests a server remembers.
+/// How many ended requests a server remembers.
 const ENTRIES: usize = 10_000;
 /// How many bytes of replies kept for requests that come back, at most.
 const KEPT_BYTES: usize = 16 << 20;
+/// How many bytes of each end of a large body go into its key.
+const SAMPLE: usize = 128;
 
-/// The redelivered requests a server has run, for as long as it runs.
+/// The requests a server runs, and those it has run whose channel was gone by their end.
 #[derive(Debug, Default)]
 pub(super) struct Redeliveries {
     /// Keys the hash, so that no caller can make its request pass for another's.
@@ -65,7 +69,7 @@ enum Entry {
     Ended { outcome: Outcome, serial: u64 },
 }
 
-/// What became of a redelivered request's run.
+/// What became of a request's run.
 #[derive(Debug, Clone)]
 pub(super) enum Outcome {
     /// Nothing is left to send: settle it so.
@@ -88,8 +92,9 @@ impl Outcome {
     }
 }
 
-/// The right to run (or answer) a redelivered request, held while it does. Dropped without
-/// [`Claim::end`], the request is forgotten and runs again when it comes back.
+/// The right to run (or answer) a request, held while it does. Dropped without
+/// [`Claim::end`] or [`Claim::forget`], the request is forgotten and runs again when it
+/// comes back.
 #[derive(Debug)]
 pub(super) struct Claim<'a> {
     redeliveries: &'a Redeliveries,
@@ -98,10 +103,10 @@ pub(super) struct Claim<'a> {
 }
 
 impl Redeliveries {
-    /// The key of a redelivered request, equal for every delivery of one message; `None`
-    /// for a request that carries no identity (neither a correlation ID to go with its
-    /// reply address nor a message ID), which could not be told from another just like it:
-    /// two identical casts must both run.
+    /// The key of a request, equal for every delivery of one message; `None` for a
+    /// request that carries no identity (neither a correlation ID to go with its reply
+    /// address nor a message ID), which could not be told from another just like it: two
+    /// identical casts must both run.
     pub(super) fn key(
         &self,
         request: &ServerRequest,
@@ -118,8 +123,22 @@ impl Redeliveries {
         reply_to.hash(&mut hasher);
         request.deadline.hash(&mut hasher);
         properties.message_id().hash(&mut hasher);
-        request.body.hash(&mut hasher);
+        // Every request is keyed: a large body by its length and its two ends, which with
+        // the identity above tell one delivery from another, at a fixed cost.
+        let body: &[u8] = &request.body;
+        if body.len() <= 2 * SAMPLE {
+            body.hash(&mut hasher);
+        } else {
+            body.len().hash(&mut hasher);
+            body[..SAMPLE].hash(&mut hasher);
+            body[body.len() - SAMPLE..].hash(&mut hasher);
+        }
         Some(hasher.finish())
+    }
+
+    /// Whether the request of `key` is running now.
+    pub(super) fn is_running(&self, key: u64) -> bool {
+        matches!(self.state().entries.get(&key), Some(Entry::Running))
     }
 
     /// Claims the request of `key`: with what became of it if it ran here before, waiting
@@ -160,6 +179,11 @@ impl Redeliveries {
 }
 
 impl Claim<'_> {
+    /// The run ended and the broker has its settlement: nothing to remember.
+    pub(super) fn forget(self) {
+        // Dropped unended: the entry goes, and deliveries waiting on it are woken.
+    }
+
     /// Records what became of the request, for when it comes back.
     pub(super) fn end(mut self, outcome: Outcome) {
         self.ended = true;

@@ -2,24 +2,34 @@
 //!
 //! A reply is the one thing a server sends that a caller shapes: its routing key is the
 //! request's `reply_to`, its size the function's result. Some of those the broker answers
-//! by closing what carried them: a malformed direct reply-to address crashes the broker's
-//! channel and it closes the whole connection (541 `INTERNAL_ERROR`); a reply over the
-//! broker's message size limit closes the channel. Either takes the unacknowledged request
-//! back to the queue, to be delivered again and do the same, for ever.
+//! by closing what carried them: a direct reply-to address it cannot decode crashes the
+//! broker's channel and it closes the whole connection (541 `INTERNAL_ERROR`; see
+//! `protocol::reply_to`); a reply over the broker's message size limit closes the channel.
+//! On the consuming connection either would take every unacknowledged request back to the
+//! queue, to be delivered again, and one careless caller would slow every other.
 //!
-//! A first delivery's reply goes out on the channel the request came on: the cheapest
-//! path, and the one nearly every call takes. A *redelivered* request may be the one that
-//! closed the last connection, so its reply goes out on a quarantine connection of its
-//! own, in publisher-confirm mode, and the request is acknowledged on the consuming
-//! connection (which no quarantined reply can touch) once the broker has confirmed the
-//! reply. A quarantined reply whose connection dies is published again on a fresh one,
-//! alone (one at a time, each confirmed before the next), so that a reply that closes
-//! every connection it travels on is told apart from those that travelled with it; after
-//! [`ATTEMPTS`] tries it is given up and its request settled without it. So a request
-//! costs the consuming connection at most once, never in a loop, and costs the common path
-//! nothing.
+//! So a reply goes out on the channel its request came on (the cheapest path, and the one
+//! nearly every call takes) only when nothing about it can close that channel: a first
+//! delivery's reply to a queue, or to a direct reply-to address of a broker node this
+//! server has delivered a reply to before. Every other reply goes out through the
+//! *quarantine*, a connection of its own in publisher-confirm mode, and its request is
+//! acknowledged on the consuming connection (which no quarantined reply can touch) once
+//! the broker has confirmed the reply:
+//! - a reply to a node not seen yet (the first call from a caller on another node of a
+//!   cluster; the node is then known);
+//! - a *redelivered* request's reply (the request may be the one that closed the last
+//!   connection);
+//! - a reply to an address the server cannot read: published *alone*, on a connection
+//!   opened for it, and given up if that connection dies.
+//!
+//! A quarantined reply whose connection dies is published again alone (one at a time, each
+//! on a fresh connection, confirmed before the next), so that a reply that closes every
+//! connection it travels on is told apart from those that travelled with it; after
+//! [`ATTEMPTS`] tries it is given up and its request settled without it. So no address a
+//! caller writes costs the consuming connection, and an innocent reply that shared a
+//! quarantine connection with a hostile one is delivered on its own next attempt.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
@@ -29,10 +39,44 @@ use tracing::{debug, warn};
 
 use super::Shared;
 use crate::link::{self, Backoff, Blocked, ConnectError};
+use crate::protocol::{self, DirectReplyTo};
 
 /// How many times a quarantined reply is published before it is given up: once with the
 /// others, then alone.
 const ATTEMPTS: u32 = 3;
+/// How many broker nodes a server remembers having delivered a reply to: a cluster's,
+/// with room to spare (RabbitMQ 4.0 accepts an address naming any node, so a caller could
+/// make up many; past this, replies to further nodes stay in the quarantine).
+const NODES: usize = 64;
+
+/// The broker nodes (`reply@<hash>`, as direct reply-to addresses name them) a server has
+/// delivered a reply to: a reply to one of them is safe on the consuming channel.
+#[derive(Debug, Default)]
+pub(super) struct ReplyNodes(RwLock<Vec<Box<[u8]>>>);
+
+impl ReplyNodes {
+    fn knows(&self, node: &[u8]) -> bool {
+        let nodes = self.0.read().unwrap_or_else(|e| e.into_inner());
+        nodes.iter().any(|known| **known == *node)
+    }
+
+    fn learn(&self, node: Box<[u8]>) {
+        let mut nodes = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if nodes.len() < NODES && !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+}
+
+/// How a reply is published.
+enum Path {
+    /// On the consuming channel.
+    Consuming,
+    /// Through the quarantine; once confirmed, `learn` is a node known to be safe.
+    Quarantine { learn: Option<Box<[u8]>> },
+    /// Alone, on a connection of its own, once.
+    Alone,
+}
 
 /// Publishes the replies of one session.
 pub(super) struct Replier {
@@ -41,8 +85,9 @@ pub(super) struct Replier {
     target: Target,
     /// The quarantine link, opened when a redelivered request first needs it.
     quarantine: Mutex<Option<Arc<QuarantineLink>>>,
-    /// Held while a reply whose connection failed under it is published again.
+    /// Held while a reply is published alone.
     suspects: Mutex<()>,
+    nodes: Arc<ReplyNodes>,
 }
 
 /// Where quarantine connections go (the node the session is connected to), and under
@@ -65,7 +110,8 @@ pub(super) enum Undelivered {
     /// The consuming connection is gone: the request will be redelivered, so it must not
     /// be settled.
     SessionLost,
-    /// The broker refused this reply on every attempt: settle the request without it.
+    /// The broker refused this reply, as this says, on every attempt it was worth: settle
+    /// the request without it.
     GaveUp(String),
 }
 
@@ -82,6 +128,7 @@ impl Replier {
             },
             quarantine: Mutex::new(None),
             suspects: Mutex::new(()),
+            nodes: shared.reply_nodes.clone(),
         }
     }
 
@@ -121,10 +168,20 @@ impl Replier {
         redelivered: bool,
         until_written: bool,
     ) -> Result<(), Undelivered> {
-        if redelivered {
-            // Boxed: the rare path's future (connecting included) is many times the size
-            // of the common one's, and every request's task would carry it.
-            return Box::pin(self.send_quarantined(reply_to, properties, body)).await;
+        match self.path(reply_to.as_str(), redelivered) {
+            Path::Consuming => {}
+            // Boxed: the rare paths' futures (connecting included) are many times the size
+            // of the common one's, and every request's task would carry them.
+            Path::Quarantine { learn } => {
+                let sent = Box::pin(self.send_quarantined(reply_to, properties, body)).await;
+                if let (Ok(()), Some(node)) = (&sent, learn) {
+                    self.nodes.learn(node);
+                }
+                return sent;
+            }
+            Path::Alone => {
+                return Box::pin(self.send_alone(reply_to, properties, body)).await;
+            }
         }
         let publish = self.channel.basic_publish(
             "".into(),
@@ -142,65 +199,106 @@ impl Replier {
         }
     }
 
+    /// How a reply to `reply_to` is published (see the module's doc).
+    fn path(&self, reply_to: &str, redelivered: bool) -> Path {
+        let mut scratch = [0; 96];
+        match protocol::direct_reply_to(reply_to, &mut scratch) {
+            DirectReplyTo::Queue if !redelivered => Path::Consuming,
+            DirectReplyTo::Queue => Path::Quarantine { learn: None },
+            DirectReplyTo::Node(node) if !redelivered && self.nodes.knows(node) => Path::Consuming,
+            DirectReplyTo::Node(node) => Path::Quarantine {
+                learn: Some(node.into()),
+            },
+            DirectReplyTo::Unreadable => Path::Alone,
+        }
+    }
+
     async fn send_quarantined(
         &self,
         reply_to: ShortString,
         properties: BasicProperties,
         body: &[u8],
     ) -> Result<(), Undelivered> {
-        let mut last = String::new();
-        let mut alone = None;
-        for attempt in 1..=ATTEMPTS {
-            if attempt == 2 {
-                alone = Some(self.suspects.lock().await);
+        let link = self.quarantine_link().await?;
+        let last = match link.publish(&reply_to, &properties, body).await {
+            Ok(()) => return Ok(()),
+            Err(Failed::Nack) => "the broker refused it (nack)".to_owned(),
+            Err(Failed::Lost(err)) => {
+                self.discard(&link).await;
+                err
             }
-            let link = self.quarantine_link().await?;
-            let confirmed = match link
-                .channel
-                .basic_publish(
-                    "".into(),
-                    reply_to.clone(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties.clone(),
-                )
-                .await
-            {
-                Ok(confirm) => confirm.await,
-                Err(err) => Err(err),
-            };
-            match confirmed {
-                Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => return Ok(()),
-                Ok(Confirmation::Nack(_)) => last = "the broker refused it (nack)".into(),
-                Err(err) => {
-                    last = err.to_string();
-                    self.discard(&link).await;
-                }
+        };
+        debug!("a quarantined reply was not confirmed: {last}");
+        // Alone from now on: what closed the connection may have been another reply.
+        let _alone = self.suspects.lock().await;
+        let mut last = last;
+        for attempt in 2..=ATTEMPTS {
+            match self.publish_alone(&reply_to, &properties, body).await? {
+                Ok(()) => return Ok(()),
+                Err(why) => last = why,
             }
-            debug!(attempt, "a quarantined reply was not confirmed: {last}");
+            debug!(attempt, "a reply published alone was not confirmed: {last}");
         }
-        drop(alone);
-        Err(Undelivered::GaveUp(last))
+        Err(Undelivered::GaveUp(format!(
+            "{last}, on each of {ATTEMPTS} attempts, the last {} alone",
+            ATTEMPTS - 1
+        )))
     }
 
-    /// The quarantine link, opened (with backoff) if there is none; gives up when the
-    /// consuming connection is gone meanwhile.
+    /// Publishes a reply to an address the server cannot read: alone, once.
+    async fn send_alone(
+        &self,
+        reply_to: ShortString,
+        properties: BasicProperties,
+        body: &[u8],
+    ) -> Result<(), Undelivered> {
+        let _alone = self.suspects.lock().await;
+        match self.publish_alone(&reply_to, &properties, body).await? {
+            Ok(()) => Ok(()),
+            Err(why) => Err(Undelivered::GaveUp(format!(
+                "{why}, sent alone to `{reply_to}`, an address it could not read"
+            ))),
+        }
+    }
+
+    /// Publishes a reply on a connection opened for it, closed after: whether the broker
+    /// confirmed it, and why not.
+    async fn publish_alone(
+        &self,
+        reply_to: &ShortString,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) -> Result<Result<(), String>, Undelivered> {
+        let link = self.open_link().await?;
+        let published = link.publish(reply_to, properties, body).await;
+        link.close().await;
+        Ok(published.map_err(|failed| match failed {
+            Failed::Nack => "the broker refused it (nack)".to_owned(),
+            Failed::Lost(err) => err,
+        }))
+    }
+
+    /// The quarantine link, opened if there is none.
     async fn quarantine_link(&self) -> Result<Arc<QuarantineLink>, Undelivered> {
         let mut quarantine = self.quarantine.lock().await;
         if let Some(link) = quarantine.as_ref() {
             return Ok(link.clone());
         }
+        let link = Arc::new(self.open_link().await?);
+        *quarantine = Some(link.clone());
+        Ok(link)
+    }
+
+    /// A new confirmed link to the session's node, retried with backoff; gives up when the
+    /// consuming connection is gone meanwhile.
+    async fn open_link(&self) -> Result<QuarantineLink, Undelivered> {
         let mut backoff = Backoff::new();
         loop {
             if !self.channel.status().connected() {
                 return Err(Undelivered::SessionLost);
             }
             match self.target.connect().await {
-                Ok(link) => {
-                    let link = Arc::new(link);
-                    *quarantine = Some(link.clone());
-                    return Ok(link);
-                }
+                Ok(link) => return Ok(link),
                 Err(err) => {
                     warn!(
                         "cannot open a quarantine connection to {}: {err}",
@@ -251,7 +349,42 @@ impl Target {
     }
 }
 
+/// Why a quarantined reply was not confirmed.
+enum Failed {
+    Nack,
+    /// Its connection or channel failed, as this says.
+    Lost(String),
+}
+
 impl QuarantineLink {
+    /// Publishes a reply and waits for the broker's confirmation.
+    async fn publish(
+        &self,
+        reply_to: &ShortString,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) -> Result<(), Failed> {
+        let confirmed = match self
+            .channel
+            .basic_publish(
+                "".into(),
+                reply_to.clone(),
+                BasicPublishOptions::default(),
+                body,
+                properties.clone(),
+            )
+            .await
+        {
+            Ok(confirm) => confirm.await,
+            Err(err) => Err(err),
+        };
+        match confirmed {
+            Ok(Confirmation::Ack(_) | Confirmation::NotRequested) => Ok(()),
+            Ok(Confirmation::Nack(_)) => Err(Failed::Nack),
+            Err(err) => Err(Failed::Lost(err.to_string())),
+        }
+    }
+
     async fn close(&self) {
         if self.connection.status().connected() {
             let _ = self.connection.close(200, "done".into()).await;

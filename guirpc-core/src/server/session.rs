@@ -191,9 +191,19 @@ impl Session {
 }
 
 /// The queue's declaration arguments: the configured ones, the queue type and its delivery
-/// limit, and dead-lettering if set.
+/// limit, dead-lettering if set, and the consumer timeout its functions need.
 fn queue_arguments(shared: &Shared) -> FieldTable {
     let mut arguments = shared.queue_arguments.clone();
+    if !arguments
+        .inner()
+        .contains_key(protocol::ARG_CONSUMER_TIMEOUT)
+    {
+        let millis = i64::try_from(consumer_timeout(shared).as_millis()).unwrap_or(i64::MAX);
+        arguments.insert(
+            protocol::ARG_CONSUMER_TIMEOUT.into(),
+            lapin::types::AMQPValue::LongLongInt(millis),
+        );
+    }
     if shared.settings.queue_type == QueueType::Quorum {
         arguments.insert(
             "x-queue-type".into(),
@@ -214,6 +224,40 @@ fn queue_arguments(shared: &Shared) -> FieldTable {
         );
     }
     arguments
+}
+
+/// How long the broker must let a delivery of this queue go unacknowledged: a request may
+/// wait behind every other the server runs (prefetched while all `concurrency` slots are
+/// taken) for as long as their longest run, then run its own longest, and a minute more.
+///
+/// The broker closes a channel whose oldest delivery is older than its consumer timeout
+/// (`consumer_timeout`, 30 minutes by default), taking back every request on it. From
+/// RabbitMQ 3.12 a queue declared with `x-consumer-timeout` has its own; 3.10 and 3.11
+/// ignore the argument, and a queue declared before keeps what it had (a `consumer-timeout`
+/// policy changes it). There, a function that runs past the broker's timeout costs the
+/// server its channel once: the requests on it come back, those still running are not run
+/// again (`redeliveries`), and from then on their deliveries are acknowledged as they come.
+fn consumer_timeout(shared: &Shared) -> std::time::Duration {
+    let default = shared.settings.max_run;
+    let longest = shared
+        .dispatcher
+        .registry
+        .iter()
+        .map(|function| function.max_run().unwrap_or(default))
+        .max()
+        .unwrap_or(default);
+    let concurrency = shared.settings.concurrency.max(1);
+    let turns = 1 + usize::from(shared.settings.prefetch).div_ceil(concurrency);
+    longest.saturating_mul(u32::try_from(turns).unwrap_or(u32::MAX))
+        + std::time::Duration::from_secs(60)
+}
+
+/// Whether the broker closed a channel for its consumer timeout: `PRECONDITION_FAILED -
+/// delivery acknowledgement on channel 1 timed out`.
+fn consumer_timed_out(why: &str) -> bool {
+    why.contains("PRECONDITION_FAILED")
+        && why.contains("acknowledgement")
+        && why.contains("timed out")
 }
 
 /// Declaration arguments as a person reads them: `x-queue-type = "quorum", x-expires = 60000`,
@@ -261,10 +305,18 @@ pub(super) async fn supervise(
             }
             Err(err) => {
                 shared.health.consuming.store(false, Ordering::Relaxed);
-                warn!(
-                    "lost the connection to {}: {err}; reconnecting",
-                    shared.masked_uri
-                );
+                if consumer_timed_out(&err) {
+                    shared.consumer_timeouts.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        "the broker at {} took the channel away: a request stayed unacknowledged past its consumer_timeout ({err}). The requests on the channel come back; those still running are not run again, and are acknowledged as they come from now on. Raise the broker's consumer_timeout above the longest max_run (or use RabbitMQ 3.12 or later, where the queue carries its own); reconnecting",
+                        shared.masked_uri
+                    );
+                } else {
+                    warn!(
+                        "lost the connection to {}: {err}; reconnecting",
+                        shared.masked_uri
+                    );
+                }
                 session.replier.close().await;
                 shared.brokers.lost();
                 session = tokio::select! {

@@ -67,6 +67,11 @@ impl Settler {
         }
     }
 
+    /// Whether the channel is open: settlements made now reach the broker.
+    pub(super) fn connected(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     /// Records a delivery taken off the consumer, in the order of delivery.
     pub(super) fn received(&self, tag: u64) {
         self.state().running.insert(tag);

@@ -194,3 +194,48 @@ async fn a_reply_of_the_wrong_type_is_a_decode_error() {
     assert!(matches!(err, Error::Decode { .. }), "{err:?}");
     assert!(err.to_string().contains("`add`"), "{err}");
 }
+
+/// A function that runs past its `max_run` (`#[rpc(max_run = "500ms")]`) is cancelled and
+/// its caller answered `max_run_exceeded` at once, not at its own deadline; a server's
+/// `service.max_run` bounds the functions that state none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_past_its_max_run_is_cancelled_and_its_caller_told_so() {
+    use guirpc_tests::{nap, overrun};
+    let queue = guirpc_tests::unique_queue("max-run");
+    let mut settings = guirpc_core::Settings::default().service();
+    settings.uri = guirpc_tests::uri();
+    settings.queue = queue.clone();
+    settings.max_run = Duration::from_millis(800);
+    let _server = guirpc_core::Server::builder()
+        .settings(settings)
+        .queue_arguments(guirpc_tests::expiring())
+        .start()
+        .await
+        .unwrap();
+    let client = guirpc_tests::client(&queue).await;
+    let token = format!("overrun-{}", std::process::id());
+    let started = std::time::Instant::now();
+    let err = overrun::call(&client, token.clone(), 10_000)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MaxRunExceeded), "{err}");
+    assert!(
+        err.to_string().contains("max_run of 500ms"),
+        "the message names the limit: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+    // Within its limit it answers; the server's own limit bounds the others.
+    assert_eq!(overrun::call(&client, token.clone(), 10).await.unwrap(), 10);
+    assert_eq!(
+        guirpc_tests::recorded_times(&token),
+        Some(2),
+        "neither ran again"
+    );
+    let err = nap::call(&client, 5_000).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MaxRunExceeded), "{err}");
+    assert_eq!(nap::call(&client, 10).await.unwrap(), 10);
+}
