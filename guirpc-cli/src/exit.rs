@@ -83,6 +83,9 @@ impl<E: std::fmt::Display> From<Error<E>> for Failure {
                 Failure::new(Exit::Remote, message).hint("`guirpc list` shows each function's parameters")
             }
             Error::Config(_) => Failure::new(Exit::Usage, message),
+            Error::TooLarge { .. } => Failure::new(Exit::Usage, message).hint(
+                "send less, or raise client.max_message_size (GUIRPC_CLIENT_MAX_MESSAGE_SIZE) together with the broker's max_message_size",
+            ),
             _ => Failure::new(Exit::Remote, message),
         }
     }

@@ -26,6 +26,22 @@ const MAX_RETRY: Duration = Duration::from_secs(4);
 /// must not hold up the move to the next one for the system's TCP timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long closing a connection may take: a broker that blocks the connection (a memory
+/// or disk alarm) reads nothing from it, and its close-ok would never come.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `connection` (reply code 200, `reason`), waiting for the broker's answer at most
+/// [`CLOSE_TIMEOUT`]: past it the socket is dropped with the connection, and the broker
+/// returns what it had delivered on it to the queues, as for a lost connection.
+pub(crate) async fn close(connection: &Connection, reason: &str) {
+    if connection.status().connected() {
+        let closing = connection.close(200, reason.into());
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            warn!("the broker did not answer the closing of a connection within {CLOSE_TIMEOUT:?}");
+        }
+    }
+}
+
 /// The heartbeat asked of the broker unless configured otherwise (`broker.heartbeat`).
 /// lapin takes a connection that has carried nothing for two heartbeats for dead (and
 /// checks every half heartbeat): a connection a firewall or NAT silently dropped is

@@ -80,7 +80,9 @@ fn parse_millis(text: &str) -> Option<u64> {
         _ => return None,
     };
     let millis = number.parse::<f64>().ok()? * scale;
-    (1.0..1e15).contains(&millis).then_some(millis.round() as u64)
+    (1.0..1e15)
+        .contains(&millis)
+        .then_some(millis.round() as u64)
 }
 
 /// A function, with or without a body.

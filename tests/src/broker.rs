@@ -13,6 +13,18 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// Runs `start` (starting a node, or several) once no other private node of this test process is being
+/// used: booting Erlang VMs side by side on two cores makes every timing in the tests that
+/// break their broker meaningless. The guard is the turn: hold it until the node is done.
+pub async fn one_at_a_time<T: Send + 'static>(
+    start: impl FnOnce() -> T + Send + 'static,
+) -> (tokio::sync::MutexGuard<'static, ()>, T) {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let turn = ONE_AT_A_TIME.lock().await;
+    let broker = tokio::task::spawn_blocking(start).await.unwrap();
+    (turn, broker)
+}
+
 /// A running private node.
 #[derive(Debug)]
 pub struct PrivateBroker {

@@ -5,22 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use guirpc_core::{Client, Error, Server};
-use guirpc_tests::broker::PrivateBroker;
+use guirpc_tests::broker::{PrivateBroker, one_at_a_time};
 use guirpc_tests::{add, nap, record, recorded, slow_square};
-
-/// One private node at a time: booting Erlang VMs side by side on two cores makes every
-/// timing in these tests meaningless.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Waits for its turn, then starts a private node.
 async fn private_broker(
     name: &'static str,
 ) -> (tokio::sync::MutexGuard<'static, ()>, PrivateBroker) {
-    let turn = ONE_AT_A_TIME.lock().await;
-    let broker = tokio::task::spawn_blocking(move || PrivateBroker::start(name))
-        .await
-        .unwrap();
-    (turn, broker)
+    one_at_a_time(move || PrivateBroker::start(name)).await
 }
 
 async fn server(broker: &PrivateBroker, queue: &str, concurrency: usize) -> Server {
@@ -613,17 +605,15 @@ async fn a_stream_whose_servers_connection_drops_ends_with_a_retriable_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn servers_and_clients_move_to_the_next_node_of_the_uri_list() {
-    let turn = ONE_AT_A_TIME.lock().await;
     // Two independent nodes: what a URI list gives a server and a client, whatever the
     // nodes are (the cluster test has them share queues).
-    let (first, second) = tokio::task::spawn_blocking(|| {
+    let (turn, (first, second)) = one_at_a_time(|| {
         (
             PrivateBroker::start("failover-a"),
             PrivateBroker::start("failover-b"),
         )
     })
-    .await
-    .unwrap();
+    .await;
     let list = format!("{}, {}", first.uri(), second.uri());
     let metrics = guirpc_core::Metrics::new();
     let _server = Server::builder()
@@ -642,7 +632,19 @@ async fn servers_and_clients_move_to_the_next_node_of_the_uri_list() {
         .await
         .unwrap();
     assert_eq!(add::call(&client, 1, 2).await.unwrap(), 3);
-    assert_eq!(first.connection_names().len(), 2, "both on the first node");
+    // The server's reply quarantine (its first reply to a node it had not replied to)
+    // goes where the server's connection is.
+    let mut names = first.connection_names();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "guirpc client",
+            "guirpc server failover",
+            "guirpc server failover quarantine"
+        ],
+        "both on the first node"
+    );
     // The first node goes away: both move to the second, and calls go on there.
     let stopped = Instant::now();
     let first = tokio::task::spawn_blocking(move || {
@@ -705,11 +707,8 @@ async fn square_load(
 async fn a_cluster_loses_the_node_leading_the_queue_under_load_and_no_call_is_lost() {
     use guirpc_core::config::QueueType;
     use guirpc_tests::broker::PrivateCluster;
-    let turn = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
-    let cluster = tokio::task::spawn_blocking(|| PrivateCluster::start("cluster", 3))
-        .await
-        .unwrap();
+    let (turn, cluster) = one_at_a_time(|| PrivateCluster::start("cluster", 3)).await;
     println!("a cluster of three formed in {:?}", started.elapsed());
     let uris = cluster.uris();
     let mut servers = Vec::new();

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use guirpc_core::{Client, Error, Server};
-use guirpc_tests::broker::PrivateBroker;
+use guirpc_tests::broker::{PrivateBroker, one_at_a_time};
 use guirpc_tests::proxy::Proxy;
 use guirpc_tests::{add, nap};
 
@@ -15,17 +15,10 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Two and a half heartbeats, and a second for a loaded machine.
 const NOTICED_WITHIN: Duration = Duration::from_millis(6_000);
 
-/// One private node at a time (booting Erlang VMs side by side on two cores).
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn private_broker(
     name: &'static str,
 ) -> (tokio::sync::MutexGuard<'static, ()>, PrivateBroker) {
-    let turn = ONE_AT_A_TIME.lock().await;
-    let broker = tokio::task::spawn_blocking(move || PrivateBroker::start(name))
-        .await
-        .unwrap();
-    (turn, broker)
+    one_at_a_time(move || PrivateBroker::start(name)).await
 }
 
 async fn proxy_to(broker: &PrivateBroker) -> Proxy {

@@ -547,7 +547,7 @@ impl Link {
     }
 
     pub(super) async fn close(&self) {
-        let _ = self.connection.close(200, "client closed".into()).await;
+        link::close(&self.connection, "client closed").await;
         self.pending().close();
     }
 

@@ -1,7 +1,7 @@
 //! One request, from delivery to settlement: read its properties into a
 //! [`ServerRequest`], run it through the pipeline, hand the reply to the replier, and
-//! settle the request once the broker has the reply. A redelivered request this server has
-//! run before is not run again (see `redeliveries`).
+//! settle the request once the broker has the reply. A request this server runs, or has
+//! run, is not run again when the broker delivers it again (see `redeliveries`).
 
 use std::sync::Arc;
 
@@ -58,14 +58,6 @@ pub(super) async fn handle(
         })
         .flatten();
     let mut settled = at_most_once;
-    // A stream cannot be resumed: its caller is told of a cut-off stream, and a stream
-    // run again would send its items from the start to a caller no longer listening. So
-    // it is acknowledged as it starts, and no consumer timeout can take its channel away
-    // however long it runs.
-    if !settled && streams_to_its_caller(&shared, &request, &reply_to, &streams) {
-        settler.finished(delivery_tag, Verdict::Served).await;
-        settled = true;
-    }
     let (claim, before) = match key {
         Some(key) => {
             // A delivery of a request still running here, after the broker's consumer
@@ -136,27 +128,9 @@ pub(super) async fn handle(
     }
 }
 
-/// Whether the request is a stream's, to a function that streams (any other function
-/// answers a stream request with a plain reply).
-fn streams_to_its_caller(
-    shared: &Shared,
-    request: &ServerRequest,
-    reply_to: &Option<ShortString>,
-    streams: &Option<Arc<Streams>>,
-) -> bool {
-    reply_to.is_some()
-        && request.credit.is_some()
-        && streams.is_some()
-        && shared
-            .dispatcher
-            .registry
-            .get(&request.function)
-            .is_some_and(|function| function.streams())
-}
-
 /// Runs a request and sends its reply: what became of it, or nothing when the connection
 /// was lost first and there is nothing to keep (a stream cut off, or a reply not to be
-/// kept: only a remembered redelivery's is, to be sent when it comes back).
+/// kept: only a remembered request's is, to be sent when it comes back).
 async fn serve(
     shared: &Shared,
     replier: &Arc<Replier>,

@@ -386,8 +386,6 @@ impl QuarantineLink {
     }
 
     async fn close(&self) {
-        if self.connection.status().connected() {
-            let _ = self.connection.close(200, "done".into()).await;
-        }
+        link::close(&self.connection, "done").await;
     }
 }

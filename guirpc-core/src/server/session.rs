@@ -155,7 +155,7 @@ impl Session {
             // A channel error is the broker's answer to the topology; a connection that
             // failed meanwhile is only a connection failure, retried.
             Err(err) if connection.status().connected() => {
-                let _ = connection.close(200, "topology refused".into()).await;
+                link::close(&connection, "topology refused").await;
                 return Err(SessionError::Topology(err));
             }
             Err(err) => return Err(SessionError::Connect(err.into())),
@@ -184,8 +184,7 @@ impl Session {
     }
 
     async fn close(&self) {
-        let _ = self.channel.close(200, "shutdown".into()).await;
-        let _ = self.connection.close(200, "shutdown".into()).await;
+        link::close(&self.connection, "shutdown").await;
         self.replier.close().await;
     }
 }

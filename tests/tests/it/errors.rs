@@ -195,23 +195,32 @@ async fn a_reply_of_the_wrong_type_is_a_decode_error() {
     assert!(err.to_string().contains("`add`"), "{err}");
 }
 
+/// A server on a queue of its own, with settings `configure` changes.
+async fn serve_with(
+    test: &str,
+    configure: impl FnOnce(&mut guirpc_core::config::ServiceSettings),
+) -> (String, guirpc_core::Server) {
+    let queue = guirpc_tests::unique_queue(test);
+    let mut settings = guirpc_core::Settings::default().service();
+    settings.uri = guirpc_tests::uri();
+    settings.queue = queue.clone();
+    configure(&mut settings);
+    let server = guirpc_core::Server::builder()
+        .settings(settings)
+        .queue_arguments(guirpc_tests::expiring())
+        .start()
+        .await
+        .unwrap();
+    (queue, server)
+}
+
 /// A function that runs past its `max_run` (`#[rpc(max_run = "500ms")]`) is cancelled and
 /// its caller answered `max_run_exceeded` at once, not at its own deadline; a server's
 /// `service.max_run` bounds the functions that state none.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_past_its_max_run_is_cancelled_and_its_caller_told_so() {
     use guirpc_tests::{nap, overrun};
-    let queue = guirpc_tests::unique_queue("max-run");
-    let mut settings = guirpc_core::Settings::default().service();
-    settings.uri = guirpc_tests::uri();
-    settings.queue = queue.clone();
-    settings.max_run = Duration::from_millis(800);
-    let _server = guirpc_core::Server::builder()
-        .settings(settings)
-        .queue_arguments(guirpc_tests::expiring())
-        .start()
-        .await
-        .unwrap();
+    let (queue, _server) = serve_with("max-run", |s| s.max_run = Duration::from_millis(800)).await;
     let client = guirpc_tests::client(&queue).await;
     let token = format!("overrun-{}", std::process::id());
     let started = std::time::Instant::now();
@@ -238,4 +247,57 @@ async fn a_run_past_its_max_run_is_cancelled_and_its_caller_told_so() {
     let err = nap::call(&client, 5_000).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::MaxRunExceeded), "{err}");
     assert_eq!(nap::call(&client, 10).await.unwrap(), 10);
+}
+
+/// Arguments over the client's `max_message_size` (16 MiB by default, RabbitMQ 4's limit)
+/// fail at once, not retriable, before anything is sent, for calls, casts and events alike;
+/// a result over the server's `max_reply_size` is answered `too_large`. Neither costs any
+/// other call in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_arguments_fail_before_sending_and_oversized_results_are_answered_too_large() {
+    use guirpc_tests::{echo, echo_shared};
+    let (queue, _server) = serve_with("oversized", |s| s.max_reply_size = 64 * 1024).await;
+    let client = guirpc_tests::client(&queue).await;
+    // The default limit: 27 MB of arguments among 50 small calls.
+    let small: Vec<_> = (0..50i64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { guirpc_tests::add::call(&client, i, 1).await })
+        })
+        .collect();
+    let huge = guirpc_core::Bytes::from(vec![7u8; 27_000_000]);
+    let err = echo_shared::call(&client, huge.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    assert!(!err.is_retriable());
+    assert!(err.to_string().contains("max_message_size"), "{err}");
+    for (i, call) in small.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), i as i64 + 1);
+    }
+    let err = client
+        .cast("echo_shared", (huge.clone(),))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    let err = client.publish("oversized.event", huge).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    // A limit of the client's own.
+    let strict = Client::builder()
+        .uri(guirpc_tests::uri())
+        .queue(queue.as_str())
+        .max_message_size(1024)
+        .connect()
+        .await
+        .unwrap();
+    let err = echo::call(&strict, vec![1; 2048]).await.unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { limit: 1024, .. }),
+        "{err:?}"
+    );
+    assert_eq!(echo::call(&strict, vec![1; 10]).await.unwrap(), vec![1; 10]);
+    // A result over the server's reply limit.
+    let big = guirpc_core::Bytes::from(vec![1u8; 100_000]);
+    let err = echo_shared::call(&client, big).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TooLarge), "{err}");
+    assert!(err.to_string().contains("max_reply_size"), "{err}");
+    assert_eq!(guirpc_tests::add::call(&client, 2, 2).await.unwrap(), 4);
 }
