@@ -127,6 +127,9 @@ async fn run(args: Args) {
     let _ = channel
         .queue_delete(queue.as_str().into(), Default::default())
         .await;
+    let _ = plain.close(200, "done".into()).await;
+    client.close().await;
+    server.shutdown().await.unwrap();
 }
 
 /// Runs `args.calls` good calls, `args.in_flight` at once, with a hostile request published

@@ -307,7 +307,7 @@ async fn answer(
         Err(Undelivered::GaveUp(why)) => {
             error!(
                 function,
-                "the broker refused this request's reply ({why}); the request is settled without a reply"
+                "this request's reply could not be delivered ({why}); the request is settled without a reply"
             );
             if verdict != Verdict::Rejected {
                 shared.count_rejected_late();

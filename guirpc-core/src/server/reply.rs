@@ -19,8 +19,11 @@
 //!   cluster; the node is then known);
 //! - a *redelivered* request's reply (the request may be the one that closed the last
 //!   connection);
-//! - a reply to an address the server cannot read: published *alone*, on a connection
-//!   opened for it, and given up if that connection dies.
+//! - a reply to an address the server cannot read: not sent at all when the broker writes
+//!   its own addresses as the server reads them (a probe at each connection says so: then
+//!   no caller can have such an address, and the broker would close the channel), else
+//!   published *alone*, on a connection opened for it, and given up if that connection
+//!   dies.
 //!
 //! A quarantined reply whose connection dies is published again alone (one at a time, each
 //! on a fresh connection, confirmed before the next), so that a reply that closes every
@@ -32,7 +35,7 @@
 use std::sync::{Arc, RwLock};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
@@ -50,22 +53,141 @@ const ATTEMPTS: u32 = 3;
 const NODES: usize = 64;
 
 /// The broker nodes (`reply@<hash>`, as direct reply-to addresses name them) a server has
-/// delivered a reply to: a reply to one of them is safe on the consuming channel.
+/// delivered a reply to: a reply to one of them is safe on the consuming channel. And
+/// whether the broker writes direct reply-to addresses as `protocol::reply_to` reads them,
+/// as a probe of the server's own connection found: then an address it cannot read is no
+/// address the broker could deliver to, and is refused without being sent.
 #[derive(Debug, Default)]
-pub(super) struct ReplyNodes(RwLock<Vec<Box<[u8]>>>);
+pub(super) struct ReplyNodes {
+    known: RwLock<Known>,
+    readable: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    nodes: Vec<Box<[u8]>>,
+    /// The most recent addresses found on a known node, as they were written: a caller
+    /// sends every call with the same one, which is then matched without decoding it.
+    addresses: Vec<Box<str>>,
+    /// The next of `addresses` to replace once there are [`ADDRESSES`].
+    next: usize,
+}
+
+/// How many addresses on known nodes a server matches without decoding them.
+const ADDRESSES: usize = 32;
 
 impl ReplyNodes {
-    fn knows(&self, node: &[u8]) -> bool {
-        let nodes = self.0.read().unwrap_or_else(|e| e.into_inner());
-        nodes.iter().any(|known| **known == *node)
+    /// Asks the broker for a direct reply-to address of `connection`'s own (a message to a
+    /// queue of the probe's, with `reply_to` for the broker to fill in): its node is known
+    /// from then on, and whether the broker writes addresses as this server reads them. A
+    /// probe that fails changes nothing: unreadable addresses are then isolated, not refused.
+    pub(super) async fn probe(&self, connection: &Connection) {
+        match probe_address(connection).await {
+            Ok(address) => {
+                let mut scratch = [0; 96];
+                if let DirectReplyTo::Node(node) = protocol::direct_reply_to(&address, &mut scratch)
+                {
+                    self.learn(node.into());
+                    self.readable
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    warn!(
+                        "the broker writes direct reply-to addresses in a form this server cannot read ({address}): replies to such addresses go out on connections of their own"
+                    );
+                }
+            }
+            Err(err) => debug!("could not probe the broker's direct reply-to addresses: {err}"),
+        }
+    }
+
+    fn readable(&self) -> bool {
+        self.readable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a reply to `reply_to` is safe on the consuming channel: an address on a
+    /// node a reply has been delivered to (each seen address remembered, as written).
+    fn safe(&self, reply_to: &str) -> bool {
+        {
+            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+            if known.addresses.iter().any(|address| **address == *reply_to) {
+                return true;
+            }
+        }
+        let mut scratch = [0; 96];
+        let DirectReplyTo::Node(node) = protocol::direct_reply_to(reply_to, &mut scratch) else {
+            return false;
+        };
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if !known.nodes.iter().any(|known| **known == *node) {
+            return false;
+        }
+        if known.addresses.len() < ADDRESSES {
+            known.addresses.push(reply_to.into());
+        } else {
+            let next = known.next;
+            known.addresses[next] = reply_to.into();
+            known.next = (next + 1) % ADDRESSES;
+        }
+        true
     }
 
     fn learn(&self, node: Box<[u8]>) {
-        let mut nodes = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if nodes.len() < NODES && !nodes.contains(&node) {
-            nodes.push(node);
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if known.nodes.len() < NODES && !known.nodes.contains(&node) {
+            known.nodes.push(node);
         }
     }
+}
+
+/// The direct reply-to address the broker gives a channel of `connection`.
+async fn probe_address(connection: &Connection) -> Result<String, lapin::Error> {
+    use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
+    let channel = connection.create_channel().await?;
+    let probed = async {
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let consumer = channel
+            .basic_consume(
+                protocol::DIRECT_REPLY_TO.into(),
+                "".into(),
+                no_ack,
+                FieldTable::default(),
+            )
+            .await?;
+        let private = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), private, FieldTable::default())
+            .await?;
+        channel
+            .basic_publish(
+                "".into(),
+                queue.name().clone(),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default().with_reply_to(protocol::DIRECT_REPLY_TO.into()),
+            )
+            .await?;
+        // Routed at once; the get may still come first.
+        for _ in 0..100 {
+            let get = BasicGetOptions { no_ack: true };
+            if let Some(message) = channel.basic_get(queue.name().clone(), get).await? {
+                drop(consumer);
+                let reply_to = message.delivery.properties.reply_to().clone();
+                return Ok(reply_to.map(|to| to.to_string()).unwrap_or_default());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(String::new())
+    }
+    .await;
+    let _ = channel.close(200, "probed".into()).await;
+    probed
 }
 
 /// How a reply is published.
@@ -76,6 +198,9 @@ enum Path {
     Quarantine { learn: Option<Box<[u8]>> },
     /// Alone, on a connection of its own, once.
     Alone,
+    /// Not at all: the address is none the broker writes, and it would close the channel
+    /// that carried the reply.
+    Refused,
 }
 
 /// Publishes the replies of one session.
@@ -182,6 +307,11 @@ impl Replier {
             Path::Alone => {
                 return Box::pin(self.send_alone(reply_to, properties, body)).await;
             }
+            Path::Refused => {
+                return Err(Undelivered::GaveUp(format!(
+                    "`{reply_to}` is not a direct reply-to address the broker could deliver to, and would make it close the connection: not sent"
+                )));
+            }
         }
         let publish = self.channel.basic_publish(
             "".into(),
@@ -201,14 +331,17 @@ impl Replier {
 
     /// How a reply to `reply_to` is published (see the module's doc).
     fn path(&self, reply_to: &str, redelivered: bool) -> Path {
+        if !redelivered && self.nodes.safe(reply_to) {
+            return Path::Consuming;
+        }
         let mut scratch = [0; 96];
         match protocol::direct_reply_to(reply_to, &mut scratch) {
             DirectReplyTo::Queue if !redelivered => Path::Consuming,
             DirectReplyTo::Queue => Path::Quarantine { learn: None },
-            DirectReplyTo::Node(node) if !redelivered && self.nodes.knows(node) => Path::Consuming,
             DirectReplyTo::Node(node) => Path::Quarantine {
                 learn: Some(node.into()),
             },
+            DirectReplyTo::Unreadable if self.nodes.readable() => Path::Refused,
             DirectReplyTo::Unreadable => Path::Alone,
         }
     }

@@ -107,6 +107,7 @@ impl Session {
             .create_channel()
             .await
             .map_err(|err| SessionError::Connect(err.into()))?;
+        shared.reply_nodes.probe(&connection).await;
         let topology = async {
             protocol::declare_exchange(&channel, &settings.exchange).await?;
             channel
