@@ -632,17 +632,13 @@ async fn servers_and_clients_move_to_the_next_node_of_the_uri_list() {
         .await
         .unwrap();
     assert_eq!(add::call(&client, 1, 2).await.unwrap(), 3);
-    // The server's reply quarantine (its first reply to a node it had not replied to)
-    // goes where the server's connection is.
+    // The server's replies to the client, on the server's own node (which its probe of
+    // direct reply-to found), go on its consuming connection: no quarantine connection.
     let mut names = first.connection_names();
     names.sort();
     assert_eq!(
         names,
-        [
-            "guirpc client",
-            "guirpc server failover",
-            "guirpc server failover quarantine"
-        ],
+        ["guirpc client", "guirpc server failover"],
         "both on the first node"
     );
     // The first node goes away: both move to the second, and calls go on there.
