@@ -281,19 +281,9 @@ impl PrivateBroker {
 
     /// Runs `rabbitmqctl` against this node.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        let output = self
-            .command("rabbitmqctl")
-            .arg("-n")
-            .arg(&self.node)
-            .args(args)
-            .output()
-            .expect("rabbitmqctl runs");
-        assert!(
-            output.status.success(),
-            "rabbitmqctl {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
+        let mut command = self.command("rabbitmqctl");
+        command.arg("-n").arg(&self.node);
+        run_ctl(command, args)
     }
 
     /// The node's RabbitMQ version, `3.10.8` or `4.0.5`.
@@ -422,13 +412,15 @@ impl Drop for PrivateBroker {
 /// test's dealings with its own connections and queues, never the broker's state.
 pub fn shared_ctl(args: &[&str]) -> Output {
     let ctl = std::env::var("GUIRPC_TEST_CTL").unwrap_or_else(|_| "rabbitmqctl".into());
-    let output = Command::new(&ctl)
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
+    run_ctl(Command::new(ctl), args)
+}
+
+/// Runs a `rabbitmqctl` command with `args`, and says what it said if it failed.
+fn run_ctl(mut command: Command, args: &[&str]) -> Output {
+    let output = command.args(args).output().expect("rabbitmqctl runs");
     assert!(
         output.status.success(),
-        "{ctl} {args:?} failed: {}",
+        "rabbitmqctl {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     output
