@@ -100,7 +100,34 @@ impl PrivateBroker {
         PrivateBroker::start_node(test, false, None, Some(timeout))
     }
 
+    /// A private node, returned as soon as it accepts connections: before it has booted.
+    pub fn start_booting(test: &str) -> PrivateBroker {
+        let broker = PrivateBroker::launch(test, false, None, None);
+        let started = Instant::now();
+        while !broker.accepting() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the private broker {} did not accept connections",
+                broker.node
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        broker
+    }
+
     fn start_node(
+        test: &str,
+        tls: bool,
+        cookie: Option<&str>,
+        consumer_timeout: Option<Duration>,
+    ) -> PrivateBroker {
+        let broker = PrivateBroker::launch(test, tls, cookie, consumer_timeout);
+        broker.wait_booted(Duration::from_secs(60));
+        broker
+    }
+
+    /// Starts a node, and returns at once.
+    fn launch(
         test: &str,
         tls: bool,
         cookie: Option<&str>,
@@ -170,7 +197,6 @@ impl PrivateBroker {
             status.success(),
             "rabbitmq-server -detached failed: {status}"
         );
-        broker.wait_accepting(Duration::from_secs(60));
         broker
     }
 
@@ -362,10 +388,10 @@ impl PrivateBroker {
         self.ctl(&["stop_app"]);
     }
 
-    /// Starts the broker application again and waits until it accepts connections.
+    /// Starts the broker application again and waits until it has booted.
     pub fn start_app(&self) {
         self.ctl(&["start_app"]);
-        self.wait_accepting(Duration::from_secs(60));
+        self.wait_booted(Duration::from_secs(60));
     }
 
     /// Raises (or clears) the memory alarm: the broker blocks publishing connections.
@@ -381,18 +407,22 @@ impl PrivateBroker {
         std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
     }
 
-    fn wait_accepting(&self, limit: Duration) {
+    /// Waits until the node has booted. Accepting connections is not enough: RabbitMQ
+    /// opens its listeners a moment before the last of its boot steps, and RabbitMQ 4.0
+    /// drops direct replies published in that moment (seen: the first calls of a test,
+    /// made tens of milliseconds before "Server startup complete", never answered).
+    fn wait_booted(&self, limit: Duration) {
         let started = Instant::now();
-        while started.elapsed() < limit {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
+        while !self.accepting() {
+            assert!(
+                started.elapsed() < limit,
+                "the private broker {} did not accept connections within {limit:?}",
+                self.node
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "the private broker {} did not accept connections within {limit:?}",
-            self.node
-        );
+        let timeout = limit.saturating_sub(started.elapsed()).as_secs().max(1);
+        self.ctl(&["await_startup", "--timeout", &timeout.to_string()]);
     }
 }
 

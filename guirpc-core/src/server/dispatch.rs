@@ -14,7 +14,7 @@ use tracing::{debug, error, warn};
 use super::Shared;
 use super::pipeline;
 use super::redeliveries::Outcome;
-use super::reply::{Replier, Undelivered};
+use super::reply::{Replier, Sent, Undelivered};
 use super::settle::{Settler, Verdict};
 use super::streams::{ReplyTo, Streams};
 use crate::codec::Codec;
@@ -81,12 +81,17 @@ pub(super) async fn handle(
         }
         None => (None, None),
     };
-    let outcome = if let Some(before) = before {
+    let ran = if let Some(before) = before {
         debug!(
             function = request.function,
             "a request this server has run before: not run again"
         );
-        Some(again(&shared, &replier, before, reply_to, &request.function).await)
+        let outcome = again(&shared, &replier, before, reply_to, &request.function).await;
+        Some(Ran {
+            outcome,
+            // Sent again only through the quarantine, confirmed.
+            unconfirmed: None,
+        })
     } else {
         if redelivered {
             debug!(
@@ -108,7 +113,13 @@ pub(super) async fn handle(
     };
     // Not acknowledged: the broker redelivers the request once we reconnect, and it runs
     // again (or is answered from what was kept).
-    let Some(outcome) = outcome else { return };
+    let Some(Ran {
+        outcome,
+        unconfirmed,
+    }) = ran
+    else {
+        return;
+    };
     let verdict = match outcome {
         Outcome::Settled(verdict) => Some(verdict),
         Outcome::Unsent { .. } => None,
@@ -122,8 +133,71 @@ pub(super) async fn handle(
         // A first delivery settled on a live channel will not come back; any other may.
         if !redelivered && verdict.is_some() && settler.connected() {
             claim.forget();
-        } else {
-            claim.end(outcome);
+            return;
+        }
+        // The channel is gone: a reply written on it unconfirmed may have been discarded
+        // with the acknowledgement after it, and is kept for the delivery that comes back
+        // (sent again, at worst twice: a caller takes the first and drops the other).
+        let outcome = match (outcome, unconfirmed) {
+            (Outcome::Settled(verdict), Some(unconfirmed)) if !settler.connected() => {
+                unconfirmed.kept(verdict)
+            }
+            (outcome, _) => outcome,
+        };
+        claim.end(outcome);
+    }
+}
+
+/// What became of a run, and the reply it wrote unconfirmed on the consuming channel, if
+/// it did: known to have reached the broker only once the request's acknowledgement has.
+struct Ran {
+    outcome: Outcome,
+    unconfirmed: Option<Unconfirmed>,
+}
+
+impl Ran {
+    fn settled(verdict: Verdict) -> Ran {
+        Ran {
+            outcome: Outcome::Settled(verdict),
+            unconfirmed: None,
+        }
+    }
+}
+
+/// A reply written unconfirmed, with what it takes to write it again.
+struct Unconfirmed {
+    head: Head,
+    correlation_id: Option<ShortString>,
+    reply: Reply,
+}
+
+impl Unconfirmed {
+    /// The reply, kept to be sent when its request comes back.
+    fn kept(self, verdict: Verdict) -> Outcome {
+        Outcome::Unsent {
+            properties: Box::new(self.head.properties(self.correlation_id)),
+            // A copy of its own size: the reply's buffer may be a kept one, much larger,
+            // and goes back as the reply is dropped.
+            body: self.reply.body().to_vec(),
+            verdict,
+        }
+    }
+}
+
+/// What a reply's properties say besides its correlation ID.
+#[derive(Clone, Copy)]
+struct Head {
+    codec: Option<Codec>,
+    ok: bool,
+    /// A stream's end, after this many items.
+    count: Option<u64>,
+}
+
+impl Head {
+    fn properties(self, correlation_id: Option<ShortString>) -> BasicProperties {
+        match self.count {
+            Some(count) => protocol::end_properties(self.codec, correlation_id, self.ok, count),
+            None => protocol::reply_properties(self.codec, correlation_id, self.ok),
         }
     }
 }
@@ -139,7 +213,7 @@ async fn serve(
     reply_to: Option<ShortString>,
     properties: &BasicProperties,
     keep: bool,
-) -> Option<Outcome> {
+) -> Option<Ran> {
     let redelivered = request.redelivered;
     let announced = protocol::announced_codec(properties, request.codec);
     // A caller asking for a stream gets one from a function that streams; any other
@@ -181,11 +255,11 @@ async fn serve(
                 "the broker refused an item of this stream on every attempt ({why}); the request is settled without its end"
             ),
         }
-        return Some(Outcome::Settled(verdict));
+        return Some(Ran::settled(verdict));
     }
     let Some(reply_to) = reply_to else {
         if reply.is_ok() {
-            return Some(Outcome::Settled(verdict));
+            return Some(Ran::settled(verdict));
         }
         // No caller hears of it: the request is kept where the queue dead-letters.
         let message = envelope::Summary(codec, reply.body());
@@ -193,32 +267,41 @@ async fn serve(
         if verdict != Verdict::Rejected {
             shared.count_rejected_late();
         }
-        return Some(Outcome::Settled(Verdict::Rejected));
+        return Some(Ran::settled(Verdict::Rejected));
     };
-    let ok = reply.is_ok();
-    let properties = |correlation_id| match last {
-        Last::End { count } => protocol::end_properties(announced, correlation_id, ok, count),
-        _ => protocol::reply_properties(announced, correlation_id, ok),
+    let head = Head {
+        codec: announced,
+        ok: reply.is_ok(),
+        count: match last {
+            Last::End { count } => Some(count),
+            _ => None,
+        },
     };
     let sent = answer(
         shared,
         replier,
         reply_to,
-        properties(correlation_id.clone()),
+        head.properties(correlation_id.clone()),
         reply.body(),
         verdict,
         redelivered,
         function,
     )
     .await;
+    let unconfirmed = |reply| Unconfirmed {
+        head,
+        correlation_id,
+        reply,
+    };
     Some(match sent {
-        Some(verdict) => Outcome::Settled(verdict),
-        None if keep => Outcome::Unsent {
-            properties: Box::new(properties(correlation_id)),
-            // A copy of its own size: the reply's buffer may be a kept one, much larger,
-            // and goes back as the reply is dropped.
-            body: reply.body().to_vec(),
-            verdict,
+        Some((verdict, Sent::Unconfirmed)) if keep => Ran {
+            outcome: Outcome::Settled(verdict),
+            unconfirmed: Some(unconfirmed(reply)),
+        },
+        Some((verdict, _)) => Ran::settled(verdict),
+        None if keep => Ran {
+            outcome: unconfirmed(reply).kept(verdict),
+            unconfirmed: None,
         },
         None => return None,
     })
@@ -268,7 +351,7 @@ async fn again(
             )
             .await;
             match sent {
-                Some(verdict) => Outcome::Settled(verdict),
+                Some((verdict, _)) => Outcome::Settled(verdict),
                 None => Outcome::Unsent {
                     properties,
                     body,
@@ -282,8 +365,9 @@ async fn again(
     }
 }
 
-/// Sends a request's reply: how to settle the request, or `None` when the connection was
-/// lost first (the request must not be settled: the broker redelivers it).
+/// Sends a request's reply: how to settle the request and how the reply went, or `None`
+/// when the connection was lost first (the request must not be settled: the broker
+/// redelivers it).
 #[allow(clippy::too_many_arguments)]
 async fn answer(
     shared: &Shared,
@@ -294,9 +378,9 @@ async fn answer(
     verdict: Verdict,
     redelivered: bool,
     function: &str,
-) -> Option<Verdict> {
+) -> Option<(Verdict, Sent)> {
     match replier.send(reply_to, properties, body, redelivered).await {
-        Ok(()) => Some(verdict),
+        Ok(sent) => Some((verdict, sent)),
         Err(Undelivered::SessionLost) => {
             warn!(
                 function,
@@ -312,7 +396,7 @@ async fn answer(
             if verdict != Verdict::Rejected {
                 shared.count_rejected_late();
             }
-            Some(Verdict::Rejected)
+            Some((Verdict::Rejected, Sent::Confirmed))
         }
     }
 }

@@ -38,7 +38,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::Mutex;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Shared;
 use crate::link::{self, Backoff, Blocked, ConnectError};
@@ -81,9 +81,38 @@ impl ReplyNodes {
     /// queue of the probe's, with `reply_to` for the broker to fill in): its node is known
     /// from then on, and whether the broker writes addresses as this server reads them. A
     /// probe that fails changes nothing: unreadable addresses are then isolated, not refused.
+    ///
+    /// The probe also sends a reply to that address, and waits (at most [`BOOTING`]) until
+    /// one comes back: RabbitMQ 4.0 accepts connections a moment before it has booted, and
+    /// drops the direct replies published in that moment, so a server that took requests
+    /// at once would answer callers who never hear. Until its replies arrive, the server
+    /// takes none; its requests wait in the queue.
     pub(super) async fn probe(&self, connection: &Connection) {
-        match probe_address(connection).await {
-            Ok(address) => {
+        let started = std::time::Instant::now();
+        let mut waited = false;
+        let probed = loop {
+            match probe_address(connection).await {
+                Ok(probed) if !probed.delivered && started.elapsed() < BOOTING => {
+                    if !waited {
+                        info!(
+                            "the broker does not deliver direct replies yet (still booting?); requests are taken once it does"
+                        );
+                        waited = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                probed => break probed,
+            }
+        };
+        match probed {
+            Ok(Probed { address, delivered }) => {
+                if !delivered {
+                    warn!(
+                        "the broker did not deliver a direct reply to this server's own address within {BOOTING:?}; taking requests anyway"
+                    );
+                } else if waited {
+                    info!("the broker delivers direct replies: taking requests");
+                }
                 let mut scratch = [0; 96];
                 if let DirectReplyTo::Node(node) = protocol::direct_reply_to(&address, &mut scratch)
                 {
@@ -139,8 +168,22 @@ impl ReplyNodes {
     }
 }
 
-/// The direct reply-to address the broker gives a channel of `connection`.
-async fn probe_address(connection: &Connection) -> Result<String, lapin::Error> {
+/// How long a server waits at most for the broker to deliver direct replies before it takes
+/// requests (see [`ReplyNodes::probe`]).
+const BOOTING: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a probe found.
+struct Probed {
+    /// The direct reply-to address the broker gave a channel of the connection (empty if
+    /// it gave none).
+    address: String,
+    /// Whether a reply to that address came back to the channel within a second.
+    delivered: bool,
+}
+
+/// The direct reply-to address the broker gives a channel of `connection`, and whether a
+/// reply published to it is delivered.
+async fn probe_address(connection: &Connection) -> Result<Probed, lapin::Error> {
     use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
     let channel = connection.create_channel().await?;
     let probed = async {
@@ -148,7 +191,7 @@ async fn probe_address(connection: &Connection) -> Result<String, lapin::Error> 
             no_ack: true,
             ..Default::default()
         };
-        let consumer = channel
+        let mut consumer = channel
             .basic_consume(
                 protocol::DIRECT_REPLY_TO.into(),
                 "".into(),
@@ -174,16 +217,39 @@ async fn probe_address(connection: &Connection) -> Result<String, lapin::Error> 
             )
             .await?;
         // Routed at once; the get may still come first.
+        let mut address = None;
         for _ in 0..100 {
             let get = BasicGetOptions { no_ack: true };
             if let Some(message) = channel.basic_get(queue.name().clone(), get).await? {
-                drop(consumer);
-                let reply_to = message.delivery.properties.reply_to().clone();
-                return Ok(reply_to.map(|to| to.to_string()).unwrap_or_default());
+                address = message.delivery.properties.reply_to().clone();
+                break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        Ok(String::new())
+        let Some(address) = address else {
+            return Ok(Probed {
+                address: String::new(),
+                delivered: true,
+            });
+        };
+        channel
+            .basic_publish(
+                "".into(),
+                address.clone(),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default(),
+            )
+            .await?;
+        let reply = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            futures_lite::StreamExt::next(&mut consumer),
+        )
+        .await;
+        Ok(Probed {
+            address: address.to_string(),
+            delivered: matches!(reply, Ok(Some(Ok(_)))),
+        })
     }
     .await;
     let _ = channel.close(200, "probed".into()).await;
@@ -229,6 +295,17 @@ struct QuarantineLink {
     channel: Channel,
 }
 
+/// How a reply went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sent {
+    /// Confirmed by the broker (through the quarantine, or alone).
+    Confirmed,
+    /// Written on the consuming channel, which the broker does not confirm: it has the
+    /// reply if it has the request's acknowledgement, written after it on that channel.
+    /// A channel the broker was closing as it was written discards both.
+    Unconfirmed,
+}
+
 /// Why a reply was not delivered.
 #[derive(Debug)]
 pub(super) enum Undelivered {
@@ -265,7 +342,7 @@ impl Replier {
         properties: BasicProperties,
         body: &[u8],
         redelivered: bool,
-    ) -> Result<(), Undelivered> {
+    ) -> Result<Sent, Undelivered> {
         self.publish(reply_to, properties, body, redelivered, true)
             .await
     }
@@ -283,6 +360,7 @@ impl Replier {
     ) -> Result<(), Undelivered> {
         self.publish(reply_to, properties, body, redelivered, false)
             .await
+            .map(drop)
     }
 
     async fn publish(
@@ -292,7 +370,7 @@ impl Replier {
         body: &[u8],
         redelivered: bool,
         until_written: bool,
-    ) -> Result<(), Undelivered> {
+    ) -> Result<Sent, Undelivered> {
         match self.path(reply_to.as_str(), redelivered) {
             Path::Consuming => {}
             // Boxed: the rare paths' futures (connecting included) are many times the size
@@ -302,10 +380,12 @@ impl Replier {
                 if let (Ok(()), Some(node)) = (&sent, learn) {
                     self.nodes.learn(node);
                 }
-                return sent;
+                return sent.map(|()| Sent::Confirmed);
             }
             Path::Alone => {
-                return Box::pin(self.send_alone(reply_to, properties, body)).await;
+                return Box::pin(self.send_alone(reply_to, properties, body))
+                    .await
+                    .map(|()| Sent::Confirmed);
             }
             Path::Refused => {
                 return Err(Undelivered::GaveUp(format!(
@@ -325,7 +405,7 @@ impl Replier {
                 debug!("cannot publish a reply: {err}");
                 Err(Undelivered::SessionLost)
             }
-            _ => Ok(()),
+            _ => Ok(Sent::Unconfirmed),
         }
     }
 
