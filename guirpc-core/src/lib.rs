@@ -32,13 +32,12 @@ extern crate self as guirpc_core;
 pub(crate) mod client;
 pub mod codec;
 pub mod config;
+mod duration;
 mod envelope;
 mod error;
 mod link;
 pub mod metrics;
 pub mod middleware;
-#[cfg(feature = "otel")]
-pub mod otel;
 pub mod pipe;
 pub mod protocol;
 pub mod registry;
@@ -46,16 +45,21 @@ mod server;
 pub mod stream;
 pub mod testing;
 pub mod trace;
+#[cfg(feature = "otel")]
+pub use trace::otel;
+mod uri;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use client::{BlockingClient, Client, ClientBuilder, Event, Subscription};
+pub use client::{BlockingClient, BlockingItems, Client, ClientBuilder, Event, Subscription};
 pub use codec::{Bytes, Codec};
 pub use config::Settings;
 pub use error::{Error, RemoteError};
-pub use guirpc_macros::{rpc, subscribe};
+#[doc = include_str!("rpc.md")]
+pub use guirpc_macros::rpc;
+pub use guirpc_macros::subscribe;
 /// The AMQP client guirpc is built on, for its types (`FieldTable`, ...).
 pub use lapin;
 pub use metrics::Metrics;
@@ -63,4 +67,4 @@ pub use metrics::http::Readiness;
 pub use protocol::ErrorCode;
 pub use registry::{Function, Registry, Subscriber};
 pub use server::{ServeError, Server, ServerBuilder, shutdown_signal};
-pub use stream::{BlockingItems, ItemStream};
+pub use stream::ItemStream;

@@ -125,17 +125,14 @@ impl Brokers {
     /// The nodes of `list`, tried in order, or from a random one when `shuffle` (which
     /// spreads the connections of many processes over the nodes).
     pub(crate) fn new(list: &str, options: LinkOptions, shuffle: bool) -> Brokers {
-        let uris: Vec<String> = crate::config::uris(list).map(str::to_owned).collect();
+        let uris: Vec<String> = crate::uri::uris(list).map(str::to_owned).collect();
         let start = if shuffle && uris.len() > 1 {
             fastrand::usize(..uris.len())
         } else {
             0
         };
         Brokers {
-            masked: uris
-                .iter()
-                .map(|uri| crate::config::mask_uri(uri))
-                .collect(),
+            masked: uris.iter().map(|uri| crate::uri::mask_uri(uri)).collect(),
             uris,
             options,
             current: AtomicUsize::new(start),

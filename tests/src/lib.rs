@@ -298,6 +298,46 @@ pub async fn overrun(token: String, ms: u64) -> u64 {
     ms
 }
 
+/// How often [`poll`] asks.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Tries `attempt` until it succeeds, every 20 ms, for at most `limit`: its first success,
+/// or its last failure. The one way the tests wait for something they cannot be told of.
+pub async fn poll<T, E, F>(limit: Duration, mut attempt: impl FnMut() -> F) -> Result<T, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        let result = attempt().await;
+        if result.is_ok() || started.elapsed() >= limit {
+            return result;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Whether `check` holds within `limit` ([`poll`] for a condition).
+pub async fn until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    poll(limit, || {
+        std::future::ready(if check() { Ok(()) } else { Err(()) })
+    })
+    .await
+    .is_ok()
+}
+
+/// [`until`] for a thread outside the runtime.
+pub fn until_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while !check() {
+        if started.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+    true
+}
+
 /// How many times [`record`] has seen `token` (`None`: never).
 pub fn recorded_times(token: &str) -> Option<u32> {
     recorded().0.lock().unwrap().get(token).copied()

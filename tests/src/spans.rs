@@ -43,26 +43,25 @@ pub fn capture() {
 
 /// The finished spans for which `keep` holds, waiting up to two seconds for `count` of them.
 pub async fn wait_for(count: usize, keep: impl Fn(&FinishedSpan) -> bool) -> Vec<FinishedSpan> {
-    for _ in 0..200 {
-        let spans: Vec<FinishedSpan> = finished()
+    let kept = || -> Vec<FinishedSpan> {
+        finished()
             .lock()
             .unwrap()
             .iter()
             .filter(|span| keep(span))
             .cloned()
-            .collect();
-        if spans.len() >= count {
-            return spans;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    finished()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|span| keep(span))
-        .cloned()
-        .collect()
+            .collect()
+    };
+    let found = crate::poll(std::time::Duration::from_secs(2), || {
+        let spans = kept();
+        std::future::ready(if spans.len() >= count {
+            Ok(spans)
+        } else {
+            Err(spans)
+        })
+    })
+    .await;
+    found.unwrap_or_else(|spans| spans)
 }
 
 struct Capture;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use guirpc_core::{Client, Error, Server};
 use guirpc_tests::broker::{PrivateBroker, one_at_a_time};
-use guirpc_tests::{add, nap, record, recorded, slow_square};
+use guirpc_tests::{add, nap, poll, record, recorded, slow_square, until_blocking};
 
 /// Waits for its turn, then starts a private node.
 async fn private_broker(
@@ -49,21 +49,6 @@ async fn close_the_client_connection(broker: PrivateBroker) -> PrivateBroker {
     })
     .await
     .unwrap()
-}
-
-/// Calls `f` until it succeeds or `limit` passes; the last result.
-async fn eventually<T, E, F: std::future::Future<Output = Result<T, E>>>(
-    limit: Duration,
-    mut f: impl FnMut() -> F,
-) -> Result<T, E> {
-    let started = Instant::now();
-    loop {
-        let result = f().await;
-        if result.is_ok() || started.elapsed() > limit {
-            return result;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,7 +222,10 @@ async fn a_blocking_client_whose_connection_drops_fails_its_calls_at_once_and_re
         assert!(err.is_retriable());
         let other = slow.join().unwrap().unwrap_err();
         assert!(matches!(other, Error::Connection { .. }), "{other:?}");
-        assert!(wait_blocking(&client), "the client did not reconnect");
+        assert!(
+            until_blocking(Duration::from_secs(5), || client.as_async().is_connected()),
+            "the client did not reconnect"
+        );
         assert_eq!(add::call_blocking(&client, 2, 3).unwrap(), 5);
         failed_at
     });
@@ -257,18 +245,6 @@ async fn a_blocking_client_whose_connection_drops_fails_its_calls_at_once_and_re
         "the waiting call failed {failed_after:?} after the connection was closed, not at once"
     );
     drop(broker);
-}
-
-/// Waits up to 5 s for a blocking client's connection; whether it came.
-fn wait_blocking(client: &guirpc_core::BlockingClient) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
-        if client.as_async().is_connected() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -319,13 +295,13 @@ async fn servers_and_clients_come_back_after_a_broker_restart() {
     .await
     .unwrap();
     let back = Instant::now();
-    let result = eventually(Duration::from_secs(30), || add::call(&client, 20, 22)).await;
+    let result = poll(Duration::from_secs(30), || add::call(&client, 20, 22)).await;
     assert_eq!(result.unwrap(), 42, "no answer within 30 s of the restart");
     eprintln!(
         "answered again {:?} after the broker came back",
         back.elapsed()
     );
-    let ready = eventually(Duration::from_secs(10), || async {
+    let ready = poll(Duration::from_secs(10), || async {
         match readiness(metrics).await {
             (200, _) => Ok(()),
             other => Err(other),
@@ -388,7 +364,7 @@ async fn a_memory_alarm_is_surfaced_calls_end_by_their_deadline_and_all_is_well_
     );
     // The broker tells a connection it blocks when the connection publishes under the
     // alarm: the notice may come after the call ended by its short timeout.
-    let surfaced = eventually(Duration::from_secs(10), || async {
+    let surfaced = poll(Duration::from_secs(10), || async {
         client.blocked().ok_or("not blocked")
     })
     .await;
@@ -397,7 +373,7 @@ async fn a_memory_alarm_is_surfaced_calls_end_by_their_deadline_and_all_is_well_
         assert!(!reason.is_empty());
     }
     // The server is blocked too: not ready, and its gauge says so.
-    let blocked = eventually(Duration::from_secs(10), || async {
+    let blocked = poll(Duration::from_secs(10), || async {
         match readiness(metrics).await {
             (503, reason) if reason.contains("blocks publishing") => Ok(reason),
             other => Err(other),
@@ -421,7 +397,7 @@ async fn a_memory_alarm_is_surfaced_calls_end_by_their_deadline_and_all_is_well_
     })
     .await
     .unwrap();
-    let result = eventually(Duration::from_secs(20), || add::call(&client, 3, 4)).await;
+    let result = poll(Duration::from_secs(20), || add::call(&client, 3, 4)).await;
     assert_eq!(result.unwrap(), 7);
     assert!(client.blocked().is_none());
     assert_eq!(
@@ -658,7 +634,7 @@ async fn servers_and_clients_move_to_the_next_node_of_the_uri_list() {
     })
     .await
     .unwrap();
-    let answered = eventually(Duration::from_secs(30), || add::call(&client, 2, 3)).await;
+    let answered = poll(Duration::from_secs(30), || add::call(&client, 2, 3)).await;
     assert_eq!(answered.unwrap(), 5);
     println!(
         "calls answered again {:?} after the first node stopped",

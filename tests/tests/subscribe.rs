@@ -58,12 +58,7 @@ fn on_any_order(order: Order) {
 }
 
 async fn wait_count(key: &str, expected: u32) {
-    for _ in 0..200 {
-        if count(key) >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    guirpc_tests::until(Duration::from_secs(10), || count(key) >= expected).await;
     // Then a moment more, for an extra delivery that must not come.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(key), expected, "{key}");

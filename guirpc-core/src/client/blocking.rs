@@ -1,6 +1,7 @@
 //! The blocking client: the async client driven by a runtime of its own, for programs
 //! without one.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::{Client, ClientBuilder, Idempotency};
 use crate::codec::Codec;
 use crate::error::Error;
-use crate::stream::BlockingItems;
+use crate::stream::ItemStream;
 
 /// A client for synchronous code: the same calls as [`Client`], each blocking the calling
 /// thread until its reply (or its timeout). Cheap to clone, and safe to use from many
@@ -222,5 +223,51 @@ pub(crate) fn outside_runtime<E>() -> Result<(), Error<E>> {
             "the blocking client cannot be used inside an async runtime: use guirpc_core::Client there".into(),
         )),
         Err(_) => Ok(()),
+    }
+}
+
+/// The items of a streamed call on a [`BlockingClient`](crate::BlockingClient): an
+/// `Iterator` of `Result<T, Error<E>>`, each `next` blocking until the item comes.
+/// Dropping it cancels the call.
+pub struct BlockingItems<T, E = Infallible> {
+    stream: Option<ItemStream<T, E>>,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl<T, E> std::fmt::Debug for BlockingItems<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingItems")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, E> BlockingItems<T, E> {
+    pub(crate) fn new(stream: ItemStream<T, E>, runtime: Arc<tokio::runtime::Runtime>) -> Self {
+        BlockingItems {
+            stream: Some(stream),
+            runtime,
+        }
+    }
+}
+
+impl<T: DeserializeOwned, E> Iterator for BlockingItems<T, E> {
+    type Item = Result<T, Error<E>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let stream = self.stream.as_mut()?;
+        if let Err(err) = outside_runtime::<E>() {
+            self.stream = None;
+            return Some(Err(err));
+        }
+        self.runtime.block_on(futures_lite::StreamExt::next(stream))
+    }
+}
+
+impl<T, E> Drop for BlockingItems<T, E> {
+    fn drop(&mut self) {
+        // Dropped inside the client's runtime, where a cancellation can be sent.
+        let _guard = self.runtime.enter();
+        self.stream.take();
     }
 }

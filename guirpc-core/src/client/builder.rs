@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{BlockingClient, Client, Inner, Transport, amqp};
 use crate::codec::Codec;
-use crate::config::{Settings, validate_uri};
+use crate::config::Settings;
 use crate::error::Error;
 use crate::link::{Brokers, LinkOptions};
 use crate::metrics::Metrics;
@@ -13,6 +13,7 @@ use crate::middleware::{
     self, ClientRequest, ClientResponse, ClientService, Layer, Layers, Service,
 };
 use crate::trace::ClientTraceLayer;
+use crate::uri::validate_uri;
 
 /// Configures a client.
 ///

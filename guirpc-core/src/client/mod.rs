@@ -9,8 +9,7 @@ mod blocking;
 mod builder;
 mod events;
 
-pub use blocking::BlockingClient;
-pub(crate) use blocking::outside_runtime;
+pub use blocking::{BlockingClient, BlockingItems};
 pub use builder::ClientBuilder;
 pub use events::{Event, Subscription};
 

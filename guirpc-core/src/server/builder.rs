@@ -9,7 +9,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::pipeline::{self, Dispatcher};
 use super::{AbortOnDrop, Health, ServeError, Server, Shared, instance_name, session};
-use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings, mask_uri, validate_uri};
+use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings};
 use crate::link::{Brokers, LinkOptions};
 use crate::metrics::Metrics;
 use crate::metrics::http::{self, Endpoint};
@@ -17,6 +17,7 @@ use crate::middleware::{self, Layer, Layers, Reply, ServerRequest, ServerService
 use crate::pipe::{PipeFunction, Pool};
 use crate::registry::{Registry, Subscriber};
 use crate::testing::InMemoryServer;
+use crate::uri::{mask_uri, validate_uri};
 
 /// Configures and starts a [`Server`].
 ///

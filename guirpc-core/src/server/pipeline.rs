@@ -240,7 +240,7 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
     let Ok(ran) = run.await else {
         let message = format!(
             "`{name}` ran longer than its max_run of {} and was cancelled",
-            crate::config::format_duration(max_run)
+            crate::duration::format_duration(max_run)
         );
         warn!(function = name, "{message}");
         return Reply::error(codec, ErrorCode::MaxRunExceeded, &message);

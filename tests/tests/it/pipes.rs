@@ -76,16 +76,9 @@ async fn serve_with(
     (server, client)
 }
 
-/// Whether process `pid` is gone within `limit` (looked for every 10 ms).
+/// Whether process `pid` is gone within `limit`.
 async fn gone_within(pid: u64, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while alive(pid) {
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
+    guirpc_tests::until(limit, || !alive(pid)).await
 }
 
 fn alive(pid: u64) -> bool {
@@ -441,14 +434,7 @@ impl Warnings {
 
     /// Waits (up to 10 s) for a warning that `keep` holds for.
     async fn wait_for(&self, keep: impl Fn(&str) -> bool) -> bool {
-        let until = Instant::now() + Duration::from_secs(10);
-        while self.matching(&keep) == 0 {
-            if Instant::now() >= until {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
+        guirpc_tests::until(Duration::from_secs(10), || self.matching(&keep) > 0).await
     }
 }
 

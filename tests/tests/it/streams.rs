@@ -5,19 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use guirpc_core::{Client, Error, ErrorCode};
-use guirpc_tests::{DivError, count_up, lines, progress_of, shaky, uri};
-
-/// Waits until `check` holds, at most `limit`.
-async fn until(limit: Duration, check: impl Fn() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check()
-}
+use guirpc_tests::{DivError, count_up, lines, progress_of, shaky, until, uri};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_arrives_in_order_from_the_typed_stub_by_name_and_blocking() {

@@ -19,7 +19,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::trace::TraceContext;
+use super::TraceContext;
 
 /// Makes the caller's trace context, read from the request headers, the parent of a
 /// server's span; returns the span's context (OpenTelemetry's IDs), or `None` when no

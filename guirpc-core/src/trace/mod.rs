@@ -19,6 +19,9 @@ use std::time::Instant;
 use lapin::types::ShortString;
 use tracing::{Instrument, Span, field};
 
+#[cfg(feature = "otel")]
+pub mod otel;
+
 use crate::error::Error;
 use crate::middleware::{
     BoxFuture, ClientRequest, ClientResponse, ClientService, Layer, OwnService, Reply,
@@ -266,7 +269,7 @@ impl OwnService<ServerRequest, Reply, Infallible> for ServerTrace {
         );
         #[cfg(feature = "otel")]
         let context = {
-            let context = crate::otel::continue_trace(&span, &request.headers).unwrap_or(context);
+            let context = otel::continue_trace(&span, &request.headers).unwrap_or(context);
             record_ids(&span, &context);
             context
         };
@@ -328,7 +331,7 @@ impl OwnService<ClientRequest, ClientResponse, Error> for ClientTrace {
         );
         #[cfg(feature = "otel")]
         let context = {
-            let context = crate::otel::context_of(&span).unwrap_or(context);
+            let context = otel::context_of(&span).unwrap_or(context);
             record_ids(&span, &context);
             context
         };
