@@ -27,6 +27,7 @@ mod cast;
 mod config;
 mod events;
 mod exit;
+mod flag;
 mod list;
 mod logging;
 mod new;

@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 use crate::exit::{Exit, Failure};
-use crate::settings::value_name;
+use crate::flag::value_name;
 
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {

@@ -9,9 +9,10 @@ use guirpc_core::protocol::ExchangeName;
 use guirpc_core::{Registry, ServeError, Server};
 
 use crate::exit::{Exit, Failure};
+use crate::flag::value_name;
 use crate::logging::{self, LogArgs};
 use crate::output::outln;
-use crate::settings::{BrokerArgs, value_name};
+use crate::settings::BrokerArgs;
 
 /// Serve every #[rpc] function of this program on the service queue, until Ctrl-C or SIGTERM.
 ///

@@ -10,6 +10,7 @@ use guirpc_core::config::{KEYS, LoadOptions, format_duration, parse_duration};
 use guirpc_core::{Client, ClientBuilder, Settings};
 
 use crate::exit::{Exit, Failure};
+use crate::flag::value_name;
 use crate::logging::LogArgs;
 
 /// Every flag that sets a setting: `(flag id, setting)`.
@@ -103,15 +104,6 @@ pub(crate) struct ClientArgs {
     /// How to encode arguments
     #[arg(long, value_name = "CODEC")]
     pub codec: Option<CodecArg>,
-}
-
-/// A flag's value, as the setting reads it.
-pub(crate) fn value_name(value: impl ValueEnum) -> String {
-    value
-        .to_possible_value()
-        .expect("no value is skipped")
-        .get_name()
-        .to_owned()
 }
 
 impl BrokerArgs {

@@ -36,6 +36,7 @@ use crate::middleware::{
 };
 use crate::protocol;
 use crate::server::pipeline;
+use crate::server::{ServeError, ServerBuilder};
 use crate::stream::{self, Control, ItemSink, Last, Outlet, Piece, Stopped};
 use crate::{Client, ClientBuilder, Server};
 
@@ -46,6 +47,16 @@ pub fn client() -> Client {
     match Server::builder().in_memory() {
         Ok(server) => server.client(),
         Err(err) => panic!("cannot serve this program's functions in memory: {err}"),
+    }
+}
+
+impl ServerBuilder {
+    /// The server's functions, layers and metrics, serving in this process without a
+    /// broker: for tests (see [`crate::testing`]). Pipe functions are not served in memory.
+    #[allow(clippy::result_large_err)]
+    pub fn in_memory(self) -> Result<InMemoryServer, ServeError> {
+        let (queue, service) = self.in_memory_parts()?;
+        Ok(InMemoryServer { service, queue })
     }
 }
 

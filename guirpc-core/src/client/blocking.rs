@@ -14,6 +14,13 @@ use crate::codec::Codec;
 use crate::error::Error;
 use crate::stream::ItemStream;
 
+impl ClientBuilder {
+    /// Connects a [`BlockingClient`], for code without an async runtime.
+    pub fn connect_blocking(self) -> Result<BlockingClient, Error> {
+        BlockingClient::connect_with(self)
+    }
+}
+
 /// A client for synchronous code: the same calls as [`Client`], each blocking the calling
 /// thread until its reply (or its timeout). Cheap to clone, and safe to use from many
 /// threads at once, all sharing one connection.
@@ -42,7 +49,7 @@ impl BlockingClient {
         Client::builder().uri(uri).connect_blocking()
     }
 
-    pub(super) fn connect_with(builder: ClientBuilder) -> Result<BlockingClient, Error> {
+    fn connect_with(builder: ClientBuilder) -> Result<BlockingClient, Error> {
         outside_runtime()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

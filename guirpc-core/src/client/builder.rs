@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{BlockingClient, Client, Inner, Transport, amqp};
+use super::{Client, Inner, Transport, amqp};
 use crate::codec::Codec;
 use crate::config::Settings;
 use crate::error::Error;
@@ -210,10 +210,5 @@ impl ClientBuilder {
             retries: self.retries,
             max_message_size: self.max_message_size,
         }
-    }
-
-    /// Connects a [`BlockingClient`], for code without an async runtime.
-    pub fn connect_blocking(self) -> Result<BlockingClient, Error> {
-        BlockingClient::connect_with(self)
     }
 }

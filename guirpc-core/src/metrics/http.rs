@@ -9,13 +9,13 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use super::Metrics;
+use super::Endpoint;
 
 /// The largest request head read.
 const MAX_HEAD: usize = 8 * 1024;
@@ -56,17 +56,6 @@ impl fmt::Display for Readiness {
             Readiness::Draining => f.write_str("not ready: shutting down"),
         }
     }
-}
-
-/// What the listener shows: the metrics, and the service they belong to.
-pub(crate) struct Endpoint {
-    pub metrics: Metrics,
-    pub queue: String,
-    pub instance: String,
-    pub started: Instant,
-    /// The functions served: name and summary.
-    pub functions: Vec<(String, String)>,
-    pub readiness: Box<dyn Fn() -> Readiness + Send + Sync>,
 }
 
 /// Binds the listener's address; a clear error when it is taken or malformed.

@@ -270,6 +270,17 @@ impl<M: Clone> Cache<M> {
     }
 }
 
+/// What the listener shows: the metrics, and the service they belong to.
+pub(crate) struct Endpoint {
+    pub metrics: Metrics,
+    pub queue: String,
+    pub instance: String,
+    pub started: std::time::Instant,
+    /// The functions served: name and summary.
+    pub functions: Vec<(String, String)>,
+    pub readiness: Box<dyn Fn() -> http::Readiness + Send + Sync>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

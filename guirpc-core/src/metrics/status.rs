@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::http::Endpoint;
+use super::Endpoint;
 
 /// How often the page reloads itself, in seconds.
 const REFRESH_SECONDS: u32 = 2;

@@ -11,12 +11,12 @@ use super::pipeline::{self, Dispatcher};
 use super::{AbortOnDrop, Health, ServeError, Server, Shared, instance_name, session};
 use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings};
 use crate::link::{Brokers, LinkOptions};
+use crate::metrics::Endpoint;
 use crate::metrics::Metrics;
-use crate::metrics::http::{self, Endpoint};
+use crate::metrics::http;
 use crate::middleware::{self, Layer, Layers, Reply, ServerRequest, ServerService, Service};
 use crate::pipe::{PipeFunction, Pool};
 use crate::registry::{Registry, Subscriber};
-use crate::testing::InMemoryServer;
 use crate::uri::{mask_uri, validate_uri};
 
 /// Configures and starts a [`Server`].
@@ -289,15 +289,12 @@ impl ServerBuilder {
         self
     }
 
-    /// The server's functions, layers and metrics, serving in this process without a
-    /// broker: for tests (see [`crate::testing`]). Pipe functions are not served in memory.
+    /// The queue and the pipeline of a server serving in memory
+    /// ([`ServerBuilder::in_memory`], in [`crate::testing`]).
     #[allow(clippy::result_large_err)]
-    pub fn in_memory(self) -> Result<InMemoryServer, ServeError> {
+    pub(crate) fn in_memory_parts(self) -> Result<(Arc<str>, ServerService), ServeError> {
         let prepared = self.prepare(false)?;
-        Ok(InMemoryServer {
-            queue: prepared.dispatcher.queue.clone(),
-            service: prepared.service,
-        })
+        Ok((prepared.dispatcher.queue.clone(), prepared.service))
     }
 
     /// The dispatcher and the pipeline around it; metrics made when `metrics_on` and no
