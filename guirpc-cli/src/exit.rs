@@ -40,7 +40,7 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+    pub(crate) fn new(exit: Exit, message: impl Into<String>) -> Self {
         Failure {
             exit,
             message: message.into(),
@@ -48,17 +48,17 @@ impl Failure {
         }
     }
 
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }
 
     /// The exit code alone: the command has said all there is to say.
-    pub fn silent(exit: Exit) -> Self {
+    pub(crate) fn silent(exit: Exit) -> Self {
         Failure::new(exit, "")
     }
 
-    pub fn report(self) -> ExitCode {
+    pub(crate) fn report(self) -> ExitCode {
         report(self.exit, &self.message, self.hint.as_deref())
     }
 }

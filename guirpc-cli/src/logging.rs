@@ -41,7 +41,7 @@ pub(crate) enum Format {
 }
 
 impl LogArgs {
-    pub fn flags(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn flags(&self) -> Vec<(&'static str, String)> {
         let mut flags = Vec::new();
         if let Some(level) = self.log_level {
             flags.push(("log.level", value_name(level)));

@@ -108,7 +108,7 @@ pub(crate) struct ClientArgs {
 
 impl BrokerArgs {
     /// Loads the settings: defaults, file, environment, then these flags and `more`.
-    pub fn load(
+    pub(crate) fn load(
         &self,
         log: &LogArgs,
         more: Vec<(&'static str, String)>,
@@ -145,7 +145,7 @@ impl BrokerArgs {
 }
 
 impl ClientArgs {
-    pub fn load(
+    pub(crate) fn load(
         &self,
         log: &LogArgs,
         defaults: &[(&'static str, String)],
@@ -161,7 +161,7 @@ impl ClientArgs {
     }
 
     /// Loads the settings and connects a client with them.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         log: &LogArgs,
         defaults: &[(&'static str, String)],

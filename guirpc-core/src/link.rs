@@ -46,7 +46,7 @@ pub(crate) async fn close(connection: &Connection, reason: &str) {
 /// lapin takes a connection that has carried nothing for two heartbeats for dead (and
 /// checks every half heartbeat): a connection a firewall or NAT silently dropped is
 /// noticed within 20 to 25 seconds, where the broker's own 60 s would take two minutes.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// How to reach a broker node, besides its URI.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,7 +61,7 @@ impl ServerBuilder {
 }
 
 /// A server's pipeline, serving in memory: the functions, layers and metrics of the
-/// [`ServerBuilder`](crate::ServerBuilder) it was built from.
+/// [`ServerBuilder`] it was built from.
 #[derive(Clone)]
 pub struct InMemoryServer {
     pub(crate) service: ServerService,

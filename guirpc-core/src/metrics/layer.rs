@@ -20,7 +20,7 @@ use crate::middleware::{
 
 /// The label of a function no server serves: requests may name anything, and a label per
 /// name would let any caller grow the metrics without bound.
-pub const UNKNOWN_FUNCTION: &str = "unknown";
+pub(crate) const UNKNOWN_FUNCTION: &str = "unknown";
 
 /// The metrics of one function, fetched once and kept.
 #[derive(Clone)]
@@ -62,6 +62,12 @@ impl FunctionMetrics {
 #[derive(Clone)]
 pub struct ServerMetricsLayer {
     state: Arc<ServerState>,
+}
+
+impl std::fmt::Debug for ServerMetricsLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMetricsLayer").finish_non_exhaustive()
+    }
 }
 
 struct ServerState {
@@ -120,6 +126,12 @@ pub struct ServerMetrics {
     state: Arc<ServerState>,
 }
 
+impl std::fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMetrics").finish_non_exhaustive()
+    }
+}
+
 service_of_own!(ServerMetrics, ServerRequest, Reply, Infallible);
 
 impl OwnService<ServerRequest, Reply, Infallible> for ServerMetrics {
@@ -175,6 +187,12 @@ impl Drop for Running {
 #[derive(Clone)]
 pub struct ClientMetricsLayer {
     state: Arc<ClientState>,
+}
+
+impl std::fmt::Debug for ClientMetricsLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientMetricsLayer").finish_non_exhaustive()
+    }
 }
 
 struct ClientState {
@@ -237,6 +255,12 @@ impl Layer<ClientService> for ClientMetricsLayer {
 pub struct ClientMetrics {
     inner: ClientService,
     state: Arc<ClientState>,
+}
+
+impl std::fmt::Debug for ClientMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientMetrics").finish_non_exhaustive()
+    }
 }
 
 service_of_own!(ClientMetrics, ClientRequest, ClientResponse, Error);

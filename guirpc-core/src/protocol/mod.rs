@@ -243,7 +243,7 @@ pub(crate) struct RequestMeta {
 }
 
 impl RequestMeta {
-    pub fn read(props: &BasicProperties) -> RequestMeta {
+    pub(crate) fn read(props: &BasicProperties) -> RequestMeta {
         let headers = props.headers().as_ref();
         let header = |name: &str| headers.and_then(|h| h.inner().get(name));
         let content_type = props.content_type().as_ref().map(ShortString::as_str);

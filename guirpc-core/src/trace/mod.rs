@@ -240,7 +240,7 @@ impl Layer<ServerService> for ServerTraceLayer {
 }
 
 /// The service [`ServerTraceLayer`] makes.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ServerTrace {
     inner: ServerService,
 }
@@ -305,7 +305,7 @@ impl Layer<ClientService> for ClientTraceLayer {
 }
 
 /// The service [`ClientTraceLayer`] makes.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ClientTrace {
     inner: ClientService,
 }
