@@ -36,6 +36,7 @@ mod duration;
 mod envelope;
 mod error;
 mod link;
+mod message;
 pub mod metrics;
 pub mod middleware;
 pub mod pipe;

@@ -40,18 +40,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use serde::Serialize;
+use lapin::types::{FieldTable, ShortString};
 use tower::ServiceExt;
 pub use tower::util::BoxCloneSyncService;
 pub use tower::{Layer, Service};
 
 use crate::codec::Codec;
-use crate::envelope;
 use crate::error::Error;
-use crate::protocol::ErrorCode;
+pub use crate::message::{CallKind, ClientRequest, ClientResponse, OUTCOME_OK, Reply};
 
 /// A request as the server's layers see it.
 #[derive(Debug)]
@@ -133,194 +131,12 @@ impl ServerRequest {
 
     /// A header's value, as text, when it is a string.
     pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
-        header_str(&self.headers, name)
+        crate::message::header_str(&self.headers, name)
     }
 }
-
-/// What a server answers: a return value or an error envelope, encoded in the request's
-/// codec.
-#[derive(Debug)]
-pub struct Reply {
-    pub(crate) code: Option<ErrorCode>,
-    pub(crate) body: Vec<u8>,
-    /// Settled with a `reject` (dead-lettered where the queue has a dead-letter exchange)
-    /// instead of an `ack`: a request that cannot be served as it is.
-    pub(crate) rejected: bool,
-}
-
-impl Reply {
-    /// A reply carrying `value`, or an `internal` error if `value` cannot be encoded.
-    pub fn value<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Reply {
-        match codec.encode_to_send(value) {
-            Ok(body) => Reply::encoded(body),
-            Err(err) => Reply::error(
-                codec,
-                ErrorCode::Internal,
-                &format!("the return value cannot be encoded in {codec}: {err}"),
-            ),
-        }
-    }
-
-    /// An error reply: the caller's call fails with a remote error of this code.
-    pub fn error(codec: Codec, code: ErrorCode, message: &str) -> Reply {
-        Reply {
-            body: envelope::encode(codec, &code, message),
-            code: Some(code),
-            rejected: false,
-        }
-    }
-
-    /// An error reply to a request that can never be served as sent: the request is
-    /// rejected, so that a dead-letter exchange keeps it.
-    pub(crate) fn refusal(codec: Codec, code: ErrorCode, message: &str) -> Reply {
-        let mut reply = Reply::error(codec, code, message);
-        reply.rejected = true;
-        reply
-    }
-
-    /// A return value, already encoded.
-    pub(crate) fn encoded(body: Vec<u8>) -> Reply {
-        Reply {
-            code: None,
-            body,
-            rejected: false,
-        }
-    }
-
-    /// Whether the reply carries a return value.
-    pub fn is_ok(&self) -> bool {
-        self.code.is_none()
-    }
-
-    /// The error code of an error reply.
-    pub fn code(&self) -> Option<&ErrorCode> {
-        self.code.as_ref()
-    }
-
-    /// The encoded body: the return value, or the error envelope.
-    pub fn body(&self) -> &[u8] {
-        &self.body
-    }
-
-    /// The body, taken out: for whoever sends it on.
-    pub(crate) fn into_body(mut self) -> Vec<u8> {
-        std::mem::take(&mut self.body)
-    }
-
-    /// `ok`, or the error code: the outcome's name in spans and metrics.
-    pub fn outcome(&self) -> &str {
-        self.code.as_ref().map_or(OUTCOME_OK, ErrorCode::as_str)
-    }
-}
-
-impl Drop for Reply {
-    /// A reply's body was encoded into a kept buffer if it is large: dropped, the reply
-    /// has been sent (lapin copied it into its frames) or never will be.
-    fn drop(&mut self) {
-        crate::codec::buffers::give_back(std::mem::take(&mut self.body));
-    }
-}
-
-/// The outcome of a call that returned a value.
-pub const OUTCOME_OK: &str = "ok";
 
 /// The service a server's layers wrap.
 pub type ServerService = Pipeline<ServerRequest, Reply, Infallible>;
-
-/// A call as the client's layers see it.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ClientRequest {
-    /// The function called.
-    pub function: String,
-    /// The service queue it goes to.
-    pub queue: ShortString,
-    /// The codec of the arguments.
-    pub codec: Codec,
-    /// Headers sent with the request besides guirpc's own (a layer may add some).
-    pub headers: FieldTable,
-    /// How long the call may take.
-    pub timeout: Duration,
-    /// The encoded arguments.
-    pub body: Vec<u8>,
-    /// How many times the call is sent again after a retriable failure.
-    pub retries: u32,
-    /// A call, a cast, or an event.
-    pub kind: CallKind,
-}
-
-/// What a client sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CallKind {
-    /// A call: a request, and its reply.
-    Call,
-    /// A cast: a one-way request, done once the broker has taken it.
-    Cast,
-    /// An event: `function` is its topic, published to the events exchange, done once
-    /// the broker has taken it; `queue` is unused.
-    Publish,
-    /// A call whose result may come as a stream of items: the response comes with the
-    /// first message, and the items follow.
-    Stream,
-}
-
-impl ClientRequest {
-    /// Adds a header to the request.
-    pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
-        self.headers.insert(
-            name.into(),
-            AMQPValue::LongString(value.into().as_str().into()),
-        );
-    }
-
-    /// A header's value, as text, when it is a string.
-    pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
-        header_str(&self.headers, name)
-    }
-}
-
-/// A reply as the client's layers see it, before it is decoded into the caller's type.
-#[derive(Debug)]
-pub struct ClientResponse {
-    pub(crate) ok: bool,
-    pub(crate) codec: Codec,
-    pub(crate) body: Vec<u8>,
-    /// A stream's items, after its first message (which made this response).
-    pub(crate) items: Option<crate::stream::Items>,
-}
-
-impl ClientResponse {
-    /// Whether the reply carries a return value (else an error envelope).
-    pub fn is_ok(&self) -> bool {
-        self.ok
-    }
-
-    /// The codec of the body.
-    pub fn codec(&self) -> Codec {
-        self.codec
-    }
-
-    /// The encoded body (empty for a stream, whose items follow).
-    pub fn body(&self) -> &[u8] {
-        &self.body
-    }
-
-    /// Whether this opens a stream of items (the call asked for one, and the function
-    /// streams).
-    pub fn is_stream(&self) -> bool {
-        self.items.is_some()
-    }
-
-    /// `ok`, or the error code of an error reply.
-    pub fn outcome(&self) -> Cow<'static, str> {
-        if self.ok {
-            Cow::Borrowed(OUTCOME_OK)
-        } else {
-            Cow::Owned(envelope::read(self.codec, &self.body).0.as_str().to_owned())
-        }
-    }
-}
 
 /// The service a client's layers wrap.
 pub type ClientService = Pipeline<ClientRequest, ClientResponse, Error>;
@@ -505,13 +321,6 @@ where
     <L::Service as Service<ClientRequest>>::Future: Send + 'static,
 {
     Arc::new(move |inner| ClientService::new(layer.layer(inner)))
-}
-
-fn header_str<'a>(headers: &'a FieldTable, name: &str) -> Option<Cow<'a, str>> {
-    headers
-        .inner()
-        .get(name)
-        .and_then(crate::protocol::value_as_str)
 }
 
 #[cfg(test)]

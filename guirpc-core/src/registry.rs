@@ -27,11 +27,11 @@ pub struct Invocation {
     /// When the caller stops waiting.
     pub deadline: Option<std::time::SystemTime>,
     /// Where a streaming function's items go, when the caller asked for a stream.
-    pub items: Option<crate::stream::ItemSink>,
+    pub items: Option<crate::message::ItemSink>,
 }
 
 /// What a handler produced: a return value or an error envelope, encoded.
-pub use crate::middleware::Reply;
+pub use crate::message::Reply;
 
 /// One parameter of a registered function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,8 +33,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -42,13 +42,14 @@ use std::time::SystemTime;
 /// `futures` crates use too).
 pub use futures_lite::Stream;
 use futures_lite::StreamExt;
-use lapin::types::ShortString;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::codec::Codec;
 use crate::error::{Error, RemoteError};
-use crate::middleware::{ClientRequest, ClientResponse, Reply};
+pub use crate::message::ItemSink;
+use crate::message::{ClientRequest, ClientResponse, Reply};
+pub(crate) use crate::message::{Control, Items, Outlet, Piece, Progress, Stopped};
 use crate::protocol::ErrorCode;
 
 /// How many items a caller lets a server send ahead of what its code has consumed.
@@ -56,57 +57,6 @@ pub const DEFAULT_WINDOW: u32 = 64;
 
 // ---------------------------------------------------------------------------------------
 // The server's side.
-
-/// Where a streaming function's items go. Not a stable interface: `#[rpc]` uses it.
-#[doc(hidden)]
-pub struct ItemSink {
-    outlet: Box<dyn Outlet>,
-    pub(crate) deadline: Option<SystemTime>,
-    progress: Arc<Progress>,
-}
-
-impl std::fmt::Debug for ItemSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ItemSink")
-            .field("progress", &self.progress)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a stream stopped before its end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Stopped {
-    /// The caller cancelled it (dropped its stream).
-    Cancelled,
-    /// The server's connection is gone: the request goes back to the queue.
-    SessionLost,
-    /// The broker refused an item on every attempt.
-    GaveUp(String),
-}
-
-/// Publishes items: to the broker, or to an in-memory caller.
-pub(crate) trait Outlet: Send + Sync {
-    /// Sends item `seq` (a reply carrying a value), once the caller has granted credit
-    /// for it.
-    fn send(
-        &mut self,
-        seq: u64,
-        item: Reply,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Stopped>> + Send + '_>>;
-
-    /// Resolves when the stream must stop whatever its function is doing: the caller
-    /// cancelled it, or the connection is gone.
-    fn stopped(&self) -> Pin<Box<dyn Future<Output = Stopped> + Send + 'static>>;
-}
-
-/// How far a stream got, for the transport to send its last message (or none).
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    /// Whether the function streamed at all (else its reply is a plain one).
-    started: AtomicBool,
-    sent: AtomicU64,
-    stopped: Mutex<Option<Stopped>>,
-}
 
 /// What ends a stream on the wire, once the function is done.
 #[derive(Debug, PartialEq, Eq)]
@@ -237,64 +187,6 @@ fn stopped_reply(function: &str, codec: Codec, sent: u64, stopped: &Stopped) -> 
 
 // ---------------------------------------------------------------------------------------
 // The caller's side.
-
-/// One message of a stream, as a transport hands it to the caller.
-#[derive(Debug)]
-pub(crate) enum Piece {
-    /// An item; the first says where credit goes (the queue, the server's stream ID).
-    Item {
-        seq: u64,
-        body: Vec<u8>,
-        credit_to: Option<(ShortString, ShortString)>,
-    },
-    /// The end, after `count` items.
-    End { count: u64 },
-    /// A reply that is no stream: a plain function's value, or an error envelope (which
-    /// ends a stream early).
-    Reply {
-        ok: bool,
-        codec: Codec,
-        body: Vec<u8>,
-    },
-    /// The broker returned the request: no queue is bound for it.
-    Returned,
-}
-
-/// What a caller's stream tells its transport: items consumed (so credit is due) and
-/// the end of its interest.
-pub(crate) trait Control: Send {
-    /// The caller's code took an item; `credit_to` is the first item's address.
-    fn consumed(&mut self, credit_to: Option<(ShortString, ShortString)>);
-    /// The stream ended or failed: no credit or cancellation is due any more.
-    fn finished(&mut self);
-    /// The server started the stream again (its connection was lost, and the request
-    /// delivered anew): a cancellation, when due, goes to the new stream's address.
-    fn restarted(&mut self, credit_to: Option<(ShortString, ShortString)>);
-}
-
-/// The messages of one stream, as they arrive (the transport's half of an
-/// [`ItemStream`]).
-pub(crate) struct Items {
-    /// Messages already taken from the channel (the first, which opened the stream).
-    ready: VecDeque<Piece>,
-    rx: mpsc::Receiver<Piece>,
-    control: Box<dyn Control>,
-    codec: Codec,
-    received: u64,
-    expired: Pin<Box<tokio::time::Sleep>>,
-    /// Makes the error of a stream cut off (its connection lost).
-    cut: Arc<dyn Fn(String) -> Error + Send + Sync>,
-    done: bool,
-}
-
-impl std::fmt::Debug for Items {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Items")
-            .field("received", &self.received)
-            .field("done", &self.done)
-            .finish_non_exhaustive()
-    }
-}
 
 /// A transport's channel for one stream, and its capacity: the credit window and the
 /// messages that end a stream.
