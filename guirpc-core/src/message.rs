@@ -147,6 +147,15 @@ pub enum CallKind {
 }
 
 impl ClientRequest {
+    /// The error of this call when its deadline passed without a reply.
+    pub(crate) fn timed_out(&self) -> Error {
+        Error::Timeout {
+            function: self.function.clone(),
+            queue: self.queue.to_string(),
+            timeout: self.timeout,
+        }
+    }
+
     /// Adds a header to the request.
     pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
         self.headers.insert(

@@ -207,7 +207,7 @@ pub(crate) async fn open(
     let mut expired = expired;
     let first = tokio::select! {
         first = rx.recv() => first,
-        () = expired.as_mut() => return Err(crate::client::timed_out(request)),
+        () = expired.as_mut() => return Err(request.timed_out()),
     };
     let mut control = control;
     match first {

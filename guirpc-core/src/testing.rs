@@ -28,7 +28,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::client::{Transport, timed_out, with_retries};
+use crate::client::{Transport, with_retries};
 use crate::error::Error;
 use crate::middleware::{
     BoxFuture, CallKind, ClientRequest, ClientResponse, ClientService, OwnService, Reply,
@@ -225,7 +225,7 @@ impl InMemory {
                 body: reply.into_body(),
                 items: None,
             }),
-            Err(_) => Err(timed_out(request)),
+            Err(_) => Err(request.timed_out()),
         }
     }
 }

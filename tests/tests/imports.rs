@@ -4,8 +4,11 @@
 //! out in code, and re-exports followed to where the item is defined), finds the strongly
 //! connected modules at every level of each crate: there are none, and a new one fails
 //! the check, naming the references that make it. Test modules (`#[cfg(test)]`) are left
-//! out: they may reach anywhere. Paths inside macro invocations (`tokio::select!`,
-//! `format!`) are not seen.
+//! out: they may reach anywhere. Inside a macro's tokens (`tokio::select!`, `format!`,
+//! `macro_rules!` bodies), the paths that start with `crate`, `super`, `self` or
+//! `$crate` are read; names brought in by a glob re-export (`pub use x::*`) are not
+//! followed, and a method one module adds to another's type (`impl Other { .. }`) is
+//! called without a path, so its callers' dependence on that module is not seen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -74,7 +77,7 @@ fn no_crate_has_an_import_circle_but_the_known_ones() {
 }
 
 #[test]
-fn a_planted_circle_is_found_and_a_parent_sharing_with_its_children_is_not() {
+fn planted_circles_are_found_in_code_and_macros_and_a_parent_sharing_with_its_children_is_not() {
     let dir = std::env::temp_dir().join(format!("guirpc-imports-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let files = [
@@ -119,6 +122,28 @@ fn a_planted_circle_is_found_and_a_parent_sharing_with_its_children_is_not() {
         circles(&krate),
         vec![(vec![], vec!["a".to_owned(), "b".to_owned(), "c".to_owned()])]
     );
+
+    // The way back only inside a macro's tokens, and through a module whose file is
+    // named by `#[path]`.
+    let dir = std::env::temp_dir().join(format!("guirpc-imports-3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (path, source) in [
+        ("lib.rs", "mod a; #[path = \"other.rs\"] mod b;"),
+        ("a.rs", "use crate::b::B; pub struct A;"),
+        (
+            "other.rs",
+            "pub struct B; fn f() { tokio::select! { _ = g() => crate::a::A } }",
+        ),
+    ] {
+        std::fs::write(dir.join(path), source).unwrap();
+    }
+    let krate = read_crate(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        circles(&krate),
+        vec![(vec![], vec!["a".to_owned(), "b".to_owned()])]
+    );
 }
 
 fn display(module: &[String]) -> String {
@@ -146,17 +171,38 @@ fn read_crate(src: &Path) -> Crate {
     let mut krate = Crate::default();
     let mut files = Vec::new();
     collect_files(src, src, &mut files);
-    // Every module first, so that a path can be told to start with one.
     let mut parsed = Vec::new();
     for (module, path) in files {
         let source = std::fs::read_to_string(&path).unwrap();
         let file = syn::parse_file(&source)
             .unwrap_or_else(|err| panic!("cannot parse {}: {err}", path.display()));
-        krate.modules.insert(module.clone());
-        inline_modules(&file.items, &module, &mut krate.modules);
-        parsed.push((module, file));
+        parsed.push((module, path, file));
     }
-    for (module, file) in &parsed {
+    // A module declared with `#[path = "..."]` is named by its declaration, not its file.
+    let mut renamed = BTreeMap::new();
+    for (module, path, file) in &parsed {
+        for item in &file.items {
+            if let syn::Item::Mod(declared) = item
+                && declared.content.is_none()
+                && let Some(target) = path_attribute(&declared.attrs)
+            {
+                let mut name = module.clone();
+                name.push(declared.ident.to_string());
+                renamed.insert(path.parent().unwrap().join(target), name);
+            }
+        }
+    }
+    for (module, path, _) in &mut parsed {
+        if let Some(name) = renamed.get(path.as_path()) {
+            *module = name.clone();
+        }
+    }
+    // Every module first, so that a path can be told to start with one.
+    for (module, _, file) in &parsed {
+        krate.modules.insert(module.clone());
+        inline_modules(&file.items, module, &mut krate.modules);
+    }
+    for (module, _, file) in &parsed {
         let mut visitor = References {
             krate: &mut krate,
             module: module.clone(),
@@ -164,6 +210,61 @@ fn read_crate(src: &Path) -> Crate {
         visitor.visit_file(file);
     }
     krate
+}
+
+/// The file a `#[path = "..."]` attribute names.
+fn path_attribute(attrs: &[syn::Attribute]) -> Option<String> {
+    attrs.iter().find_map(|attr| match &attr.meta {
+        syn::Meta::NameValue(named) if named.path.is_ident("path") => match &named.value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(text),
+                ..
+            }) => Some(text.value()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// The paths written in a macro's tokens that start with `crate`, `super`, `self` or
+/// `$crate`: a macro's input is not parsed as code, so these are all it shows.
+fn macro_paths(tokens: proc_macro2::TokenStream, paths: &mut Vec<Vec<String>>) {
+    use proc_macro2::TokenTree;
+    let tokens: Vec<TokenTree> = tokens.into_iter().collect();
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            TokenTree::Group(group) => macro_paths(group.stream(), paths),
+            TokenTree::Ident(first)
+                if matches!(first.to_string().as_str(), "crate" | "super" | "self") =>
+            {
+                // `$crate` is a `$` and then `crate`: read as `crate`.
+                let mut segments = vec![first.to_string()];
+                let mut j = i + 1;
+                loop {
+                    let colons = matches!(
+                        (&tokens.get(j), &tokens.get(j + 1)),
+                        (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b)))
+                            if a.as_char() == ':' && b.as_char() == ':'
+                    );
+                    match tokens.get(j + 2) {
+                        Some(TokenTree::Ident(next)) if colons => {
+                            segments.push(next.to_string());
+                            j += 3;
+                        }
+                        _ => break,
+                    }
+                }
+                if segments.len() > 1 {
+                    paths.push(segments);
+                }
+                i = j;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
 }
 
 fn collect_files(src: &Path, dir: &Path, files: &mut Vec<(ModulePath, std::path::PathBuf)>) {
@@ -355,6 +456,17 @@ impl<'ast> Visit<'ast> for References<'_> {
         if item.leading_colon.is_none() {
             self.use_tree(&mut prefix, &item.tree, public);
         }
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        let mut paths = Vec::new();
+        macro_paths(mac.tokens.clone(), &mut paths);
+        for segments in paths {
+            if let Some(absolute) = self.absolute(&segments) {
+                self.refer(absolute);
+            }
+        }
+        syn::visit::visit_macro(self, mac);
     }
 
     fn visit_path(&mut self, path: &'ast syn::Path) {

@@ -407,7 +407,7 @@ fn timed_out(shared: &Shared, request: &ClientRequest) -> Error {
             function: request.function.clone(),
             reason,
         },
-        None => super::timed_out(request),
+        None => request.timed_out(),
     }
 }
 

@@ -476,15 +476,6 @@ where
     }
 }
 
-/// A call that got no reply in time.
-pub(crate) fn timed_out(request: &ClientRequest) -> Error {
-    Error::Timeout {
-        function: request.function.clone(),
-        queue: request.queue.to_string(),
-        timeout: request.timeout,
-    }
-}
-
 /// Turns a handler error carried in a remote error into the function's own type.
 pub(crate) fn typed<E: DeserializeOwned>(function: &str, err: Error<Infallible>) -> Error<E> {
     match err {

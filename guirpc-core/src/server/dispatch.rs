@@ -351,7 +351,12 @@ async fn again(
             )
             .await;
             match sent {
-                Some((verdict, _)) => Outcome::Settled(verdict),
+                Some((verdict, sent)) => {
+                    // A redelivered request's reply goes through the quarantine: confirmed,
+                    // nothing to keep.
+                    debug_assert_eq!(sent, Sent::Confirmed);
+                    Outcome::Settled(verdict)
+                }
                 None => Outcome::Unsent {
                     properties,
                     body,

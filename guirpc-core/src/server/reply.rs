@@ -61,6 +61,8 @@ const NODES: usize = 64;
 pub(super) struct ReplyNodes {
     known: RwLock<Known>,
     readable: std::sync::atomic::AtomicBool,
+    /// Set once a probe's reply to the server's own address never came.
+    undelivered: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -88,11 +90,24 @@ impl ReplyNodes {
     /// at once would answer callers who never hear. Until its replies arrive, the server
     /// takes none; its requests wait in the queue.
     pub(super) async fn probe(&self, connection: &Connection) {
+        use std::sync::atomic::Ordering::Relaxed;
         let started = std::time::Instant::now();
         let mut waited = false;
+        // A broker that never delivered a reply to the server's own address (something
+        // between them that does not pass it on) is not waited for again at the next
+        // connection.
+        let patient = !self.undelivered.load(Relaxed);
         let probed = loop {
-            match probe_address(connection).await {
-                Ok(probed) if !probed.delivered && started.elapsed() < BOOTING => {
+            let left = BOOTING.saturating_sub(started.elapsed());
+            let attempt = tokio::time::timeout(left.max(PROBE_WAIT), probe_address(connection));
+            let Ok(attempt) = attempt.await else {
+                warn!(
+                    "the broker did not answer the probe of its direct reply-to addresses within {BOOTING:?}; taking requests anyway"
+                );
+                return;
+            };
+            match attempt {
+                Ok(probed) if patient && !probed.delivered && started.elapsed() < BOOTING => {
                     if !waited {
                         info!(
                             "the broker does not deliver direct replies yet (still booting?); requests are taken once it does"
@@ -107,9 +122,12 @@ impl ReplyNodes {
         match probed {
             Ok(Probed { address, delivered }) => {
                 if !delivered {
-                    warn!(
-                        "the broker did not deliver a direct reply to this server's own address within {BOOTING:?}; taking requests anyway"
-                    );
+                    if patient {
+                        warn!(
+                            "the broker did not deliver a direct reply to this server's own address within {BOOTING:?}; taking requests anyway"
+                        );
+                    }
+                    self.undelivered.store(true, Relaxed);
                 } else if waited {
                     info!("the broker delivers direct replies: taking requests");
                 }
@@ -171,6 +189,8 @@ impl ReplyNodes {
 /// How long a server waits at most for the broker to deliver direct replies before it takes
 /// requests (see [`ReplyNodes::probe`]).
 const BOOTING: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long one probe waits for its reply to come back.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a probe found.
 struct Probed {
@@ -241,11 +261,12 @@ async fn probe_address(connection: &Connection) -> Result<Probed, lapin::Error> 
                 BasicProperties::default(),
             )
             .await?;
-        let reply = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            futures_lite::StreamExt::next(&mut consumer),
-        )
-        .await;
+        let reply =
+            tokio::time::timeout(PROBE_WAIT, futures_lite::StreamExt::next(&mut consumer)).await;
+        // Exclusive, it would otherwise last as long as the connection.
+        let _ = channel
+            .queue_delete(queue.name().clone(), Default::default())
+            .await;
         Ok(Probed {
             address: address.to_string(),
             delivered: matches!(reply, Ok(Some(Ok(_)))),
