@@ -103,15 +103,7 @@ impl PrivateBroker {
     /// A private node, returned as soon as it accepts connections: before it has booted.
     pub fn start_booting(test: &str) -> PrivateBroker {
         let broker = PrivateBroker::launch(test, false, None, None);
-        let started = Instant::now();
-        while !broker.accepting() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the private broker {} did not accept connections",
-                broker.node
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        broker.wait_accepting(Duration::from_secs(60));
         broker
     }
 
@@ -413,16 +405,17 @@ impl PrivateBroker {
     /// made tens of milliseconds before "Server startup complete", never answered).
     fn wait_booted(&self, limit: Duration) {
         let started = Instant::now();
-        while !self.accepting() {
-            assert!(
-                started.elapsed() < limit,
-                "the private broker {} did not accept connections within {limit:?}",
-                self.node
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_accepting(limit);
         let timeout = limit.saturating_sub(started.elapsed()).as_secs().max(1);
         self.ctl(&["await_startup", "--timeout", &timeout.to_string()]);
+    }
+
+    fn wait_accepting(&self, limit: Duration) {
+        assert!(
+            crate::until_blocking(limit, || self.accepting()),
+            "the private broker {} did not accept connections within {limit:?}",
+            self.node
+        );
     }
 }
 

@@ -2,6 +2,7 @@
 //! queue of its own, so tests run in parallel against one broker.
 
 pub mod broker;
+pub mod imports;
 pub mod proxy;
 pub mod spans;
 

@@ -135,13 +135,12 @@ pub(super) async fn handle(
             claim.forget();
             return;
         }
-        // The channel is gone: a reply written on it unconfirmed may have been discarded
-        // with the acknowledgement after it, and is kept for the delivery that comes back
-        // (sent again, at worst twice: a caller takes the first and drops the other).
+        // A reply written unconfirmed comes only from a first delivery that was settled, so
+        // here its channel is gone: the reply may have been discarded with the
+        // acknowledgement after it, and is kept for the delivery that comes back (sent
+        // again, at worst twice: a caller takes the first and drops the other).
         let outcome = match (outcome, unconfirmed) {
-            (Outcome::Settled(verdict), Some(unconfirmed)) if !settler.connected() => {
-                unconfirmed.kept(verdict)
-            }
+            (Outcome::Settled(verdict), Some(unconfirmed)) => unconfirmed.kept(verdict),
             (outcome, _) => outcome,
         };
         claim.end(outcome);

@@ -35,14 +35,16 @@
 use std::sync::{Arc, RwLock};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::Shared;
 use crate::link::{self, Backoff, Blocked, ConnectError};
 use crate::protocol::{self, DirectReplyTo};
+
+mod probe;
 
 /// How many times a quarantined reply is published before it is given up: once with the
 /// others, then alone.
@@ -79,74 +81,6 @@ struct Known {
 const ADDRESSES: usize = 32;
 
 impl ReplyNodes {
-    /// Asks the broker for a direct reply-to address of `connection`'s own (a message to a
-    /// queue of the probe's, with `reply_to` for the broker to fill in): its node is known
-    /// from then on, and whether the broker writes addresses as this server reads them. A
-    /// probe that fails changes nothing: unreadable addresses are then isolated, not refused.
-    ///
-    /// The probe also sends a reply to that address, and waits (at most [`BOOTING`]) until
-    /// one comes back: RabbitMQ 4.0 accepts connections a moment before it has booted, and
-    /// drops the direct replies published in that moment, so a server that took requests
-    /// at once would answer callers who never hear. Until its replies arrive, the server
-    /// takes none; its requests wait in the queue.
-    pub(super) async fn probe(&self, connection: &Connection) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let started = std::time::Instant::now();
-        let mut waited = false;
-        // A broker that never delivered a reply to the server's own address (something
-        // between them that does not pass it on) is not waited for again at the next
-        // connection.
-        let patient = !self.undelivered.load(Relaxed);
-        let probed = loop {
-            let left = BOOTING.saturating_sub(started.elapsed());
-            let attempt = tokio::time::timeout(left.max(PROBE_WAIT), probe_address(connection));
-            let Ok(attempt) = attempt.await else {
-                warn!(
-                    "the broker did not answer the probe of its direct reply-to addresses within {BOOTING:?}; taking requests anyway"
-                );
-                return;
-            };
-            match attempt {
-                Ok(probed) if patient && !probed.delivered && started.elapsed() < BOOTING => {
-                    if !waited {
-                        info!(
-                            "the broker does not deliver direct replies yet (still booting?); requests are taken once it does"
-                        );
-                        waited = true;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                probed => break probed,
-            }
-        };
-        match probed {
-            Ok(Probed { address, delivered }) => {
-                if !delivered {
-                    if patient {
-                        warn!(
-                            "the broker did not deliver a direct reply to this server's own address within {BOOTING:?}; taking requests anyway"
-                        );
-                    }
-                    self.undelivered.store(true, Relaxed);
-                } else if waited {
-                    info!("the broker delivers direct replies: taking requests");
-                }
-                let mut scratch = [0; 96];
-                if let DirectReplyTo::Node(node) = protocol::direct_reply_to(&address, &mut scratch)
-                {
-                    self.learn(node.into());
-                    self.readable
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                } else {
-                    warn!(
-                        "the broker writes direct reply-to addresses in a form this server cannot read ({address}): replies to such addresses go out on connections of their own"
-                    );
-                }
-            }
-            Err(err) => debug!("could not probe the broker's direct reply-to addresses: {err}"),
-        }
-    }
-
     fn readable(&self) -> bool {
         self.readable.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -184,97 +118,6 @@ impl ReplyNodes {
             known.nodes.push(node);
         }
     }
-}
-
-/// How long a server waits at most for the broker to deliver direct replies before it takes
-/// requests (see [`ReplyNodes::probe`]).
-const BOOTING: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long one probe waits for its reply to come back.
-const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// What a probe found.
-struct Probed {
-    /// The direct reply-to address the broker gave a channel of the connection (empty if
-    /// it gave none).
-    address: String,
-    /// Whether a reply to that address came back to the channel within a second.
-    delivered: bool,
-}
-
-/// The direct reply-to address the broker gives a channel of `connection`, and whether a
-/// reply published to it is delivered.
-async fn probe_address(connection: &Connection) -> Result<Probed, lapin::Error> {
-    use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
-    let channel = connection.create_channel().await?;
-    let probed = async {
-        let no_ack = BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        };
-        let mut consumer = channel
-            .basic_consume(
-                protocol::DIRECT_REPLY_TO.into(),
-                "".into(),
-                no_ack,
-                FieldTable::default(),
-            )
-            .await?;
-        let private = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        let queue = channel
-            .queue_declare("".into(), private, FieldTable::default())
-            .await?;
-        channel
-            .basic_publish(
-                "".into(),
-                queue.name().clone(),
-                BasicPublishOptions::default(),
-                b"",
-                BasicProperties::default().with_reply_to(protocol::DIRECT_REPLY_TO.into()),
-            )
-            .await?;
-        // Routed at once; the get may still come first.
-        let mut address = None;
-        for _ in 0..100 {
-            let get = BasicGetOptions { no_ack: true };
-            if let Some(message) = channel.basic_get(queue.name().clone(), get).await? {
-                address = message.delivery.properties.reply_to().clone();
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        let Some(address) = address else {
-            return Ok(Probed {
-                address: String::new(),
-                delivered: true,
-            });
-        };
-        channel
-            .basic_publish(
-                "".into(),
-                address.clone(),
-                BasicPublishOptions::default(),
-                b"",
-                BasicProperties::default(),
-            )
-            .await?;
-        let reply =
-            tokio::time::timeout(PROBE_WAIT, futures_lite::StreamExt::next(&mut consumer)).await;
-        // Exclusive, it would otherwise last as long as the connection.
-        let _ = channel
-            .queue_delete(queue.name().clone(), Default::default())
-            .await;
-        Ok(Probed {
-            address: address.to_string(),
-            delivered: matches!(reply, Ok(Some(Ok(_)))),
-        })
-    }
-    .await;
-    let _ = channel.close(200, "probed".into()).await;
-    probed
 }
 
 /// How a reply is published.
