@@ -98,37 +98,6 @@ impl ServerRequest {
 }
 
 impl ServerRequest {
-    /// A request as its message's properties say (a delivery from the broker, or the
-    /// in-memory transport's), and where its reply goes.
-    pub(crate) fn read(
-        properties: &lapin::BasicProperties,
-        queue: Arc<str>,
-        redelivered: bool,
-        body: Vec<u8>,
-    ) -> (ServerRequest, Option<ShortString>) {
-        let meta = crate::protocol::RequestMeta::read(properties);
-        let (codec, unreadable) = match meta.codec {
-            Ok(codec) => (codec, None),
-            Err(unsupported) => (Codec::Json, Some(unsupported)),
-        };
-        let request = ServerRequest {
-            function: meta.function.unwrap_or_default(),
-            queue,
-            correlation_id: meta.correlation_id,
-            headers: properties.headers().clone().unwrap_or_default(),
-            version: meta.version,
-            deadline: meta.deadline,
-            redelivered,
-            codec,
-            body,
-            unreadable,
-            subscriber: None,
-            credit: meta.stream,
-            items: None,
-        };
-        (request, meta.reply_to)
-    }
-
     /// A header's value, as text, when it is a string.
     pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         crate::message::header_str(&self.headers, name)

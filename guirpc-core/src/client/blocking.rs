@@ -220,7 +220,7 @@ impl BlockingClient {
         outside_runtime()?;
         // The call routes replies while it waits: its reply wakes this thread straight
         // from lapin's I/O thread, not through the client's runtime thread.
-        super::amqp::leading(|| self.runtime.block_on(call))
+        super::transport::amqp::leading(|| self.runtime.block_on(call))
     }
 }
 

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Client, Inner, Transport, amqp};
+use super::transport::{Transport, amqp};
+use super::{Client, Inner};
 use crate::codec::Codec;
 use crate::config::Settings;
 use crate::error::Error;
@@ -184,15 +185,15 @@ impl ClientBuilder {
             heartbeat: self.heartbeat,
         };
         let brokers = Brokers::new(&self.uri, options, self.shuffle);
-        let (shared, supervisor) = amqp::connect(
+        let amqp = amqp::connect(
             brokers,
             &self.exchange,
             &self.events_exchange,
             self.metrics.clone(),
         )
         .await?;
-        let innermost = ClientService::own(amqp::Transport(shared.clone()));
-        Ok(self.build(innermost, Transport::Amqp { shared, supervisor }))
+        let innermost = ClientService::own(amqp.service());
+        Ok(self.build(innermost, Transport::Amqp(amqp)))
     }
 
     /// A client whose calls go through `innermost` (the broker, or the in-memory transport).

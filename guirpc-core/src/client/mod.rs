@@ -1,33 +1,31 @@
 //! Clients: publish a request, wait for its reply.
 //!
 //! A [`Client`] runs each call through its pipeline (tracing, metrics, the user's layers;
-//! see [`crate::middleware`]) to its transport: the broker ([`amqp`]), or, for tests,
+//! see [`crate::middleware`]) to its transport ([`transport`]): the broker, or, for tests,
 //! the program's own functions in memory ([`crate::testing`]).
 
-mod amqp;
 mod blocking;
 mod builder;
-mod events;
+pub(crate) mod transport;
 
 pub use blocking::{BlockingClient, BlockingItems};
 pub use builder::ClientBuilder;
-pub use events::{Event, Subscription};
+pub use transport::amqp::{Event, Subscription};
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::types::{FieldTable, ShortString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::debug;
 
 use crate::codec::Codec;
 use crate::error::{Error, RemoteError};
 use crate::middleware::{CallKind, ClientRequest, ClientResponse, ClientService};
 use crate::protocol::{self, ErrorCode};
 use crate::stream::ItemStream;
+use transport::Transport;
 
 /// An async client. Cheap to clone; clones share one connection and may be used from any
 /// number of tasks at once.
@@ -61,38 +59,11 @@ pub(crate) struct Inner {
     transport: Transport,
 }
 
-/// Where a client's calls go.
-#[derive(Debug)]
-pub(crate) enum Transport {
-    /// To the broker.
-    Amqp {
-        shared: Arc<amqp::Shared>,
-        supervisor: tokio::task::JoinHandle<()>,
-    },
-    /// To this program's own functions ([`crate::testing`]).
-    Memory,
-}
-
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("transport", &self.transport)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Transport::Amqp { shared, supervisor } = &self.transport {
-            supervisor.abort();
-            // lapin keeps a connection open until it is closed: close it off the caller's
-            // path.
-            if let Some(link) = shared.take_link()
-                && let Ok(runtime) = tokio::runtime::Handle::try_current()
-            {
-                runtime.spawn(async move { link.close().await });
-            }
-        }
     }
 }
 
@@ -172,26 +143,17 @@ impl Client {
     /// Whether the client is connected now (it reconnects by itself when not). An
     /// in-memory client ([`crate::testing`]) always is.
     pub fn is_connected(&self) -> bool {
-        match &self.inner.transport {
-            Transport::Amqp { shared, .. } => shared.link().is_some(),
-            Transport::Memory => true,
-        }
+        self.inner.transport.is_connected()
     }
 
     /// Why the broker blocks this client's publishes (a memory or disk alarm), while it does.
     pub fn blocked(&self) -> Option<String> {
-        match &self.inner.transport {
-            Transport::Amqp { shared, .. } => shared.blocked(),
-            Transport::Memory => None,
-        }
+        self.inner.transport.blocked()
     }
 
     /// Waits until the client is connected, at most `limit`; whether it is.
     pub async fn wait_connected(&self, limit: Duration) -> bool {
-        match &self.inner.transport {
-            Transport::Amqp { shared, .. } => shared.wait_linked(limit).await,
-            Transport::Memory => true,
-        }
+        self.inner.transport.wait_connected(limit).await
     }
 
     /// Calls `function` by name. `args` is a map or struct of arguments by parameter
@@ -327,12 +289,7 @@ impl Client {
 
     /// Closes the connection; calls still waiting fail with [`Error::Connection`].
     pub async fn close(&self) {
-        if let Transport::Amqp { shared, supervisor } = &self.inner.transport {
-            supervisor.abort();
-            if let Some(link) = shared.take_link() {
-                link.close().await;
-            }
-        }
+        self.inner.transport.close().await;
     }
 
     /// Encodes the arguments and runs the call through the client's pipeline.
@@ -377,12 +334,7 @@ impl Client {
     /// connection, bound to the events exchange, deleted when the subscription or the
     /// connection ends. Events published before it are not seen.
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
-        match &self.inner.transport {
-            Transport::Amqp { shared, .. } => events::subscribe(shared, pattern).await,
-            Transport::Memory => Err(Error::Config(
-                "the in-memory transport has no events to subscribe to".into(),
-            )),
-        }
+        self.inner.transport.subscribe(pattern).await
     }
 
     /// A call as the pipeline takes it, its arguments encoded.
@@ -442,36 +394,6 @@ impl Client {
                 reply.codec,
                 reply.body,
             )))
-        }
-    }
-}
-
-/// Sends a call, and again after a retriable failure as often as its retries allow;
-/// `wait_connected` waits for a lost connection to come back before the next attempt.
-pub(crate) async fn with_retries<W, F, A, T>(
-    request: &ClientRequest,
-    wait_connected: impl Fn(Duration) -> W,
-    attempt: A,
-) -> Result<T, Error>
-where
-    W: Future<Output = bool>,
-    A: Fn() -> F,
-    F: Future<Output = Result<T, Error>>,
-{
-    let mut attempts = 0;
-    loop {
-        match attempt().await {
-            Err(err) if err.is_retriable() && attempts < request.retries => {
-                attempts += 1;
-                debug!(
-                    function = request.function,
-                    attempt = attempts,
-                    "retrying an idempotent call: {err}"
-                );
-                // A lost link takes a moment to come back; do not spend the retries on it.
-                wait_connected(request.timeout).await;
-            }
-            outcome => return outcome,
         }
     }
 }

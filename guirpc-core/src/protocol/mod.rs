@@ -280,6 +280,21 @@ impl RequestMeta {
     }
 }
 
+/// Consumes `queue` without acknowledgements: replies (direct reply-to, which takes no
+/// acks) and events of a subscription of one's own, which die with their consumer.
+pub(crate) async fn consume_no_ack(
+    channel: &lapin::Channel,
+    queue: lapin::types::ShortString,
+) -> lapin::Result<lapin::Consumer> {
+    let options = lapin::options::BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    channel
+        .basic_consume(queue, "".into(), options, FieldTable::default())
+        .await
+}
+
 /// Declares a named exchange as the protocol specifies (direct, durable); the default
 /// exchange (`""`) always exists and cannot be declared.
 pub(crate) async fn declare_exchange(channel: &lapin::Channel, name: &str) -> lapin::Result<()> {

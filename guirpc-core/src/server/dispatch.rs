@@ -12,11 +12,11 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, warn};
 
 use super::Shared;
-use super::pipeline;
 use super::redeliveries::Outcome;
 use super::reply::{Replier, Sent, Undelivered};
 use super::settle::{Settler, Verdict};
 use super::streams::{ReplyTo, Streams};
+use super::{pipeline, read_request};
 use crate::codec::Codec;
 use crate::config::Delivery as DeliveryGuarantee;
 use crate::envelope;
@@ -43,7 +43,7 @@ pub(super) async fn handle(
     if at_most_once {
         settler.finished(delivery_tag, Verdict::Served).await;
     }
-    let (request, reply_to) = ServerRequest::read(
+    let (request, reply_to) = read_request(
         &properties,
         shared.dispatcher.queue.clone(),
         redelivered,

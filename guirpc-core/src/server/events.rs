@@ -20,8 +20,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
-use super::{Shared, pipeline};
-use crate::middleware::ServerRequest;
+use super::{Shared, pipeline, read_request};
 use crate::protocol::{self, ErrorCode, HEADER_ATTEMPT};
 use crate::registry::Subscriber;
 
@@ -168,7 +167,7 @@ async fn handle(
         routing_key,
         ..
     } = delivery;
-    let (mut request, _) = ServerRequest::read(
+    let (mut request, _) = read_request(
         &properties,
         shared.dispatcher.queue.clone(),
         redelivered,

@@ -33,12 +33,14 @@ mod events;
 pub(crate) mod pipeline;
 mod redeliveries;
 mod reply;
+mod request;
 mod session;
 mod settle;
 mod signals;
 mod streams;
 
 pub use builder::ServerBuilder;
+pub(crate) use request::read_request;
 use signals::Signals;
 pub use signals::shutdown_signal;
 

@@ -97,21 +97,11 @@ struct Probed {
 /// The direct reply-to address the broker gives a channel of `connection`, and whether a
 /// reply published to it is delivered.
 async fn probe_address(connection: &Connection) -> Result<Probed, lapin::Error> {
-    use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions};
     let channel = connection.create_channel().await?;
     let probed = async {
-        let no_ack = BasicConsumeOptions {
-            no_ack: true,
-            ..Default::default()
-        };
-        let mut consumer = channel
-            .basic_consume(
-                protocol::DIRECT_REPLY_TO.into(),
-                "".into(),
-                no_ack,
-                FieldTable::default(),
-            )
-            .await?;
+        let mut consumer =
+            protocol::consume_no_ack(&channel, protocol::DIRECT_REPLY_TO.into()).await?;
         let private = QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,

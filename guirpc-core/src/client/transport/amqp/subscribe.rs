@@ -3,10 +3,9 @@
 
 use futures_lite::StreamExt;
 use lapin::Channel;
-use lapin::options::BasicConsumeOptions;
 use lapin::types::{FieldTable, ShortString};
 
-use super::amqp::Shared;
+use super::Shared;
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::protocol;
@@ -125,16 +124,7 @@ pub(super) async fn subscribe(shared: &Shared, pattern: &str) -> Result<Subscrip
         )
         .await
         .map_err(failed)?;
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let consumer = protocol::consume_no_ack(&channel, queue.name().clone())
         .await
         .map_err(failed)?;
     Ok(Subscription {
