@@ -339,6 +339,54 @@ pub fn until_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool 
     true
 }
 
+/// Whether the server of `client`'s queue runs `calls` calls or more (besides the ping that
+/// asks) within `limit`: how a test knows its calls have started. Its pings wait for a free
+/// slot like any call, so it sees nothing of a server running as many calls as it may.
+pub async fn until_running(client: &Client, calls: usize, limit: Duration) -> bool {
+    poll(limit, || async {
+        match client.ping().await {
+            Ok(pong) if pong.in_flight >= calls => Ok(()),
+            _ => Err(()),
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Whether `check` holds within `limit` for the test broker's `queue` as a passive
+/// declaration reports it: its ready messages and its consumers. Never for a queue that
+/// does not exist, or is exclusive to another connection.
+pub async fn until_queue(
+    queue: &str,
+    limit: Duration,
+    check: impl Fn(&guirpc_core::lapin::Queue) -> bool,
+) -> bool {
+    use guirpc_core::lapin::options::QueueDeclareOptions;
+    use guirpc_core::lapin::{Connection, ConnectionProperties};
+    let connection = Connection::connect(&uri(), ConnectionProperties::default())
+        .await
+        .expect("the test broker takes a connection");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let (connection, check) = (&connection, &check);
+    let held = poll(limit, || async move {
+        // A refused declaration closes its channel: one channel per look.
+        let channel = connection.create_channel().await.map_err(drop)?;
+        let state = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .map_err(drop)?;
+        let _ = channel.close(200, "looked".into()).await;
+        if check(&state) { Ok(()) } else { Err(()) }
+    })
+    .await
+    .is_ok();
+    let _ = connection.close(200, "done".into()).await;
+    held
+}
+
 /// How many times [`record`] has seen `token` (`None`: never).
 pub fn recorded_times(token: &str) -> Option<u32> {
     recorded().0.lock().unwrap().get(token).copied()

@@ -4,8 +4,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use guirpc_core::ServeError;
-use guirpc_tests::{nap, serve};
+use guirpc_core::{ServeError, Server};
+use guirpc_tests::{nap, serve, until_queue, until_running};
+use tokio::task::JoinHandle;
 
 fn signal_self() {
     let status = Command::new("kill")
@@ -15,21 +16,42 @@ fn signal_self() {
     assert!(status.success());
 }
 
+/// Runs `server` until a signal, in a task of its own, once it listens: the first poll of
+/// `run_until_signal` installs its handlers, so a signal sent after this returns is heard
+/// (and does not kill the test process).
+async fn listening(server: Server) -> JoinHandle<Result<(), ServeError>> {
+    let mut run = Box::pin(server.run_until_signal());
+    assert!(
+        futures_lite::future::poll_once(&mut run).await.is_none(),
+        "the server stopped before any signal"
+    );
+    tokio::spawn(run)
+}
+
+/// Waits until the server of `queue` runs a call.
+async fn wait_running(queue: &str) {
+    let ping = guirpc_tests::client(queue).await;
+    assert!(
+        until_running(&ping, 1, Duration::from_secs(10)).await,
+        "the call never started"
+    );
+}
+
 /// The first signal lets running calls finish; a second one during that grace period stops
 /// at once, naming what it abandoned.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_during_the_grace_period_stops_at_once() {
     let (server, client) = serve("second-signal").await;
+    let queue = server.queue().to_owned();
     let running = tokio::spawn(async move { nap::call(&client, 10_000).await });
-    // The call is running once the server counts it.
-    let ping = guirpc_tests::client(server.queue()).await;
-    while ping.ping().await.unwrap().in_flight == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let stopping = tokio::spawn(server.run_until_signal());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_running(&queue).await;
+    let stopping = listening(server).await;
     signal_self();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first signal is heard once the server stops consuming, to finish what it runs.
+    assert!(
+        until_queue(&queue, Duration::from_secs(5), |q| q.consumer_count() == 0).await,
+        "the server went on consuming after the first signal"
+    );
     assert!(
         !stopping.is_finished(),
         "the first signal did not wait for the running call"
@@ -49,10 +71,10 @@ async fn a_second_signal_during_the_grace_period_stops_at_once() {
 
     // One signal alone: a graceful stop once the running call is done.
     let (server, client) = serve("one-signal").await;
+    let queue = server.queue().to_owned();
     let call = tokio::spawn(async move { nap::call(&client, 600).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let stopping = tokio::spawn(server.run_until_signal());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_running(&queue).await;
+    let stopping = listening(server).await;
     signal_self();
     stopping.await.unwrap().unwrap();
     assert_eq!(call.await.unwrap().unwrap(), 600);
