@@ -8,7 +8,7 @@ use guirpc_core::middleware::{
     ClientRequest, ClientService, Reply, ServerRequest, ServerService, client_outcome,
 };
 use guirpc_core::{Client, Error, ErrorCode, Metrics, Server};
-use guirpc_tests::{api, expiring, http_get, sample, spans, unique_queue, uri};
+use guirpc_tests::{api, expiring, http_get, poll, sample, spans, unique_queue, until, uri};
 use tower::ServiceExt;
 use tower::layer::layer_fn;
 use tower::service_fn;
@@ -551,14 +551,30 @@ async fn a_draining_server_is_not_ready_while_it_finishes_its_calls() {
         .await
         .unwrap();
     let running = tokio::spawn(async move { client.call::<u64>("nap", (1_500u64,)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_flight = format!("guirpc_server_calls_in_flight{{queue=\"{queue}\"}}");
+    let metrics = server.metrics().expect("a metered server records");
+    assert!(
+        until(Duration::from_secs(10), || sample(
+            &metrics.encode(),
+            &in_flight
+        ) == Some(1.0))
+        .await,
+        "the call never started"
+    );
     let readyz = move || tokio::task::spawn_blocking(move || http_get(addr, "/readyz"));
     assert_eq!(readyz().await.unwrap().0, 200);
     let stopping = tokio::spawn(server.shutdown());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        readyz().await.unwrap(),
-        (503, "not ready: shutting down\n".to_owned())
+    let draining = poll(Duration::from_secs(10), || async {
+        match readyz().await.unwrap() {
+            (503, reason) => Ok(reason),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert_eq!(draining, Ok("not ready: shutting down\n".to_owned()));
+    assert!(
+        !running.is_finished(),
+        "the call ended before the server said it drained"
     );
     assert_eq!(running.await.unwrap().unwrap(), 1_500);
     stopping.await.unwrap().unwrap();

@@ -4,8 +4,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use guirpc_core::config::Delivery;
-use guirpc_core::{Client, Server};
-use guirpc_tests::{add, busy, busy_gauge, expiring, nap, unique_queue, uri};
+use guirpc_core::{Client, Metrics, Server};
+use guirpc_tests::{add, busy, busy_gauge, expiring, nap, sample, unique_queue, until, uri};
 
 async fn start(
     queue: &str,
@@ -67,7 +67,8 @@ async fn at_most_once_still_answers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_finishes_running_calls_and_a_second_server_takes_the_rest() {
     let queue = unique_queue("shutdown");
-    let first = start(&queue, |b| b.concurrency(2).prefetch(8)).await;
+    let metrics = Metrics::new();
+    let first = start(&queue, |b| b.concurrency(2).prefetch(8).metrics(&metrics)).await;
     let client = client(&queue).await;
     let calls: Vec<_> = (0..8)
         .map(|_| {
@@ -75,8 +76,17 @@ async fn shutdown_finishes_running_calls_and_a_second_server_takes_the_rest() {
             tokio::spawn(async move { nap::call(&client, 400).await })
         })
         .collect();
-    // Let the first server take its prefetch and start two calls, then stop it.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Once the first server runs two calls, stop it: the second takes what it had not
+    // started.
+    let running = format!("guirpc_server_calls_in_flight{{queue=\"{queue}\"}}");
+    assert!(
+        until(Duration::from_secs(10), || sample(
+            &metrics.encode(),
+            &running
+        ) == Some(2.0))
+        .await,
+        "the first server never ran two calls"
+    );
     first.shutdown().await.unwrap();
     let _second = start(&queue, |b| b.concurrency(8)).await;
     for call in calls {
