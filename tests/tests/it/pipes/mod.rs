@@ -6,8 +6,12 @@ use std::time::{Duration, Instant};
 
 use guirpc_core::pipe::PipeFunction;
 use guirpc_core::{Client, Codec, Error, ErrorCode, Metrics, Server};
-use guirpc_tests::{expiring, sample, unique_queue, uri};
+use guirpc_tests::{expiring, poll, sample, unique_queue, until, until_running, uri};
 use serde_json::{Value, json};
+
+mod warnings;
+
+use warnings::Warnings;
 
 /// The Rust worker (`tests/src/bin/pipe-worker.rs`).
 fn rust_worker(name: &str) -> PipeFunction {
@@ -78,7 +82,7 @@ async fn serve_with(
 
 /// Whether process `pid` is gone within `limit`.
 async fn gone_within(pid: u64, limit: Duration) -> bool {
-    guirpc_tests::until(limit, || !alive(pid)).await
+    until(limit, || !alive(pid)).await
 }
 
 fn alive(pid: u64) -> bool {
@@ -297,7 +301,10 @@ async fn shutdown_answers_running_calls_then_ends_every_worker() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        until_running(&client, 3, Duration::from_secs(10)).await,
+        "the three calls never started"
+    );
     let stopped = Instant::now();
     server.shutdown().await.unwrap();
     let mut pids = Vec::new();
@@ -416,46 +423,6 @@ while IFS= read -r line; do
   printf '{"ok": {"pid": %d}}\n' "$$"
 done
 "#;
-
-/// Warnings logged on the thread that captures them (a current-thread runtime's, on which
-/// the server's tasks run too), as text: message and fields.
-#[derive(Clone, Default)]
-struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl Warnings {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        use tracing_subscriber::layer::SubscriberExt;
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
-    }
-
-    fn matching(&self, keep: impl Fn(&str) -> bool) -> usize {
-        self.0.lock().unwrap().iter().filter(|w| keep(w)).count()
-    }
-
-    /// Waits (up to 10 s) for a warning that `keep` holds for.
-    async fn wait_for(&self, keep: impl Fn(&str) -> bool) -> bool {
-        guirpc_tests::until(Duration::from_secs(10), || self.matching(&keep) > 0).await
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Text(String);
-        impl tracing::field::Visit for Text {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!("{}={value:?} ", field.name()));
-            }
-            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-                self.0.push_str(&format!("{}={value} ", field.name()));
-            }
-        }
-        if *event.metadata().level() == tracing::Level::WARN {
-            let mut text = Text(String::new());
-            event.record(&mut text);
-            self.0.lock().unwrap().push(text.0);
-        }
-    }
-}
 
 // A current-thread runtime, so that the server's tasks log where the test captures them.
 #[tokio::test]
@@ -595,17 +562,12 @@ async fn a_killed_server_takes_its_workers_with_it_even_in_the_middle_of_a_call(
                 .await
         }
     });
-    let until = Instant::now() + Duration::from_secs(20);
-    let pid = loop {
-        if let Some(pid) = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|text| text.parse::<u64>().ok())
-        {
-            break pid;
-        }
-        assert!(Instant::now() < until, "the call never reached a worker");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let pid = poll(Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(&pidfile).map_err(drop)?;
+        text.parse::<u64>().map_err(drop)
+    })
+    .await
+    .expect("the call never reached a worker");
     assert!(alive(pid));
     server.kill().unwrap();
     server.wait().unwrap();
