@@ -5,41 +5,17 @@
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use guirpc_core::Server;
-use guirpc_core::config::ServiceSettings;
-use guirpc_tests::{add, expiring, recorded_times, unique_queue, uri, wait_recorded};
+use guirpc_tests::{add, expiring, recorded_times, unique_queue, until_queue, wait_recorded};
 use lapin::BasicProperties;
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicRejectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicRejectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde_json::json;
 
 use crate::plain_amqp::{Plain, body, function, headers, json_request, status};
 
-async fn start(
-    queue: &str,
-    configure: impl FnOnce(&mut ServiceSettings),
-) -> (Server, guirpc_core::Client) {
-    let mut settings = guirpc_core::Settings::default().service();
-    settings.uri = uri();
-    settings.queue = queue.to_owned();
-    configure(&mut settings);
-    let server = Server::builder()
-        .settings(settings)
-        .queue_arguments(expiring())
-        .start()
-        .await
-        .unwrap();
-    let client = guirpc_core::Client::builder()
-        .uri(uri())
-        .queue(queue)
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .unwrap();
-    (server, client)
-}
+mod setup;
+
+use setup::{close_the_servers_connection, stale_reply_address, start};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_over_the_maximum_size_is_refused_before_decoding() {
@@ -131,49 +107,6 @@ async fn invalid_utf8_a_missing_correlation_id_and_dead_reply_addresses_disturb_
     }
 }
 
-/// The real direct reply-to address of a connection that has closed since.
-async fn stale_reply_address() -> String {
-    let plain = Plain::connect().await;
-    let capture = unique_queue("capture");
-    declare_private_queue(&plain, &capture).await;
-    // The broker rewrites `amq.rabbitmq.reply-to` into this connection's own address.
-    let props = BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into());
-    plain
-        .channel
-        .basic_publish(
-            "".into(),
-            capture.as_str().into(),
-            Default::default(),
-            b"x",
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let message = loop {
-        if let Some(message) = plain
-            .channel
-            .basic_get(capture.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            break message;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let address = message
-        .delivery
-        .properties
-        .reply_to()
-        .as_ref()
-        .unwrap()
-        .to_string();
-    assert!(address.starts_with("amq.rabbitmq.reply-to."), "{address}");
-    plain.connection.close(200, "done".into()).await.unwrap();
-    address
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_request_is_run_and_answered() {
     let queue = unique_queue("redelivered");
@@ -241,28 +174,34 @@ async fn rejected_requests_are_dead_lettered_where_configured_and_answered() {
     client.cast("parse_port", ("not a port",)).await.unwrap();
     // Good calls are not dead-lettered; the three bad ones and the failed cast are.
     assert_eq!(add::call(&client, 1, 2).await.unwrap(), 3);
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut letters = plain
+        .channel
+        .basic_consume(
+            letters.as_str().into(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     let mut dead = Vec::new();
-    for _ in 0..100 {
-        if let Some(message) = plain
-            .channel
-            .basic_get(letters.as_str().into(), BasicGetOptions { no_ack: true })
+    while dead.len() < 4 {
+        let letter = tokio::time::timeout(Duration::from_secs(10), letters.next())
             .await
+            .unwrap_or_else(|_| panic!("only {dead:?} were dead-lettered"))
             .unwrap()
-        {
-            dead.push(
-                message
-                    .delivery
-                    .properties
-                    .correlation_id()
-                    .clone()
-                    .map_or_else(|| "cast".to_owned(), |id| id.to_string()),
-            );
-            if dead.len() == 4 {
-                break;
-            }
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .unwrap();
+        dead.push(
+            letter
+                .properties
+                .correlation_id()
+                .clone()
+                .map_or_else(|| "cast".to_owned(), |id| id.to_string()),
+        );
     }
     dead.sort();
     assert_eq!(dead, ["1", "2", "3", "cast"]);
@@ -287,7 +226,11 @@ async fn calls_queued_while_no_server_runs_are_not_run_after_their_deadline() {
             Err(guirpc_core::Error::Timeout { .. })
         ));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Past their deadline, the broker drops them from the queue.
+    assert!(
+        until_queue(&queue, Duration::from_secs(10), |q| q.message_count() == 0).await,
+        "the late calls stayed queued past their deadline"
+    );
     let (_server, client) = start(&queue, |_| {}).await;
     // A call made now runs; the ten late ones never do.
     let fresh = format!("{token}-fresh");
@@ -360,24 +303,6 @@ async fn hostile_reply_addresses_cost_no_connection_and_no_innocent_call() {
         Some(0.0),
         "the consuming connection was lost:\n{metrics}"
     );
-}
-
-/// Closes the server's consuming connection, as an operator or a network fault would,
-/// once it has one (it may be reconnecting).
-async fn close_the_servers_connection(queue: &str) {
-    let name = format!("guirpc server {queue}");
-    let closed = tokio::task::spawn_blocking(move || {
-        let started = std::time::Instant::now();
-        loop {
-            let closed = guirpc_tests::broker::close_shared_connections_named(&name);
-            if closed > 0 || started.elapsed() > Duration::from_secs(10) {
-                return closed;
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(closed, 1, "the server has one consuming connection");
 }
 
 /// A request whose server's connection is closed under it, and closed again under its
@@ -617,19 +542,6 @@ async fn a_server_that_cannot_declare_its_queue_on_reconnection_stops_with_the_e
     plain
         .channel
         .queue_delete(queue.as_str().into(), Default::default())
-        .await
-        .unwrap();
-}
-
-/// A queue only this connection uses, gone with it.
-async fn declare_private_queue(plain: &Plain, queue: &str) {
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        ..Default::default()
-    };
-    plain
-        .channel
-        .queue_declare(queue.into(), options, FieldTable::default())
         .await
         .unwrap();
 }
