@@ -48,6 +48,7 @@ pub mod testing;
 pub mod trace;
 #[cfg(feature = "otel")]
 pub use trace::otel;
+mod sync;
 mod uri;
 
 #[doc(hidden)]

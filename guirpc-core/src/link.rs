@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::sync::Locked;
 use backon::BackoffBuilder;
 use futures_lite::StreamExt;
 use lapin::tcp::OwnedTLSConfig;
@@ -231,20 +232,20 @@ pub(crate) struct Blocked(Mutex<Option<String>>);
 impl Blocked {
     /// Why the broker blocks publishing, while it does.
     pub(crate) fn reason(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.locked().clone()
     }
 
     pub(crate) fn is_blocked(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.0.locked().is_some()
     }
 
     /// Forgets the state of a connection that is gone.
     pub(crate) fn clear(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.0.locked() = None;
     }
 
     fn set(&self, reason: Option<String>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        *self.0.locked() = reason;
     }
 }
 

@@ -212,8 +212,7 @@ impl ClientResponse {
     }
 }
 
-/// Where a streaming function's items go. Not a stable interface: `#[rpc]` uses it.
-#[doc(hidden)]
+/// Where a streaming function's items go (what `#[rpc]` generates hands it its items).
 pub struct ItemSink {
     pub(crate) outlet: Box<dyn Outlet>,
     pub(crate) deadline: Option<SystemTime>,
@@ -326,4 +325,23 @@ pub(crate) fn header_str<'a>(headers: &'a FieldTable, name: &str) -> Option<Cow<
         .inner()
         .get(name)
         .and_then(crate::protocol::value_as_str)
+}
+
+/// A boxed handler future.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
+
+/// The entry point `#[rpc]` generates for a function.
+pub type HandlerFn = fn(Invocation) -> HandlerFuture;
+
+/// A request handed to a handler: its codec and its encoded arguments.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The codec of the arguments, and of the reply.
+    pub codec: Codec,
+    /// The encoded arguments, shared with the [`crate::Bytes`] decoded from them.
+    pub body: bytes::Bytes,
+    /// When the caller stops waiting.
+    pub deadline: Option<std::time::SystemTime>,
+    /// Where a streaming function's items go, when the caller asked for a stream.
+    pub items: Option<crate::message::ItemSink>,
 }

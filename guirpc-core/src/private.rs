@@ -5,13 +5,155 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::Codec;
 use crate::envelope;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, RESERVED_PREFIX};
+use crate::stream::ItemStream;
+use crate::{BlockingClient, BlockingItems, Client, Error};
 
 pub use crate::client::Idempotency;
-pub use crate::registry::{Function, HandlerFuture, Invocation, Param, Reply, Subscriber};
-pub use crate::stream::ItemSink;
+pub use crate::message::{HandlerFn, HandlerFuture, Invocation, ItemSink, Reply};
+pub use crate::registry::{Function, Param, Subscriber};
 pub use inventory;
 pub use serde;
+
+/// A function `#[rpc]` registers.
+#[allow(clippy::too_many_arguments)]
+pub const fn function(
+    name: &'static str,
+    doc: &'static str,
+    params: &'static [Param],
+    returns: &'static str,
+    blocking: bool,
+    streams: bool,
+    location: &'static str,
+    handler: HandlerFn,
+) -> Function {
+    Function::new(
+        name, doc, params, returns, blocking, streams, location, handler,
+    )
+}
+
+/// A function with a longest run of its own (`#[rpc(max_run = "...")]`).
+pub const fn with_max_run(function: Function, millis: u64) -> Function {
+    function.with_max_run(millis)
+}
+
+/// A subscriber `#[subscribe]` registers.
+pub const fn subscriber(
+    name: &'static str,
+    pattern: &'static str,
+    broadcast: bool,
+    doc: &'static str,
+    location: &'static str,
+    handler: HandlerFn,
+) -> Subscriber {
+    Subscriber::new(name, pattern, broadcast, doc, location, handler)
+}
+
+/// Refuses, at compile time, a name given with `#[rpc(name = "...")]` that the built-in
+/// functions' prefix ([`RESERVED_PREFIX`]) reserves.
+pub const fn check_name(name: &str) {
+    let (name, prefix) = (name.as_bytes(), RESERVED_PREFIX.as_bytes());
+    if name.len() < prefix.len() {
+        return;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if name[i] != prefix[i] {
+            return;
+        }
+        i += 1;
+    }
+    panic!(
+        "names starting with `guirpc.` are reserved for the functions every guirpc server has built in"
+    );
+}
+
+/// Runs a registered function on an encoded request body, as a server does (for fuzzing
+/// and tests).
+pub fn invoke(function: &Function, codec: Codec, body: Vec<u8>) -> HandlerFuture {
+    function.invoke(Invocation {
+        codec,
+        body: body.into(),
+        deadline: None,
+        items: None,
+    })
+}
+
+/// A typed stub's call.
+pub async fn call<R: DeserializeOwned>(
+    client: &Client,
+    function: &str,
+    args: &impl Serialize,
+    idempotency: Idempotency,
+) -> Result<R, Error> {
+    client.invoke(function, args, idempotency).await
+}
+
+/// A typed stub's call of a function returning `Result<R, E>`.
+pub async fn call_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+    client: &Client,
+    function: &str,
+    args: &impl Serialize,
+    idempotency: Idempotency,
+) -> Result<R, Error<E>> {
+    client.invoke_fallible(function, args, idempotency).await
+}
+
+/// A typed stub's call of a streaming function.
+pub fn stream<R: DeserializeOwned>(
+    client: &Client,
+    function: &str,
+    args: &impl Serialize,
+) -> ItemStream<R> {
+    client.invoke_stream(function, args)
+}
+
+/// A typed stub's call of a streaming function whose items are `Result<R, E>`.
+pub fn stream_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+    client: &Client,
+    function: &str,
+    args: &impl Serialize,
+) -> ItemStream<R, E> {
+    client.invoke_stream_fallible(function, args)
+}
+
+/// A typed blocking stub's call.
+pub fn call_blocking<R: DeserializeOwned>(
+    client: &BlockingClient,
+    function: &str,
+    args: &impl Serialize,
+    idempotency: Idempotency,
+) -> Result<R, Error> {
+    client.invoke(function, args, idempotency)
+}
+
+/// A typed blocking stub's call of a function returning `Result<R, E>`.
+pub fn call_fallible_blocking<R: DeserializeOwned, E: DeserializeOwned>(
+    client: &BlockingClient,
+    function: &str,
+    args: &impl Serialize,
+    idempotency: Idempotency,
+) -> Result<R, Error<E>> {
+    client.invoke_fallible(function, args, idempotency)
+}
+
+/// A typed blocking stub's call of a streaming function.
+pub fn stream_blocking<R: DeserializeOwned>(
+    client: &BlockingClient,
+    function: &str,
+    args: &impl Serialize,
+) -> BlockingItems<R> {
+    client.invoke_stream(function, args)
+}
+
+/// A typed blocking stub's call of a streaming function whose items are `Result<R, E>`.
+pub fn stream_fallible_blocking<R: DeserializeOwned, E: DeserializeOwned>(
+    client: &BlockingClient,
+    function: &str,
+    args: &impl Serialize,
+) -> BlockingItems<R, E> {
+    client.invoke_stream_fallible(function, args)
+}
 
 /// Decodes a function's arguments, or answers `bad_request` saying what was wrong.
 pub fn decode_args<A: DeserializeOwned>(

@@ -4,31 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 
-use crate::codec::Codec;
-
-/// A boxed handler future.
-#[doc(hidden)]
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
-
-/// The entry point `#[rpc]` generates for a function.
-#[doc(hidden)]
-pub type HandlerFn = fn(Invocation) -> HandlerFuture;
-
-/// A request handed to a handler: its codec and its encoded arguments.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct Invocation {
-    pub codec: Codec,
-    /// The encoded arguments, shared with the [`crate::Bytes`] decoded from them.
-    pub body: bytes::Bytes,
-    /// When the caller stops waiting.
-    pub deadline: Option<std::time::SystemTime>,
-    /// Where a streaming function's items go, when the caller asked for a stream.
-    pub items: Option<crate::message::ItemSink>,
-}
+pub(crate) use crate::message::{HandlerFn, HandlerFuture, Invocation};
 
 /// What a handler produced: a return value or an error envelope, encoded.
 pub use crate::message::Reply;
@@ -70,10 +47,9 @@ pub struct Function {
 inventory::collect!(Function);
 
 impl Function {
-    /// Used by `#[rpc]`; not a stable interface.
-    #[doc(hidden)]
+    /// What `#[rpc]` registers ([`crate::__private::function`]).
     #[allow(clippy::too_many_arguments)]
-    pub const fn __new(
+    pub(crate) const fn new(
         name: &'static str,
         doc: &'static str,
         params: &'static [Param],
@@ -96,9 +72,8 @@ impl Function {
         }
     }
 
-    /// Used by `#[rpc(max_run = "...")]`; not a stable interface.
-    #[doc(hidden)]
-    pub const fn __with_max_run(mut self, millis: u64) -> Self {
+    /// With a longest run of its own (`#[rpc(max_run = "...")]`).
+    pub(crate) const fn with_max_run(mut self, millis: u64) -> Self {
         self.max_run = Some(std::time::Duration::from_millis(millis));
         self
     }
@@ -189,18 +164,6 @@ impl Function {
         }
     }
 
-    /// Runs the function on an encoded request body, as a server does (for fuzzing and
-    /// tests; not a stable interface).
-    #[doc(hidden)]
-    pub fn __invoke(&self, codec: Codec, body: Vec<u8>) -> HandlerFuture {
-        self.invoke(Invocation {
-            codec,
-            body: body.into(),
-            deadline: None,
-            items: None,
-        })
-    }
-
     /// The signature, as a person reads it: `add(a: i64, b: i64) -> i64`.
     pub fn signature(&self) -> String {
         let params: Vec<String> = self
@@ -239,9 +202,8 @@ pub struct Subscriber {
 inventory::collect!(Subscriber);
 
 impl Subscriber {
-    /// Used by `#[subscribe]`; not a stable interface.
-    #[doc(hidden)]
-    pub const fn __new(
+    /// What `#[subscribe]` registers ([`crate::__private::subscriber`]).
+    pub(crate) const fn new(
         name: &'static str,
         pattern: &'static str,
         broadcast: bool,
@@ -412,7 +374,7 @@ mod tests {
         unreachable!()
     }
 
-    static A: Function = Function::__new(
+    static A: Function = Function::new(
         "f",
         " Adds.\n More.",
         &[],
@@ -422,8 +384,8 @@ mod tests {
         "a (a.rs:1)",
         never,
     );
-    static B: Function = Function::__new("f", "", &[], "i64", true, false, "b (b.rs:9)", never);
-    static C: Function = Function::__new(
+    static B: Function = Function::new("f", "", &[], "i64", true, false, "b (b.rs:9)", never);
+    static C: Function = Function::new(
         "g",
         "",
         &[Param {

@@ -47,10 +47,11 @@ use tokio::sync::mpsc;
 
 use crate::codec::Codec;
 use crate::error::{Error, RemoteError};
-pub use crate::message::ItemSink;
+pub(crate) use crate::message::ItemSink;
 use crate::message::{ClientRequest, ClientResponse, Reply};
 pub(crate) use crate::message::{Control, Items, Outlet, Piece, Progress, Stopped};
 use crate::protocol::ErrorCode;
+use crate::sync::Locked;
 
 /// How many items a caller lets a server send ahead of what its code has consumed.
 pub const DEFAULT_WINDOW: u32 = 64;
@@ -71,12 +72,7 @@ pub(crate) enum Last {
 
 impl Progress {
     pub(crate) fn last(&self) -> Last {
-        if let Some(stopped) = self
-            .stopped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(stopped) = self.stopped.locked().clone() {
             return Last::Nothing(stopped);
         }
         if self.started.load(Ordering::Acquire) {
@@ -126,7 +122,7 @@ impl ItemSink {
         let progress = self.progress.clone();
         let stop = |stopped: Stopped, sent: u64| {
             let reply = stopped_reply(function, codec, sent, &stopped);
-            *progress.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(stopped);
+            *progress.stopped.locked() = Some(stopped);
             reply
         };
         let drive = async {

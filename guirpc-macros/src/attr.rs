@@ -29,12 +29,6 @@ impl Parse for RpcArgs {
                         "the name of an #[rpc] function cannot be empty",
                     ));
                 }
-                if name.value().starts_with("guirpc.") {
-                    return Err(syn::Error::new(
-                        name.span(),
-                        "names starting with `guirpc.` are reserved for the functions every guirpc server has built in",
-                    ));
-                }
                 args.name = Some(name);
             } else if key == "idempotent" {
                 args.idempotent = true;

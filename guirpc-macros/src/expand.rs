@@ -21,12 +21,18 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     } else {
         quote!(::guirpc_core::__private::Idempotency::Once)
     };
+    // A name given refuses the built-ins' prefix at compile time, pointing at the name
+    // (the prefix is the core crate's: `protocol::RESERVED_PREFIX`). An identifier cannot
+    // hold the prefix's dot.
+    let name_check = args.name.as_ref().map(
+        |n| quote_spanned!(n.span()=> const _: () = ::guirpc_core::__private::check_name(NAME);),
+    );
     let name = args
         .name
         .map(|n| n.value())
         .unwrap_or_else(|| ident.to_string());
     let doc = doc_of(attrs);
-    let max_run = args.max_run.map(|millis| quote!(.__with_max_run(#millis)));
+    let args_max_run = args.max_run;
     let params = &signature.params;
     let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
     let types: Vec<&Type> = params.iter().map(|p| p.ty).collect();
@@ -48,29 +54,29 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     let (ok_ty, stub_body, stub_blocking_body, stub_err, reply) = match &signature.output {
         Output::Plain(ty) => (
             quote!(#ty),
-            quote!(#client.invoke(NAME, #args, #idempotency).await),
-            quote!(#client.invoke(NAME, #args, #idempotency)),
+            quote!(::guirpc_core::__private::call(#client, NAME, #args, #idempotency).await),
+            quote!(::guirpc_core::__private::call_blocking(#client, NAME, #args, #idempotency)),
             quote!(::guirpc_core::Error),
             quote!(::guirpc_core::__private::value_reply(#ident::NAME, &invocation, &returned)),
         ),
         Output::Result(ok, err) => (
             quote!(#ok),
-            quote!(#client.invoke_fallible::<#ok, #err>(NAME, #args, #idempotency).await),
-            quote!(#client.invoke_fallible::<#ok, #err>(NAME, #args, #idempotency)),
+            quote!(::guirpc_core::__private::call_fallible::<#ok, #err>(#client, NAME, #args, #idempotency).await),
+            quote!(::guirpc_core::__private::call_fallible_blocking::<#ok, #err>(#client, NAME, #args, #idempotency)),
             quote!(::guirpc_core::Error<#err>),
             quote!(::guirpc_core::__private::result_reply(#ident::NAME, &invocation, &returned)),
         ),
         Output::Stream(item) => (
             quote!(#item),
-            quote!(#client.invoke_stream::<#item>(NAME, #args)),
-            quote!(#client.invoke_stream::<#item>(NAME, #args)),
+            quote!(::guirpc_core::__private::stream::<#item>(#client, NAME, #args)),
+            quote!(::guirpc_core::__private::stream_blocking::<#item>(#client, NAME, #args)),
             quote!(::core::convert::Infallible),
             quote!(::guirpc_core::__private::stream_values(#ident::NAME, &invocation, __sink, returned).await),
         ),
         Output::StreamResult(ok, err) => (
             quote!(#ok),
-            quote!(#client.invoke_stream_fallible::<#ok, #err>(NAME, #args)),
-            quote!(#client.invoke_stream_fallible::<#ok, #err>(NAME, #args)),
+            quote!(::guirpc_core::__private::stream_fallible::<#ok, #err>(#client, NAME, #args)),
+            quote!(::guirpc_core::__private::stream_fallible_blocking::<#ok, #err>(#client, NAME, #args)),
             quote!(#err),
             quote!(::guirpc_core::__private::stream_results(#ident::NAME, &invocation, __sink, returned).await),
         ),
@@ -173,6 +179,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
 
             /// The name callers use.
             pub const NAME: &str = #name;
+            #name_check
 
             #[doc(hidden)]
             #[derive(::guirpc_core::__private::serde::Serialize, ::guirpc_core::__private::serde::Deserialize)]
@@ -206,6 +213,21 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
         quote!()
     };
     let location = location(ident);
+    let mut function = quote! {
+        ::guirpc_core::__private::function(
+            #ident::NAME,
+            #doc,
+            &[#(::guirpc_core::__private::Param { name: #name_strs, ty: #type_names }),*],
+            #returns,
+            #blocking,
+            #streams,
+            #location,
+            __guirpc_handler,
+        )
+    };
+    if let Some(millis) = args_max_run {
+        function = quote!(::guirpc_core::__private::with_max_run(#function, #millis));
+    }
     Ok(quote! {
         #(#attrs)*
         #vis #sig #body
@@ -229,16 +251,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
             }
 
             ::guirpc_core::__private::inventory::submit! {
-                ::guirpc_core::__private::Function::__new(
-                    #ident::NAME,
-                    #doc,
-                    &[#(::guirpc_core::__private::Param { name: #name_strs, ty: #type_names }),*],
-                    #returns,
-                    #blocking,
-                    #streams,
-                    #location,
-                    __guirpc_handler,
-                )#max_run
+                #function
             }
         };
     })

@@ -123,7 +123,7 @@ pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenS
             }
 
             ::guirpc_core::__private::inventory::submit! {
-                ::guirpc_core::__private::Subscriber::__new(
+                ::guirpc_core::__private::subscriber(
                     #name,
                     #pattern,
                     #broadcast,

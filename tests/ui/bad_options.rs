@@ -11,9 +11,6 @@ struct NotAFunction;
 
 fn main() {}
 
-#[rpc(name = "guirpc.ping")]
-async fn reserved() {}
-
 #[rpc(max_run = "soon")]
 async fn vague() {}
 

@@ -103,9 +103,8 @@ impl BlockingClient {
         self.invoke_stream_fallible(function, &args)
     }
 
-    /// What the typed stubs of streaming functions call.
-    #[doc(hidden)]
-    pub fn invoke_stream<R: DeserializeOwned>(
+    /// What the typed stubs of streaming functions call ([`crate::__private`]).
+    pub(crate) fn invoke_stream<R: DeserializeOwned>(
         &self,
         function: &str,
         args: &impl Serialize,
@@ -116,9 +115,8 @@ impl BlockingClient {
         )
     }
 
-    /// What the typed stubs of streaming functions with fallible items call.
-    #[doc(hidden)]
-    pub fn invoke_stream_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+    /// What the typed stubs of streaming functions with fallible items call ([`crate::__private`]).
+    pub(crate) fn invoke_stream_fallible<R: DeserializeOwned, E: DeserializeOwned>(
         &self,
         function: &str,
         args: &impl Serialize,
@@ -139,9 +137,8 @@ impl BlockingClient {
         self.block_on(self.client.publish(topic, event))
     }
 
-    /// What the typed stubs call.
-    #[doc(hidden)]
-    pub fn invoke<R: DeserializeOwned>(
+    /// What the typed stubs call ([`crate::__private`]).
+    pub(crate) fn invoke<R: DeserializeOwned>(
         &self,
         function: &str,
         args: &impl Serialize,
@@ -150,9 +147,8 @@ impl BlockingClient {
         self.block_on(self.client.invoke(function, args, idempotency))
     }
 
-    /// What the typed stubs of fallible functions call.
-    #[doc(hidden)]
-    pub fn invoke_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+    /// What the typed stubs of fallible functions call ([`crate::__private`]).
+    pub(crate) fn invoke_fallible<R: DeserializeOwned, E: DeserializeOwned>(
         &self,
         function: &str,
         args: &impl Serialize,

@@ -67,8 +67,7 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// Whether a call may be sent again after a retriable failure.
-#[doc(hidden)]
+/// Whether a call may be sent again after a retriable failure (the typed stubs say).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Idempotency {
     /// Running it twice is harmless: retry per the client's policy.
@@ -188,9 +187,8 @@ impl Client {
             .await
     }
 
-    /// What the typed stubs call.
-    #[doc(hidden)]
-    pub async fn invoke<R: DeserializeOwned>(
+    /// What the typed stubs call ([`crate::__private`]).
+    pub(crate) async fn invoke<R: DeserializeOwned>(
         &self,
         function: &str,
         args: &impl Serialize,
@@ -200,9 +198,8 @@ impl Client {
         self.decode(function, reply)
     }
 
-    /// What the typed stubs of fallible functions call.
-    #[doc(hidden)]
-    pub async fn invoke_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+    /// What the typed stubs of fallible functions call ([`crate::__private`]).
+    pub(crate) async fn invoke_fallible<R: DeserializeOwned, E: DeserializeOwned>(
         &self,
         function: &str,
         args: &impl Serialize,
@@ -238,9 +235,8 @@ impl Client {
         self.invoke_stream_fallible(function, &args)
     }
 
-    /// What the typed stubs of streaming functions call.
-    #[doc(hidden)]
-    pub fn invoke_stream<R: DeserializeOwned>(
+    /// What the typed stubs of streaming functions call ([`crate::__private`]).
+    pub(crate) fn invoke_stream<R: DeserializeOwned>(
         &self,
         function: &str,
         args: &impl Serialize,
@@ -248,9 +244,8 @@ impl Client {
         self.open_stream(function, args, |_, err| err)
     }
 
-    /// What the typed stubs of streaming functions with fallible items call.
-    #[doc(hidden)]
-    pub fn invoke_stream_fallible<R: DeserializeOwned, E: DeserializeOwned>(
+    /// What the typed stubs of streaming functions with fallible items call ([`crate::__private`]).
+    pub(crate) fn invoke_stream_fallible<R: DeserializeOwned, E: DeserializeOwned>(
         &self,
         function: &str,
         args: &impl Serialize,

@@ -13,8 +13,9 @@
 //! a [`crate::middleware::Reply`] as it is dropped, a stream's item once sent, a call's
 //! arguments when the call is over.
 
+use crate::sync::Locked;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
 
 /// Buffers smaller than this are left to the allocator.
 const LARGE: usize = 16 * 1024;
@@ -65,7 +66,7 @@ impl Buffers {
         if !self.any.load(Ordering::Relaxed) {
             return Vec::new();
         }
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.kept.locked();
         let Some(buffer) = kept.buffers.pop() else {
             return Vec::new();
         };
@@ -80,7 +81,7 @@ impl Buffers {
             return;
         }
         buffer.clear();
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.kept.locked();
         if kept.bytes + capacity <= KEPT_BYTES {
             kept.bytes += capacity;
             kept.buffers.push(buffer);

@@ -50,6 +50,15 @@ pub struct ServiceSettings {
     pub event_retries: u32,
 }
 
+impl ServiceSettings {
+    /// Whether a request the server rejects goes to the dead-letter exchange: one is
+    /// configured, and requests are acknowledged after their outcome (at-most-once
+    /// acknowledges them on receipt, when there is nothing left to reject).
+    pub fn dead_letters(&self) -> bool {
+        !self.dead_letter_exchange.is_empty() && self.delivery == Delivery::AtLeastOnce
+    }
+}
+
 impl Default for ServiceSettings {
     fn default() -> Self {
         Settings::default().service()

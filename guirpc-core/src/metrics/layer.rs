@@ -17,6 +17,7 @@ use crate::middleware::{
     BoxFuture, ClientRequest, ClientResponse, ClientService, Layer, OUTCOME_OK, OwnService, Reply,
     ServerRequest, ServerService, client_outcome, service_of_own,
 };
+use crate::sync::RwLocked;
 
 /// The label of a function no server serves: requests may name anything, and a label per
 /// name would let any caller grow the metrics without bound.
@@ -216,8 +217,7 @@ impl ClientState {
     fn function(&self, queue: &str, function: &str) -> FunctionMetrics {
         if let Some(metrics) = self
             .known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_locked()
             .get(queue)
             .and_then(|functions| functions.get(function))
         {
@@ -230,8 +230,7 @@ impl ClientState {
             function,
         );
         self.known
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_locked()
             .entry(queue.to_owned())
             .or_default()
             .insert(function.to_owned(), metrics.clone());

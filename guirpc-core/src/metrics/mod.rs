@@ -27,6 +27,7 @@ pub mod http;
 mod layer;
 mod status;
 
+use crate::sync::{Locked, RwLocked};
 pub use layer::{ClientMetricsLayer, ServerMetricsLayer};
 
 /// The label values of one metric: `(name, value)` pairs.
@@ -197,11 +198,7 @@ impl Metrics {
     /// The metrics in the OpenMetrics text format, which Prometheus scrapes.
     pub fn encode(&self) -> String {
         // A probe whose server is gone says so, and is dropped.
-        self.inner
-            .probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|probe| probe());
+        self.inner.probes.locked().retain(|probe| probe());
         let mut text = String::new();
         encode(&mut text, &self.inner.registry).expect("writing to a String cannot fail");
         text
@@ -225,11 +222,7 @@ impl Metrics {
 
     /// Reads state into gauges at every scrape, for as long as `probe` returns `true`.
     pub(crate) fn probe(&self, probe: impl Fn() -> bool + Send + Sync + 'static) {
-        self.inner
-            .probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(probe));
+        self.inner.probes.locked().push(Box::new(probe));
     }
 }
 
@@ -253,18 +246,12 @@ impl<M: Clone> Cache<M> {
     }
 
     fn get(&self, key: &str) -> M {
-        if let Some(metric) = self
-            .known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-        {
+        if let Some(metric) = self.known.read_locked().get(key) {
             return metric.clone();
         }
         let metric = (self.make)(key);
         self.known
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_locked()
             .insert(key.to_owned(), metric.clone());
         metric
     }

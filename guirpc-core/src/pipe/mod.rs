@@ -43,6 +43,7 @@ use worker::{Pids, Worker, kill_group};
 #[cfg(test)]
 use crate::config::pipes::split_words;
 pub use crate::config::pipes::{DEFAULT_TIMEOUT, PipeFunction};
+use crate::sync::Locked;
 
 /// The workers of one pipe function, and the calls waiting for one.
 #[derive(Debug)]
@@ -250,12 +251,7 @@ impl Pool {
     }
 
     fn kill_all(&self) {
-        let pids: Vec<u32> = self
-            .pids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let pids: Vec<u32> = self.pids.locked().drain().collect();
         for pid in pids {
             kill_group(pid);
         }

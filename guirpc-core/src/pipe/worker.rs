@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::PipeFunction;
+use crate::sync::Locked;
 
 /// The workers alive now, by pid: ended with their pool, whatever state they are in.
 pub(super) type Pids = Arc<std::sync::Mutex<HashSet<u32>>>;
@@ -90,12 +91,12 @@ impl Worker {
                 info!(target: "guirpc::pipe", function, worker = index, pid, "{text}");
             }
         });
-        pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+        pids.locked().insert(pid);
         let (exit, exited) = watch::channel(None);
         let pids = pids.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
-            pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+            pids.locked().remove(&pid);
             if let Ok(status) = status {
                 let _ = exit.send(Some(status));
             }

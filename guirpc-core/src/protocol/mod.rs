@@ -43,6 +43,17 @@ pub const DEFAULT_QUEUE: &str = "guirpc";
 /// The queue argument giving a queue a consumer timeout of its own (milliseconds; RabbitMQ
 /// 3.12 and later honour it, earlier versions ignore it).
 pub const ARG_CONSUMER_TIMEOUT: &str = "x-consumer-timeout";
+/// The queue argument naming the exchange a queue dead-letters to.
+pub const ARG_DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
+/// The queue argument choosing a queue's type (`quorum`).
+pub const ARG_QUEUE_TYPE: &str = "x-queue-type";
+/// The queue argument of a quorum queue: deliveries after which a message no consumer
+/// settled is dead-lettered.
+pub const ARG_DELIVERY_LIMIT: &str = "x-delivery-limit";
+/// The request header carrying the caller's trace context (W3C Trace Context).
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// The request header carrying vendor trace state (W3C Trace Context).
+pub const HEADER_TRACESTATE: &str = "tracestate";
 /// RabbitMQ's direct reply-to pseudo-queue.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -228,6 +239,27 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The codec of a message by its `content_type`: the one policy for every message guirpc
+/// reads (docs/PROTOCOL.md, "Codecs"). The codec it names; MessagePack when it names none;
+/// for a content type guirpc does not speak, `Err` saying so. A server refuses such a
+/// request (`bad_request`, in JSON); a client reads such a reply, stream message or event
+/// as JSON ([`received_codec`]).
+pub(crate) fn codec_of(properties: &BasicProperties) -> Result<Codec, String> {
+    let content_type = properties.content_type().as_ref().map(ShortString::as_str);
+    Codec::from_content_type(content_type).ok_or_else(|| {
+        format!(
+            "unsupported content_type `{}` (expected application/msgpack or application/json)",
+            content_type.unwrap_or_default()
+        )
+    })
+}
+
+/// The codec a client reads a reply, a stream's message or an event in ([`codec_of`]):
+/// one it does not speak is read as JSON, whose decoding error then shows what came.
+pub(crate) fn received_codec(properties: &BasicProperties) -> Codec {
+    codec_of(properties).unwrap_or(Codec::Json)
+}
+
 /// What a server reads from a request's properties before dispatching it.
 #[derive(Debug)]
 pub(crate) struct RequestMeta {
@@ -246,7 +278,6 @@ impl RequestMeta {
     pub(crate) fn read(props: &BasicProperties) -> RequestMeta {
         let headers = props.headers().as_ref();
         let header = |name: &str| headers.and_then(|h| h.inner().get(name));
-        let content_type = props.content_type().as_ref().map(ShortString::as_str);
         // Version 1 names the function in a header, which wins over any `type`; version 2
         // in `type`, with the deadline in `timestamp`.
         let (version, function, deadline) = match (header(HEADER_FUNCTION), props.kind()) {
@@ -264,17 +295,14 @@ impl RequestMeta {
         RequestMeta {
             version,
             function,
-            codec: Codec::from_content_type(content_type).ok_or_else(|| {
-                format!(
-                    "unsupported content_type `{}` (expected application/msgpack or application/json)",
-                    content_type.unwrap_or_default()
-                )
-            }),
+            codec: codec_of(props),
             correlation_id: props.correlation_id().clone(),
             reply_to: props.reply_to().clone().filter(|r| !r.as_str().is_empty()),
             deadline,
             stream: header(HEADER_STREAM).and_then(value_as_u64).map(|credit| {
-                u32::try_from(credit).unwrap_or(MAX_CREDIT).clamp(1, MAX_CREDIT)
+                u32::try_from(credit)
+                    .unwrap_or(MAX_CREDIT)
+                    .clamp(1, MAX_CREDIT)
             }),
         }
     }

@@ -340,8 +340,7 @@ impl ServerBuilder {
             in_flight: AtomicUsize::new(0),
             subscribers,
         });
-        let dead_letter = !settings.dead_letter_exchange.is_empty()
-            && settings.delivery == DeliveryGuarantee::AtLeastOnce;
+        let dead_letter = settings.dead_letters();
         let service = pipeline::build(
             dispatcher.clone(),
             &self.layers,

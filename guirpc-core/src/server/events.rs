@@ -54,8 +54,8 @@ pub(super) async fn open(
                 ..Default::default()
             };
             let mut own = FieldTable::default();
-            if let Some(dlx) = arguments.inner().get("x-dead-letter-exchange") {
-                own.insert("x-dead-letter-exchange".into(), dlx.clone());
+            if let Some(dlx) = arguments.inner().get(protocol::ARG_DEAD_LETTER_EXCHANGE) {
+                own.insert(protocol::ARG_DEAD_LETTER_EXCHANGE.into(), dlx.clone());
             }
             (String::new(), options, own)
         } else {

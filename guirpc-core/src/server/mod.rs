@@ -297,20 +297,13 @@ impl Shared {
         self.consumer_timeouts.load(Ordering::Relaxed) > 0
     }
 
-    /// Whether a rejected request goes to the dead-letter exchange: one is configured, and
-    /// requests are acknowledged after their reply (at-most-once acknowledges on receipt).
-    fn dead_letters(&self) -> bool {
-        !self.settings.dead_letter_exchange.is_empty()
-            && self.settings.delivery == crate::config::Delivery::AtLeastOnce
-    }
-
     /// Counts a request rejected after the pipeline: a failed one-way call, or a reply
     /// given up.
     fn count_rejected_late(&self) {
         if let Some(metrics) = &self.metrics {
             let labels = queue_labels(&self.settings.queue);
             metrics.server().rejected.get_or_create(&labels).inc();
-            if self.dead_letters() {
+            if self.settings.dead_letters() {
                 metrics.server().dead_lettered.get_or_create(&labels).inc();
             }
         }

@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 
 use super::settle::Verdict;
 use crate::middleware::ServerRequest;
+use crate::sync::Locked;
 
 /// How many ended requests a server remembers.
 const ENTRIES: usize = 10_000;
@@ -235,7 +236,7 @@ impl Redeliveries {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 }
 

@@ -43,6 +43,7 @@ use tracing::{debug, warn};
 use super::Shared;
 use crate::link::{self, Backoff, Blocked, ConnectError};
 use crate::protocol::{self, DirectReplyTo};
+use crate::sync::RwLocked;
 
 mod probe;
 
@@ -89,7 +90,7 @@ impl ReplyNodes {
     /// node a reply has been delivered to (each seen address remembered, as written).
     fn safe(&self, reply_to: &str) -> bool {
         {
-            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+            let known = self.known.read_locked();
             if known.addresses.iter().any(|address| **address == *reply_to) {
                 return true;
             }
@@ -98,7 +99,7 @@ impl ReplyNodes {
         let DirectReplyTo::Node(node) = protocol::direct_reply_to(reply_to, &mut scratch) else {
             return false;
         };
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known.write_locked();
         if !known.nodes.iter().any(|known| **known == *node) {
             return false;
         }
@@ -113,7 +114,7 @@ impl ReplyNodes {
     }
 
     fn learn(&self, node: Box<[u8]>) {
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known.write_locked();
         if known.nodes.len() < NODES && !known.nodes.contains(&node) {
             known.nodes.push(node);
         }

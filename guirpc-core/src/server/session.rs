@@ -168,7 +168,7 @@ impl Session {
             ExchangeName(&settings.exchange),
         );
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
-        let dead_letter = !settings.dead_letter_exchange.is_empty();
+        let dead_letter = settings.dead_letters();
         let (streams, credit) = streams.unzip();
         Ok(Session {
             streams,
@@ -206,12 +206,12 @@ fn queue_arguments(shared: &Shared) -> FieldTable {
     }
     if shared.settings.queue_type == QueueType::Quorum {
         arguments.insert(
-            "x-queue-type".into(),
+            protocol::ARG_QUEUE_TYPE.into(),
             lapin::types::AMQPValue::LongString("quorum".into()),
         );
         if shared.settings.delivery_limit > 0 {
             arguments.insert(
-                "x-delivery-limit".into(),
+                protocol::ARG_DELIVERY_LIMIT.into(),
                 lapin::types::AMQPValue::LongLongInt(shared.settings.delivery_limit.into()),
             );
         }
@@ -219,7 +219,7 @@ fn queue_arguments(shared: &Shared) -> FieldTable {
     let exchange = &shared.settings.dead_letter_exchange;
     if !exchange.is_empty() {
         arguments.insert(
-            "x-dead-letter-exchange".into(),
+            protocol::ARG_DEAD_LETTER_EXCHANGE.into(),
             lapin::types::AMQPValue::LongString(exchange.as_str().into()),
         );
     }

@@ -18,6 +18,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
+use crate::sync::Locked;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use tracing::warn;
@@ -151,7 +152,7 @@ impl Settler {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 }
 

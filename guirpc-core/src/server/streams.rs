@@ -25,6 +25,7 @@ use crate::codec::Codec;
 use crate::middleware::Reply;
 use crate::protocol::{self, MAX_CREDIT};
 use crate::stream::{Outlet, Stopped};
+use crate::sync::Locked;
 
 /// The streams of one session, by the ID their callers' credit messages carry.
 #[derive(Debug)]
@@ -139,7 +140,7 @@ impl Streams {
     }
 
     fn flows(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Flow>>> {
-        self.flows.lock().unwrap_or_else(|e| e.into_inner())
+        self.flows.locked()
     }
 
     /// The outlet of a stream to `reply_to`, with the caller's initial credit.

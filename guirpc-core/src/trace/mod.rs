@@ -28,10 +28,7 @@ use crate::middleware::{
     ServerRequest, ServerService, client_outcome, service_of_own,
 };
 
-/// The request header carrying the caller's trace context (W3C Trace Context).
-pub const HEADER_TRACEPARENT: &str = "traceparent";
-/// The request header carrying vendor trace state (W3C Trace Context).
-pub const HEADER_TRACESTATE: &str = "tracestate";
+use crate::protocol::{HEADER_TRACEPARENT, HEADER_TRACESTATE};
 
 /// The longest `tracestate` passed on (the W3C limit is 32 members; 512 bytes is the size
 /// every implementation must propagate).

@@ -83,17 +83,20 @@ async fn fuzzed_shared_bytes_never_panic() {
         .encode(&std::collections::HashMap::from([("data", data)]))
         .unwrap();
     assert!(
-        function
-            .__invoke(Codec::MsgPack, seed.clone())
+        guirpc_core::__private::invoke(function, Codec::MsgPack, seed.clone())
             .await
             .is_ok()
     );
     for round in 0..3000 {
         let body = rng.mutate(&seed);
-        let reply = AssertUnwindSafe(function.__invoke(Codec::MsgPack, body.clone()))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| panic!("round {round} panicked on {body:?}"));
+        let reply = AssertUnwindSafe(guirpc_core::__private::invoke(
+            function,
+            Codec::MsgPack,
+            body.clone(),
+        ))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| panic!("round {round} panicked on {body:?}"));
         assert!(
             Codec::MsgPack
                 .decode::<serde::de::IgnoredAny>(reply.body())
@@ -114,16 +117,20 @@ async fn fuzzed_requests_get_replies_never_panics() {
         for codec in [Codec::MsgPack, Codec::Json] {
             let seed = codec.encode(&args).unwrap();
             // The valid call works, so mutations start from a real request.
-            let reply = function.__invoke(codec, seed.clone()).await;
+            let reply = guirpc_core::__private::invoke(function, codec, seed.clone()).await;
             assert!(
                 reply.is_ok() || name == "checked_div",
                 "{name} {codec}: the seed itself fails"
             );
             for round in 0..1500 {
                 let body = rng.mutate(&seed);
-                let outcome = AssertUnwindSafe(function.__invoke(codec, body.clone()))
-                    .catch_unwind()
-                    .await;
+                let outcome = AssertUnwindSafe(guirpc_core::__private::invoke(
+                    function,
+                    codec,
+                    body.clone(),
+                ))
+                .catch_unwind()
+                .await;
                 let reply = outcome.unwrap_or_else(|_| {
                     panic!("{name} {codec} round {round} panicked on {body:?}")
                 });

@@ -12,7 +12,6 @@ use super::link::Link;
 use super::pending::{Answer, Pending};
 use super::replies::{leads, send_credit};
 use super::{Shared, no_route, not_connected, timed_out};
-use crate::codec::Codec;
 use crate::error::Error;
 use crate::middleware::{ClientRequest, ClientResponse};
 use crate::protocol;
@@ -101,9 +100,7 @@ pub(super) async fn round_trip(
     waiting.answered = true;
     match answer {
         Ok(Answer::Reply(delivery)) => {
-            let content_type = delivery.properties.content_type().as_ref();
-            let codec = Codec::from_content_type(content_type.map(ShortString::as_str))
-                .unwrap_or(request.codec);
+            let codec = protocol::received_codec(&delivery.properties);
             Ok(ClientResponse {
                 ok: protocol::reply_is_ok(&delivery.properties),
                 codec,

@@ -17,6 +17,7 @@ use super::{Shared, Target};
 use crate::error::Error;
 use crate::link::{self, Backoff};
 use crate::protocol;
+use crate::sync::RwLocked;
 
 /// One connection, its channel, and the calls waiting for replies on it.
 #[derive(Debug)]
@@ -127,7 +128,7 @@ pub(super) async fn supervise(
                 Err(err) => warn!("cannot reconnect to {}: {err}", shared.masked_uri),
             }
         };
-        *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
+        *shared.link.write_locked() = Some(link.clone());
         shared.linked.notify_waiters();
         info!("reconnected to {}", shared.masked_uri);
     }

@@ -35,6 +35,7 @@ use crate::codec;
 use crate::error::Error;
 use crate::link::{Blocked, Brokers};
 use crate::middleware::{BoxFuture, CallKind, ClientRequest, ClientResponse, OwnService};
+use crate::sync::RwLocked;
 use link::Link;
 
 /// Connects, and starts the supervisor that routes replies and reconnects.
@@ -56,7 +57,7 @@ pub(crate) async fn connect(
     let target = Target { brokers, metrics };
     let (link, ended) = Link::open(&target, &shared).await?;
     let link = Arc::new(link);
-    *shared.link.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
+    *shared.link.write_locked() = Some(link.clone());
     let supervisor = tokio::spawn(link::supervise(target, shared.clone(), link, ended));
     Ok(Handle { shared, supervisor })
 }
@@ -214,11 +215,11 @@ struct Shared {
 
 impl Shared {
     fn link(&self) -> Option<Arc<Link>> {
-        self.link.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.link.read_locked().clone()
     }
 
     fn take_link(&self) -> Option<Arc<Link>> {
-        self.link.write().unwrap_or_else(|e| e.into_inner()).take()
+        self.link.write_locked().take()
     }
 
     fn blocked(&self) -> Option<String> {

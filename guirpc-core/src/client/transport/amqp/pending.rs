@@ -12,9 +12,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::codec::Codec;
 use crate::protocol;
 use crate::stream::Piece;
+use crate::sync::Locked;
 
 /// Calls waiting for their reply, by correlation ID.
 #[derive(Debug, Default)]
@@ -103,7 +103,7 @@ impl Pending {
 
     /// Puts a waiter in unless replies can no longer come; whether it leads.
     fn wait(&self, id: u64, waiter: Waiter, lead: bool) -> Option<bool> {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut calls = self.calls.locked();
         if calls.closed {
             return None;
         }
@@ -123,14 +123,14 @@ impl Pending {
 
     /// Who routes replies, unless the consumer has ended.
     pub(super) fn router(&self) -> Option<Router> {
-        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let calls = self.calls.locked();
         (!calls.ended).then_some(calls.router)
     }
 
     /// Hands a reply to whoever waits for it; the reply back when no one does.
     pub(super) fn route(&self, id: u64, delivery: Delivery) -> Option<Delivery> {
         use std::collections::hash_map::Entry;
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut calls = self.calls.locked();
         let Entry::Occupied(entry) = calls.waiting.entry(id) else {
             return Some(delivery);
         };
@@ -195,17 +195,14 @@ impl Pending {
     }
 
     fn remove(&self, id: u64) -> Option<Waiter> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(id)
+        self.calls.locked().take(id)
     }
 
     /// Times out the calls whose deadline has come.
     pub(super) fn expire(&self, now: Instant) {
         let mut expired = Vec::new();
         {
-            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let mut calls = self.calls.locked();
             while let Some(&(deadline, id)) = calls.deadlines.first()
                 && deadline <= now
             {
@@ -221,17 +218,12 @@ impl Pending {
     }
 
     pub(super) fn has_waiting(&self) -> bool {
-        !self
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiting
-            .is_empty()
+        !self.calls.locked().waiting.is_empty()
     }
 
     /// Fails every waiting call at once: their senders drop.
     pub(super) fn close(&self) {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut calls = self.calls.locked();
         calls.closed = true;
         calls.waiting.clear();
         calls.deadlines.clear();
@@ -285,16 +277,11 @@ pub(super) fn piece(delivery: Delivery) -> Piece {
             }
         }
         Some(protocol::STATUS_END) => Piece::End { count: seq() },
-        _ => {
-            let content_type = properties.content_type().as_ref();
-            Piece::Reply {
-                ok: protocol::reply_is_ok(properties),
-                // An unknown content type reads as JSON, whose failure says what came.
-                codec: Codec::from_content_type(content_type.map(ShortString::as_str))
-                    .unwrap_or(Codec::Json),
-                body: delivery.data,
-            }
-        }
+        _ => Piece::Reply {
+            ok: protocol::reply_is_ok(properties),
+            codec: protocol::received_codec(properties),
+            body: delivery.data,
+        },
     }
 }
 

@@ -16,6 +16,7 @@ use tracing::debug;
 use super::pending::{Answer, Pending, Router, correlation, piece};
 use crate::protocol;
 use crate::stream::Piece;
+use crate::sync::Locked;
 
 thread_local! {
     /// Set while this thread makes a blocking call ([`leading`]).
@@ -86,7 +87,7 @@ impl Replies {
     /// registered.
     fn poll_next(&self, router: Router, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         let next = {
-            let mut consumer = self.consumer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut consumer = self.consumer.locked();
             match self.pending.router() {
                 None => return Poll::Ready(None),
                 Some(now) if now != router => return Poll::Pending,
@@ -120,7 +121,7 @@ impl Replies {
     /// Notes the consumer's end, and wakes the router task to report it.
     fn ended(&self) {
         {
-            let mut calls = self.pending.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let mut calls = self.pending.calls.locked();
             calls.ended = true;
             calls.router = Router::Task;
         }
@@ -157,7 +158,7 @@ impl Replies {
     /// after this one).
     pub(super) fn hand_back(&self) {
         {
-            let mut calls = self.pending.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let mut calls = self.pending.calls.locked();
             if calls.router != Router::Caller {
                 return;
             }
@@ -176,7 +177,7 @@ impl Replies {
     }
 
     fn task_waker(&self) -> Option<Waker> {
-        self.task.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.task.locked().clone()
     }
 
     /// A reply no call waits for (late, or a duplicate) is dropped; the first item of a
@@ -199,7 +200,7 @@ impl Replies {
 pub(super) async fn route_replies(replies: Arc<Replies>, ended: oneshot::Sender<()>) {
     std::future::poll_fn(|cx| {
         {
-            let mut task = replies.task.lock().unwrap_or_else(|e| e.into_inner());
+            let mut task = replies.task.locked();
             if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 *task = Some(cx.waker().clone());
             }

@@ -3,7 +3,7 @@
 
 use futures_lite::StreamExt;
 use lapin::Channel;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::FieldTable;
 
 use super::Shared;
 use crate::codec::Codec;
@@ -53,9 +53,7 @@ impl Subscription {
         }
         match self.consumer.next().await {
             Some(Ok(delivery)) => {
-                let content_type = delivery.properties.content_type().as_ref();
-                let codec = Codec::from_content_type(content_type.map(ShortString::as_str))
-                    .unwrap_or(Codec::MsgPack);
+                let codec = protocol::received_codec(&delivery.properties);
                 Some(Ok(Event {
                     topic: delivery.routing_key.to_string(),
                     codec,
