@@ -49,24 +49,43 @@ pub(crate) async fn close(connection: &Connection, reason: &str) {
 /// noticed within 20 to 25 seconds, where the broker's own 60 s would take two minutes.
 pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// How to reach a broker node, besides its URI.
+/// Where the broker is and how to reach it: the `[broker]` settings, as the settings
+/// ([`crate::Settings::broker`]), a server's settings and a client builder all hold them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LinkOptions {
-    /// A PEM file of the certificates that may sign an `amqps://` broker's certificate
-    /// (instead of the system's); empty for the system's.
-    pub ca_file: String,
+#[non_exhaustive]
+pub struct BrokerSettings {
+    /// The broker URI, or several nodes' comma-separated.
+    pub uri: String,
+    /// With several URIs: start at a random one.
+    pub shuffle: bool,
+    /// For `amqps://`: a PEM file of the certificates that may sign the broker's
+    /// certificate (instead of the system's); empty for the system's.
+    pub tls_ca_file: String,
     /// The heartbeat asked of the broker (whole seconds, rounded up); zero takes the
-    /// broker's. A heartbeat in the URI (`?heartbeat=5`) wins.
+    /// broker's. A heartbeat in the URI (`?heartbeat=5`) wins. A silent connection is
+    /// noticed within twice this.
     pub heartbeat: Duration,
+}
+
+impl BrokerSettings {
+    /// The broker at `uri`, with the other settings' defaults.
+    pub fn new(uri: &str) -> BrokerSettings {
+        BrokerSettings {
+            uri: uri.to_owned(),
+            shuffle: false,
+            tls_ca_file: String::new(),
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
 }
 
 /// Connects to `uri`.
 pub(crate) async fn connect(
     uri: &str,
-    options: &LinkOptions,
+    options: &BrokerSettings,
     name: &str,
 ) -> Result<Connection, ConnectError> {
-    let ca_file = options.ca_file.as_str();
+    let ca_file = options.tls_ca_file.as_str();
     let mut uri: AMQPUri = uri.parse()?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(heartbeat_seconds(options.heartbeat));
@@ -104,7 +123,7 @@ fn heartbeat_seconds(heartbeat: Duration) -> u16 {
 pub(crate) struct Brokers {
     uris: Vec<String>,
     masked: Vec<String>,
-    options: LinkOptions,
+    options: BrokerSettings,
     /// The node of the live (or last) connection.
     current: AtomicUsize,
     /// Where the next attempt starts.
@@ -123,11 +142,11 @@ pub(crate) struct Connected {
 }
 
 impl Brokers {
-    /// The nodes of `list`, tried in order, or from a random one when `shuffle` (which
-    /// spreads the connections of many processes over the nodes).
-    pub(crate) fn new(list: &str, options: LinkOptions, shuffle: bool) -> Brokers {
-        let uris: Vec<String> = crate::uri::uris(list).map(str::to_owned).collect();
-        let start = if shuffle && uris.len() > 1 {
+    /// The nodes of `broker.uri`, tried in order, or from a random one when `shuffle`
+    /// (which spreads the connections of many processes over the nodes).
+    pub(crate) fn new(broker: &BrokerSettings) -> Brokers {
+        let uris: Vec<String> = crate::uri::uris(&broker.uri).map(str::to_owned).collect();
+        let start = if broker.shuffle && uris.len() > 1 {
             fastrand::usize(..uris.len())
         } else {
             0
@@ -135,7 +154,7 @@ impl Brokers {
         Brokers {
             masked: uris.iter().map(|uri| crate::uri::mask_uri(uri)).collect(),
             uris,
-            options,
+            options: broker.clone(),
             current: AtomicUsize::new(start),
             next: AtomicUsize::new(start),
             connected: AtomicBool::new(false),
@@ -280,11 +299,11 @@ pub(crate) fn watch_blocked(
 mod tests {
     use super::*;
 
-    fn options() -> LinkOptions {
-        LinkOptions {
-            ca_file: String::new(),
-            heartbeat: DEFAULT_HEARTBEAT,
-        }
+    fn nodes(list: &str, shuffle: bool) -> Brokers {
+        Brokers::new(&BrokerSettings {
+            shuffle,
+            ..BrokerSettings::new(list)
+        })
     }
 
     #[test]
@@ -299,7 +318,7 @@ mod tests {
     #[test]
     fn node_lists_start_at_the_first_or_anywhere_when_shuffled() {
         let list = "amqp://u:p@a/%2f, amqp://u:p@b/%2f,amqp://u:p@c/%2f";
-        let brokers = Brokers::new(list, options(), false);
+        let brokers = nodes(list, false);
         assert_eq!(brokers.current_uri(), "amqp://u:p@a/%2f");
         assert_eq!(
             brokers.masked(),
@@ -309,7 +328,7 @@ mod tests {
         brokers.lost();
         assert_eq!(brokers.next.load(Ordering::Relaxed), 1);
         let starts: std::collections::HashSet<String> = (0..64)
-            .map(|_| Brokers::new(list, options(), true).current_uri().to_owned())
+            .map(|_| nodes(list, true).current_uri().to_owned())
             .collect();
         assert!(starts.len() > 1, "shuffled lists all start at {starts:?}");
     }

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::Codec;
 use crate::envelope;
 use crate::protocol::{ErrorCode, RESERVED_PREFIX};
+use crate::registry::Handler;
 use crate::stream::ItemStream;
 use crate::{BlockingClient, BlockingItems, Client, Error};
 
@@ -27,14 +28,23 @@ pub const fn function(
     location: &'static str,
     handler: HandlerFn,
 ) -> Function {
-    Function::new(
-        name, doc, params, returns, blocking, streams, location, handler,
-    )
+    Function {
+        name,
+        doc,
+        params,
+        returns,
+        blocking,
+        streams,
+        location,
+        max_run: None,
+        handler: Handler::Static(handler),
+    }
 }
 
 /// A function with a longest run of its own (`#[rpc(max_run = "...")]`).
-pub const fn with_max_run(function: Function, millis: u64) -> Function {
-    function.with_max_run(millis)
+pub const fn with_max_run(mut function: Function, millis: u64) -> Function {
+    function.max_run = Some(std::time::Duration::from_millis(millis));
+    function
 }
 
 /// A subscriber `#[subscribe]` registers.
@@ -46,7 +56,14 @@ pub const fn subscriber(
     location: &'static str,
     handler: HandlerFn,
 ) -> Subscriber {
-    Subscriber::new(name, pattern, broadcast, doc, location, handler)
+    Subscriber {
+        name,
+        pattern,
+        broadcast,
+        doc,
+        location,
+        handler,
+    }
 }
 
 /// Refuses, at compile time, a name given with `#[rpc(name = "...")]` that the built-in

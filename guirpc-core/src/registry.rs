@@ -23,7 +23,7 @@ pub struct Param {
 pub(crate) type DynamicHandler = std::sync::Arc<dyn Fn(Invocation) -> HandlerFuture + Send + Sync>;
 
 /// How a function is run.
-enum Handler {
+pub(crate) enum Handler {
     Static(HandlerFn),
     Dynamic(DynamicHandler),
 }
@@ -31,53 +31,22 @@ enum Handler {
 /// A function registered with `#[rpc]`, or served through a pipe
 /// ([`crate::pipe::PipeFunction`]).
 pub struct Function {
-    name: &'static str,
-    doc: &'static str,
-    params: &'static [Param],
-    returns: &'static str,
-    blocking: bool,
-    streams: bool,
-    location: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) doc: &'static str,
+    pub(crate) params: &'static [Param],
+    pub(crate) returns: &'static str,
+    pub(crate) blocking: bool,
+    pub(crate) streams: bool,
+    pub(crate) location: &'static str,
     /// The longest a run may take before it is cancelled (`#[rpc(max_run = "...")]`);
     /// `None` for the server's `service.max_run`.
-    max_run: Option<std::time::Duration>,
-    handler: Handler,
+    pub(crate) max_run: Option<std::time::Duration>,
+    pub(crate) handler: Handler,
 }
 
 inventory::collect!(Function);
 
 impl Function {
-    /// What `#[rpc]` registers ([`crate::__private::function`]).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) const fn new(
-        name: &'static str,
-        doc: &'static str,
-        params: &'static [Param],
-        returns: &'static str,
-        blocking: bool,
-        streams: bool,
-        location: &'static str,
-        handler: HandlerFn,
-    ) -> Self {
-        Function {
-            name,
-            doc,
-            params,
-            returns,
-            blocking,
-            streams,
-            location,
-            max_run: None,
-            handler: Handler::Static(handler),
-        }
-    }
-
-    /// With a longest run of its own (`#[rpc(max_run = "...")]`).
-    pub(crate) const fn with_max_run(mut self, millis: u64) -> Self {
-        self.max_run = Some(std::time::Duration::from_millis(millis));
-        self
-    }
-
     /// A function made at run time, which lives as long as the program (a server makes
     /// one per pipe function, once).
     pub(crate) fn dynamic(
@@ -191,36 +160,17 @@ impl fmt::Debug for Function {
 /// A function registered with `#[subscribe]`: served on the events whose topic matches
 /// its pattern.
 pub struct Subscriber {
-    name: &'static str,
-    pattern: &'static str,
-    broadcast: bool,
-    doc: &'static str,
-    location: &'static str,
-    handler: HandlerFn,
+    pub(crate) name: &'static str,
+    pub(crate) pattern: &'static str,
+    pub(crate) broadcast: bool,
+    pub(crate) doc: &'static str,
+    pub(crate) location: &'static str,
+    pub(crate) handler: HandlerFn,
 }
 
 inventory::collect!(Subscriber);
 
 impl Subscriber {
-    /// What `#[subscribe]` registers ([`crate::__private::subscriber`]).
-    pub(crate) const fn new(
-        name: &'static str,
-        pattern: &'static str,
-        broadcast: bool,
-        doc: &'static str,
-        location: &'static str,
-        handler: HandlerFn,
-    ) -> Self {
-        Subscriber {
-            name,
-            pattern,
-            broadcast,
-            doc,
-            location,
-            handler,
-        }
-    }
-
     /// Every subscriber of this program, by name.
     pub fn all() -> Vec<&'static Subscriber> {
         let mut all: Vec<&'static Subscriber> = inventory::iter::<Subscriber>().collect();
@@ -374,7 +324,7 @@ mod tests {
         unreachable!()
     }
 
-    static A: Function = Function::new(
+    static A: Function = crate::__private::function(
         "f",
         " Adds.\n More.",
         &[],
@@ -384,8 +334,9 @@ mod tests {
         "a (a.rs:1)",
         never,
     );
-    static B: Function = Function::new("f", "", &[], "i64", true, false, "b (b.rs:9)", never);
-    static C: Function = Function::new(
+    static B: Function =
+        crate::__private::function("f", "", &[], "i64", true, false, "b (b.rs:9)", never);
+    static C: Function = crate::__private::function(
         "g",
         "",
         &[Param {

@@ -66,7 +66,7 @@ async fn wait_count(key: &str, expected: u32) {
 
 async fn server(queue: &str, dead_letters: Option<&str>) -> Server {
     let mut settings = guirpc_core::Settings::default().service();
-    settings.uri = uri();
+    settings.broker.uri = uri();
     settings.queue = queue.to_owned();
     if let Some(exchange) = dead_letters {
         settings.dead_letter_exchange = exchange.to_owned();

@@ -17,8 +17,8 @@ async fn calls_travel_over_tls_with_a_trusted_ca_and_fail_without_it() {
         .uri(broker.tls_uri())
         .settings({
             let mut settings = guirpc_core::Settings::default().service();
-            settings.uri = broker.tls_uri();
-            settings.tls_ca_file = broker.ca_file();
+            settings.broker.uri = broker.tls_uri();
+            settings.broker.tls_ca_file = broker.ca_file();
             settings.queue = "tls".into();
             settings
         })

@@ -6,9 +6,9 @@ use std::time::Duration;
 use super::transport::{Transport, amqp};
 use super::{Client, Inner};
 use crate::codec::Codec;
-use crate::config::Settings;
+use crate::config::{BrokerSettings, Settings};
 use crate::error::Error;
-use crate::link::{Brokers, LinkOptions};
+use crate::link::Brokers;
 use crate::metrics::Metrics;
 use crate::middleware::{
     self, ClientRequest, ClientResponse, ClientService, Layer, Layers, Service,
@@ -36,9 +36,7 @@ use crate::uri::validate_uri;
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ClientBuilder {
-    uri: String,
-    tls_ca_file: String,
-    heartbeat: Duration,
+    broker: BrokerSettings,
     exchange: String,
     events_exchange: String,
     queue: String,
@@ -48,7 +46,6 @@ pub struct ClientBuilder {
     max_message_size: usize,
     layers: Layers<ClientService>,
     metrics: Option<Metrics>,
-    shuffle: bool,
 }
 
 impl Default for ClientBuilder {
@@ -61,9 +58,7 @@ impl ClientBuilder {
     /// A builder from loaded settings (`broker.*`, `service.queue`, `client.*`).
     pub fn from_settings(settings: &Settings) -> Self {
         ClientBuilder {
-            uri: settings.uri.clone(),
-            tls_ca_file: settings.tls_ca_file.clone(),
-            heartbeat: settings.heartbeat,
+            broker: settings.broker(),
             exchange: settings.exchange.clone(),
             events_exchange: settings.events_exchange.clone(),
             queue: settings.queue.clone(),
@@ -73,26 +68,31 @@ impl ClientBuilder {
             max_message_size: settings.client_max_message_size,
             layers: Layers::default(),
             metrics: None,
-            shuffle: settings.shuffle,
         }
     }
 
     /// The broker URI, or the nodes of a cluster as a comma-separated list: the client
     /// connects to the first that answers, and to the next when its connection is lost.
     pub fn uri(mut self, uri: impl Into<String>) -> Self {
-        self.uri = uri.into();
+        self.broker.uri = uri.into();
+        self
+    }
+
+    /// Every broker setting at once: the URI, shuffling, TLS and the heartbeat.
+    pub fn broker(mut self, broker: BrokerSettings) -> Self {
+        self.broker = broker;
         self
     }
 
     /// With several URIs: start at a random one, to spread many clients over the nodes.
     pub fn shuffle(mut self, shuffle: bool) -> Self {
-        self.shuffle = shuffle;
+        self.broker.shuffle = shuffle;
         self
     }
 
     /// For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.
     pub fn tls_ca_file(mut self, path: impl Into<String>) -> Self {
-        self.tls_ca_file = path.into();
+        self.broker.tls_ca_file = path.into();
         self
     }
 
@@ -100,7 +100,7 @@ impl ClientBuilder {
     /// nothing for twice this long is taken for dead, its calls in flight failed as
     /// retriable, and replaced. Zero takes the broker's.
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
-        self.heartbeat = heartbeat;
+        self.broker.heartbeat = heartbeat;
         self
     }
 
@@ -179,12 +179,8 @@ impl ClientBuilder {
 
     /// Connects to the broker.
     pub async fn connect(self) -> Result<Client, Error> {
-        validate_uri(&self.uri).map_err(Error::Config)?;
-        let options = LinkOptions {
-            ca_file: self.tls_ca_file.clone(),
-            heartbeat: self.heartbeat,
-        };
-        let brokers = Brokers::new(&self.uri, options, self.shuffle);
+        validate_uri(&self.broker.uri).map_err(Error::Config)?;
+        let brokers = Brokers::new(&self.broker);
         let amqp = amqp::connect(
             brokers,
             &self.exchange,

@@ -244,13 +244,20 @@ impl Settings {
         mask_uri(&self.uri)
     }
 
-    /// The server settings.
-    pub fn service(&self) -> ServiceSettings {
-        ServiceSettings {
+    /// The broker settings (`[broker]`).
+    pub fn broker(&self) -> BrokerSettings {
+        BrokerSettings {
             uri: self.uri.clone(),
             shuffle: self.shuffle,
             tls_ca_file: self.tls_ca_file.clone(),
             heartbeat: self.heartbeat,
+        }
+    }
+
+    /// The server settings.
+    pub fn service(&self) -> ServiceSettings {
+        ServiceSettings {
+            broker: self.broker(),
             exchange: self.exchange.clone(),
             queue: self.queue.clone(),
             queue_type: self.queue_type,

@@ -16,6 +16,7 @@ mod service;
 mod tests;
 
 pub use crate::duration::{format_duration, parse_duration};
+pub use crate::link::BrokerSettings;
 pub use crate::uri::{mask_uri, uris, validate_uri};
 pub use load::{ConfigError, LoadOptions};
 pub use service::ServiceSettings;

@@ -2,20 +2,14 @@
 
 use std::time::Duration;
 
-use super::{Delivery, QueueType, Settings};
+use super::{BrokerSettings, Delivery, QueueType, Settings};
 
 /// What a server needs to know.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ServiceSettings {
-    /// The broker URI, or several nodes' comma-separated.
-    pub uri: String,
-    /// With several URIs: start at a random one.
-    pub shuffle: bool,
-    /// For `amqps://`: the CA certificates to trust (PEM file); empty for the system's.
-    pub tls_ca_file: String,
-    /// The AMQP heartbeat: a silent connection is noticed within twice this.
-    pub heartbeat: Duration,
+    /// Where the broker is, and how to reach it.
+    pub broker: BrokerSettings,
     /// The exchange requests arrive through.
     pub exchange: String,
     /// The request queue.

@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, watch};
 use super::pipeline::{self, Dispatcher};
 use super::{AbortOnDrop, Health, ServeError, Server, Shared, instance_name, session};
 use crate::config::{Delivery as DeliveryGuarantee, ServiceSettings};
-use crate::link::{Brokers, LinkOptions};
+use crate::link::Brokers;
 use crate::metrics::Endpoint;
 use crate::metrics::Metrics;
 use crate::metrics::http;
@@ -50,7 +50,13 @@ impl ServerBuilder {
     /// The broker URI, or the nodes of a cluster as a comma-separated list: the server
     /// connects to the first that answers, and to the next when its connection is lost.
     pub fn uri(mut self, uri: impl Into<String>) -> Self {
-        self.settings.uri = uri.into();
+        self.settings.broker.uri = uri.into();
+        self
+    }
+
+    /// Every broker setting at once: the URI, shuffling, TLS and the heartbeat.
+    pub fn broker(mut self, broker: crate::config::BrokerSettings) -> Self {
+        self.settings.broker = broker;
         self
     }
 
@@ -69,7 +75,7 @@ impl ServerBuilder {
 
     /// With several URIs: start at a random one, to spread many servers over the nodes.
     pub fn shuffle(mut self, shuffle: bool) -> Self {
-        self.settings.shuffle = shuffle;
+        self.settings.broker.shuffle = shuffle;
         self
     }
 
@@ -77,7 +83,7 @@ impl ServerBuilder {
     /// nothing for twice this long is taken for dead and replaced, and `/readyz` answers
     /// 503 meanwhile. Zero takes the broker's.
     pub fn heartbeat(mut self, heartbeat: std::time::Duration) -> Self {
-        self.settings.heartbeat = heartbeat;
+        self.settings.broker.heartbeat = heartbeat;
         self
     }
 
@@ -181,7 +187,7 @@ impl ServerBuilder {
     /// exchange, queue and binding, and starts consuming. Returns once requests are being
     /// served.
     pub async fn start(mut self) -> Result<Server, ServeError> {
-        validate_uri(&self.settings.uri).map_err(ServeError::Config)?;
+        validate_uri(&self.settings.broker.uri).map_err(ServeError::Config)?;
         // Worker processes first: a command that cannot start is a configuration error.
         let mut pools = Vec::with_capacity(self.pipes.len());
         for pipe in std::mem::take(&mut self.pipes) {
@@ -217,15 +223,8 @@ impl ServerBuilder {
         let shared = Arc::new(Shared {
             health: Health::default(),
             queue_arguments,
-            masked_uri: mask_uri(&settings.uri),
-            brokers: Arc::new(Brokers::new(
-                &settings.uri,
-                LinkOptions {
-                    ca_file: settings.tls_ca_file.clone(),
-                    heartbeat: settings.heartbeat,
-                },
-                settings.shuffle,
-            )),
+            masked_uri: mask_uri(&settings.broker.uri),
+            brokers: Arc::new(Brokers::new(&settings.broker)),
             semaphore: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             dispatcher: prepared.dispatcher,

@@ -202,7 +202,7 @@ async fn serve_with(
 ) -> (String, guirpc_core::Server) {
     let queue = guirpc_tests::unique_queue(test);
     let mut settings = guirpc_core::Settings::default().service();
-    settings.uri = guirpc_tests::uri();
+    settings.broker.uri = guirpc_tests::uri();
     settings.queue = queue.clone();
     configure(&mut settings);
     let server = guirpc_core::Server::builder()

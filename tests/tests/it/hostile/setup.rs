@@ -18,7 +18,7 @@ pub(super) async fn start(
     configure: impl FnOnce(&mut ServiceSettings),
 ) -> (Server, guirpc_core::Client) {
     let mut settings = guirpc_core::Settings::default().service();
-    settings.uri = uri();
+    settings.broker.uri = uri();
     settings.queue = queue.to_owned();
     configure(&mut settings);
     let server = Server::builder()
