@@ -24,127 +24,330 @@ use crate::middleware::{Reply, ServerRequest};
 use crate::protocol::{self, ErrorCode};
 use crate::stream::{ItemSink, Last, Stopped};
 
-pub(super) async fn handle(
-    shared: Arc<Shared>,
-    settler: Arc<Settler>,
-    replier: Arc<Replier>,
-    streams: Option<Arc<Streams>>,
-    delivery: Delivery,
-    _permit: OwnedSemaphorePermit,
-) {
-    let Delivery {
-        delivery_tag,
-        data,
-        properties,
-        redelivered,
-        ..
-    } = delivery;
-    let at_most_once = shared.settings.delivery == DeliveryGuarantee::AtMostOnce;
-    if at_most_once {
-        settler.finished(delivery_tag, Verdict::Served).await;
-    }
-    let (request, reply_to) = read_request(
-        &properties,
-        shared.dispatcher.queue.clone(),
-        redelivered,
-        data,
-    );
-    // An acknowledged request is never delivered again: nothing to remember of it.
-    let key = (!at_most_once)
-        .then(|| {
-            shared
-                .redeliveries
-                .key(&request, reply_to.as_ref(), &properties)
-        })
-        .flatten();
-    let mut settled = at_most_once;
-    let (claim, before) = match key {
-        Some(key) => {
-            // A delivery of a request still running here, after the broker's consumer
-            // timeout took a channel away: acknowledged now, or it would time out in its
-            // turn while it waits for the run, and come back again (see `consumer_timeout`
-            // in the module of the server's sessions).
-            if redelivered
-                && !settled
-                && shared.consumer_timed_out()
-                && shared.redeliveries.is_running(key)
-            {
-                debug!(
-                    function = request.function,
-                    "a delivery of a request still running here: acknowledged, answered when the run ends"
-                );
-                settler.finished(delivery_tag, Verdict::Served).await;
-                settled = true;
-            }
-            let (claim, before) = shared.redeliveries.claim(key).await;
-            (Some(claim), before)
+/// What a session's deliveries are handled with: the server's state, and the session's
+/// settler, replier and streams (one per connection).
+pub(super) struct Dispatch {
+    pub(super) shared: Arc<Shared>,
+    pub(super) settler: Settler,
+    pub(super) replier: Arc<Replier>,
+    pub(super) streams: Option<Arc<Streams>>,
+}
+
+impl Dispatch {
+    /// Handles one delivery, from its properties to its settlement; `_permit` holds its
+    /// place among the requests that run at once until it is done.
+    pub(super) async fn handle(self: Arc<Self>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+        let (shared, settler) = (&*self.shared, &self.settler);
+        let Delivery {
+            delivery_tag,
+            data,
+            properties,
+            redelivered,
+            ..
+        } = delivery;
+        let at_most_once = shared.settings.delivery == DeliveryGuarantee::AtMostOnce;
+        if at_most_once {
+            settler.finished(delivery_tag, Verdict::Served).await;
         }
-        None => (None, None),
-    };
-    let ran = if let Some(before) = before {
-        debug!(
-            function = request.function,
-            "a request this server has run before: not run again"
+        let (request, reply_to) = read_request(
+            &properties,
+            shared.dispatcher.queue.clone(),
+            redelivered,
+            data,
         );
-        let outcome = again(&shared, &replier, before, reply_to, &request.function).await;
-        Some(Ran {
-            outcome,
-            // Sent again only through the quarantine, confirmed.
-            unconfirmed: None,
-        })
-    } else {
-        if redelivered {
+        // An acknowledged request is never delivered again: nothing to remember of it.
+        let key = (!at_most_once)
+            .then(|| {
+                shared
+                    .redeliveries
+                    .key(&request, reply_to.as_ref(), &properties)
+            })
+            .flatten();
+        let mut settled = at_most_once;
+        let (claim, before) = match key {
+            Some(key) => {
+                // A delivery of a request still running here, after the broker's consumer
+                // timeout took a channel away: acknowledged now, or it would time out in its
+                // turn while it waits for the run, and come back again (see `consumer_timeout`
+                // in the module of the server's sessions).
+                if redelivered
+                    && !settled
+                    && shared.consumer_timed_out()
+                    && shared.redeliveries.is_running(key)
+                {
+                    debug!(
+                        function = request.function,
+                        "a delivery of a request still running here: acknowledged, answered when the run ends"
+                    );
+                    settler.finished(delivery_tag, Verdict::Served).await;
+                    settled = true;
+                }
+                let (claim, before) = shared.redeliveries.claim(key).await;
+                (Some(claim), before)
+            }
+            None => (None, None),
+        };
+        let ran = if let Some(before) = before {
             debug!(
                 function = request.function,
-                "a redelivered request: it may have run before"
+                "a request this server has run before: not run again"
             );
-        }
-        let keep = claim.is_some();
-        serve(
-            &shared,
-            &replier,
-            streams,
-            request,
-            reply_to,
-            &properties,
-            keep,
-        )
-        .await
-    };
-    // Not acknowledged: the broker redelivers the request once we reconnect, and it runs
-    // again (or is answered from what was kept).
-    let Some(Ran {
-        outcome,
-        unconfirmed,
-    }) = ran
-    else {
-        return;
-    };
-    let verdict = match outcome {
-        Outcome::Settled(verdict) => Some(verdict),
-        Outcome::Unsent { .. } => None,
-    };
-    if let Some(verdict) = verdict
-        && !settled
-    {
-        settler.finished(delivery_tag, verdict).await;
-    }
-    if let Some(claim) = claim {
-        // A first delivery settled on a live channel will not come back; any other may.
-        if !redelivered && verdict.is_some() && settler.connected() {
-            claim.forget();
-            return;
-        }
-        // A reply written unconfirmed comes only from a first delivery that was settled, so
-        // here its channel is gone: the reply may have been discarded with the
-        // acknowledgement after it, and is kept for the delivery that comes back (sent
-        // again, at worst twice: a caller takes the first and drops the other).
-        let outcome = match (outcome, unconfirmed) {
-            (Outcome::Settled(verdict), Some(unconfirmed)) => unconfirmed.kept(verdict),
-            (outcome, _) => outcome,
+            let outcome = self.again(before, reply_to, &request.function).await;
+            Some(Ran {
+                outcome,
+                // Sent again only through the quarantine, confirmed.
+                unconfirmed: None,
+            })
+        } else {
+            if redelivered {
+                debug!(
+                    function = request.function,
+                    "a redelivered request: it may have run before"
+                );
+            }
+            let keep = claim.is_some();
+            self.serve(request, reply_to, &properties, keep).await
         };
-        claim.end(outcome);
+        // Not acknowledged: the broker redelivers the request once we reconnect, and it runs
+        // again (or is answered from what was kept).
+        let Some(Ran {
+            outcome,
+            unconfirmed,
+        }) = ran
+        else {
+            return;
+        };
+        let verdict = match outcome {
+            Outcome::Settled(verdict) => Some(verdict),
+            Outcome::Unsent { .. } => None,
+        };
+        if let Some(verdict) = verdict
+            && !settled
+        {
+            settler.finished(delivery_tag, verdict).await;
+        }
+        if let Some(claim) = claim {
+            // A first delivery settled on a live channel will not come back; any other may.
+            if !redelivered && verdict.is_some() && settler.connected() {
+                claim.forget();
+                return;
+            }
+            // A reply written unconfirmed comes only from a first delivery that was settled, so
+            // here its channel is gone: the reply may have been discarded with the
+            // acknowledgement after it, and is kept for the delivery that comes back (sent
+            // again, at worst twice: a caller takes the first and drops the other).
+            let outcome = match (outcome, unconfirmed) {
+                (Outcome::Settled(verdict), Some(unconfirmed)) => unconfirmed.kept(verdict),
+                (outcome, _) => outcome,
+            };
+            claim.end(outcome);
+        }
     }
+
+    /// Runs a request and sends its reply: what became of it, or nothing when the connection
+    /// was lost first and there is nothing to keep (a stream cut off, or a reply not to be
+    /// kept: only a remembered request's is, to be sent when it comes back).
+    async fn serve(
+        &self,
+        mut request: ServerRequest,
+        reply_to: Option<ShortString>,
+        properties: &BasicProperties,
+        keep: bool,
+    ) -> Option<Ran> {
+        let (shared, replier) = (&*self.shared, &self.replier);
+        let redelivered = request.redelivered;
+        let announced = protocol::announced_codec(properties, request.codec);
+        // A caller asking for a stream gets one from a function that streams; any other
+        // function answers it with a plain reply.
+        let progress = match (&reply_to, request.credit, &self.streams) {
+            (Some(to), Some(credit), Some(streams)) => {
+                let reply = ReplyTo {
+                    to: to.clone(),
+                    correlation_id: request.correlation_id.clone(),
+                    codec: announced,
+                    redelivered,
+                };
+                let (sink, progress) =
+                    ItemSink::new(streams.outlet(replier.clone(), reply, credit));
+                request.items = Some(sink);
+                Some(progress)
+            }
+            _ => None,
+        };
+        let (codec, correlation_id) = (request.codec, request.correlation_id.clone());
+        let function = request.function.clone();
+        let reply = pipeline::run(&shared.service, request).await;
+        let reply = within_limit(reply, codec, &function, shared.settings.max_reply_size);
+        let verdict = if reply.rejected {
+            Verdict::Rejected
+        } else {
+            Verdict::Served
+        };
+        let function = function.as_str();
+        let last = progress.map_or(Last::Plain, |progress| progress.last());
+        if let Last::Nothing(stopped) = last {
+            match stopped {
+                Stopped::SessionLost => {
+                    warn!(function, "the connection was lost during a stream");
+                    return None;
+                }
+                Stopped::Cancelled => debug!(function, "the caller cancelled a stream"),
+                Stopped::GaveUp(why) => error!(
+                    function,
+                    "the broker refused an item of this stream on every attempt ({why}); the request is settled without its end"
+                ),
+            }
+            return Some(Ran::settled(verdict));
+        }
+        let Some(reply_to) = reply_to else {
+            if reply.is_ok() {
+                return Some(Ran::settled(verdict));
+            }
+            // No caller hears of it: the request is kept where the queue dead-letters.
+            let message = envelope::Summary(codec, reply.body());
+            warn!(function, "one-way call failed: {message}");
+            if verdict != Verdict::Rejected {
+                shared.count_rejected_late();
+            }
+            return Some(Ran::settled(Verdict::Rejected));
+        };
+        let head = Head {
+            codec: announced,
+            ok: reply.is_ok(),
+            count: match last {
+                Last::End { count } => Some(count),
+                _ => None,
+            },
+        };
+        let outgoing = Outgoing {
+            to: reply_to,
+            properties: head.properties(correlation_id.clone()),
+            body: reply.body(),
+            redelivered,
+        };
+        let sent = self.answer(outgoing, verdict, function).await;
+        let unconfirmed = |reply| Unconfirmed {
+            head,
+            correlation_id,
+            reply,
+        };
+        Some(match sent {
+            Some((verdict, Sent::Unconfirmed)) if keep => Ran {
+                outcome: Outcome::Settled(verdict),
+                unconfirmed: Some(unconfirmed(reply)),
+            },
+            Some((verdict, _)) => Ran::settled(verdict),
+            None if keep => Ran {
+                outcome: unconfirmed(reply).kept(verdict),
+                unconfirmed: None,
+            },
+            None => return None,
+        })
+    }
+
+    /// Answers a redelivered request that ran here before, from what became of it.
+    async fn again(
+        &self,
+        before: Outcome,
+        reply_to: Option<ShortString>,
+        function: &str,
+    ) -> Outcome {
+        match (before, reply_to) {
+            (
+                Outcome::Unsent {
+                    properties,
+                    body,
+                    verdict,
+                },
+                Some(reply_to),
+            ) => {
+                let outgoing = Outgoing {
+                    to: reply_to,
+                    properties: (*properties).clone(),
+                    body: &body,
+                    redelivered: true,
+                };
+                let sent = self.answer(outgoing, verdict, function).await;
+                match sent {
+                    Some((verdict, sent)) => {
+                        // A redelivered request's reply goes through the quarantine: confirmed,
+                        // nothing to keep.
+                        debug_assert_eq!(sent, Sent::Confirmed);
+                        Outcome::Settled(verdict)
+                    }
+                    None => Outcome::Unsent {
+                        properties,
+                        body,
+                        verdict,
+                    },
+                }
+            }
+            (Outcome::Unsent { verdict, .. } | Outcome::Settled(verdict), _) => {
+                Outcome::Settled(verdict)
+            }
+        }
+    }
+
+    /// Sends a request's reply: how to settle the request and how the reply went, or `None`
+    /// when the connection was lost first (the request must not be settled: the broker
+    /// redelivers it).
+    async fn answer(
+        &self,
+        reply: Outgoing<'_>,
+        verdict: Verdict,
+        function: &str,
+    ) -> Option<(Verdict, Sent)> {
+        let Outgoing {
+            to,
+            properties,
+            body,
+            redelivered,
+        } = reply;
+        match self.replier.send(to, properties, body, redelivered).await {
+            Ok(sent) => Some((verdict, sent)),
+            Err(Undelivered::SessionLost) => {
+                warn!(
+                    function,
+                    "the connection was lost before the reply was sent"
+                );
+                None
+            }
+            Err(Undelivered::GaveUp(why)) => {
+                error!(
+                    function,
+                    "this request's reply could not be delivered ({why}); the request is settled without a reply"
+                );
+                if verdict != Verdict::Rejected {
+                    self.shared.count_rejected_late();
+                }
+                Some((Verdict::Rejected, Sent::Confirmed))
+            }
+        }
+    }
+}
+
+/// A reply on its way: where to, with what, and whether its request was redelivered
+/// (a redelivered request's reply goes through the quarantine).
+struct Outgoing<'a> {
+    to: ShortString,
+    properties: BasicProperties,
+    body: &'a [u8],
+    redelivered: bool,
+}
+
+/// `reply`, or a `too_large` error in its place when its body is over `limit`: the broker
+/// would close the channel that carried it (RabbitMQ 4 refuses messages over 16 MiB), and
+/// with it every request in flight on the consuming channel.
+fn within_limit(reply: Reply, codec: Codec, function: &str, limit: usize) -> Reply {
+    let size = reply.body().len();
+    if size <= limit {
+        return reply;
+    }
+    let message = format!(
+        "the result of `{function}` is {size} bytes encoded, over the maximum of {limit} bytes of a reply (service.max_reply_size)"
+    );
+    warn!(function, "{message}");
+    Reply::error(codec, ErrorCode::TooLarge, &message)
 }
 
 /// What became of a run, and the reply it wrote unconfirmed on the consuming channel, if
@@ -197,210 +400,6 @@ impl Head {
         match self.count {
             Some(count) => protocol::end_properties(self.codec, correlation_id, self.ok, count),
             None => protocol::reply_properties(self.codec, correlation_id, self.ok),
-        }
-    }
-}
-
-/// Runs a request and sends its reply: what became of it, or nothing when the connection
-/// was lost first and there is nothing to keep (a stream cut off, or a reply not to be
-/// kept: only a remembered request's is, to be sent when it comes back).
-async fn serve(
-    shared: &Shared,
-    replier: &Arc<Replier>,
-    streams: Option<Arc<Streams>>,
-    mut request: ServerRequest,
-    reply_to: Option<ShortString>,
-    properties: &BasicProperties,
-    keep: bool,
-) -> Option<Ran> {
-    let redelivered = request.redelivered;
-    let announced = protocol::announced_codec(properties, request.codec);
-    // A caller asking for a stream gets one from a function that streams; any other
-    // function answers it with a plain reply.
-    let progress = match (&reply_to, request.credit, &streams) {
-        (Some(to), Some(credit), Some(streams)) => {
-            let reply = ReplyTo {
-                to: to.clone(),
-                correlation_id: request.correlation_id.clone(),
-                codec: announced,
-                redelivered,
-            };
-            let (sink, progress) = ItemSink::new(streams.outlet(replier.clone(), reply, credit));
-            request.items = Some(sink);
-            Some(progress)
-        }
-        _ => None,
-    };
-    let (codec, correlation_id) = (request.codec, request.correlation_id.clone());
-    let function = request.function.clone();
-    let reply = pipeline::run(&shared.service, request).await;
-    let reply = within_limit(reply, codec, &function, shared.settings.max_reply_size);
-    let verdict = if reply.rejected {
-        Verdict::Rejected
-    } else {
-        Verdict::Served
-    };
-    let function = function.as_str();
-    let last = progress.map_or(Last::Plain, |progress| progress.last());
-    if let Last::Nothing(stopped) = last {
-        match stopped {
-            Stopped::SessionLost => {
-                warn!(function, "the connection was lost during a stream");
-                return None;
-            }
-            Stopped::Cancelled => debug!(function, "the caller cancelled a stream"),
-            Stopped::GaveUp(why) => error!(
-                function,
-                "the broker refused an item of this stream on every attempt ({why}); the request is settled without its end"
-            ),
-        }
-        return Some(Ran::settled(verdict));
-    }
-    let Some(reply_to) = reply_to else {
-        if reply.is_ok() {
-            return Some(Ran::settled(verdict));
-        }
-        // No caller hears of it: the request is kept where the queue dead-letters.
-        let message = envelope::Summary(codec, reply.body());
-        warn!(function, "one-way call failed: {message}");
-        if verdict != Verdict::Rejected {
-            shared.count_rejected_late();
-        }
-        return Some(Ran::settled(Verdict::Rejected));
-    };
-    let head = Head {
-        codec: announced,
-        ok: reply.is_ok(),
-        count: match last {
-            Last::End { count } => Some(count),
-            _ => None,
-        },
-    };
-    let sent = answer(
-        shared,
-        replier,
-        reply_to,
-        head.properties(correlation_id.clone()),
-        reply.body(),
-        verdict,
-        redelivered,
-        function,
-    )
-    .await;
-    let unconfirmed = |reply| Unconfirmed {
-        head,
-        correlation_id,
-        reply,
-    };
-    Some(match sent {
-        Some((verdict, Sent::Unconfirmed)) if keep => Ran {
-            outcome: Outcome::Settled(verdict),
-            unconfirmed: Some(unconfirmed(reply)),
-        },
-        Some((verdict, _)) => Ran::settled(verdict),
-        None if keep => Ran {
-            outcome: unconfirmed(reply).kept(verdict),
-            unconfirmed: None,
-        },
-        None => return None,
-    })
-}
-
-/// `reply`, or a `too_large` error in its place when its body is over `limit`: the broker
-/// would close the channel that carried it (RabbitMQ 4 refuses messages over 16 MiB), and
-/// with it every request in flight on the consuming channel.
-fn within_limit(reply: Reply, codec: Codec, function: &str, limit: usize) -> Reply {
-    let size = reply.body().len();
-    if size <= limit {
-        return reply;
-    }
-    let message = format!(
-        "the result of `{function}` is {size} bytes encoded, over the maximum of {limit} bytes of a reply (service.max_reply_size)"
-    );
-    warn!(function, "{message}");
-    Reply::error(codec, ErrorCode::TooLarge, &message)
-}
-
-/// Answers a redelivered request that ran here before, from what became of it.
-async fn again(
-    shared: &Shared,
-    replier: &Replier,
-    before: Outcome,
-    reply_to: Option<ShortString>,
-    function: &str,
-) -> Outcome {
-    match (before, reply_to) {
-        (
-            Outcome::Unsent {
-                properties,
-                body,
-                verdict,
-            },
-            Some(reply_to),
-        ) => {
-            let sent = answer(
-                shared,
-                replier,
-                reply_to,
-                (*properties).clone(),
-                &body,
-                verdict,
-                true,
-                function,
-            )
-            .await;
-            match sent {
-                Some((verdict, sent)) => {
-                    // A redelivered request's reply goes through the quarantine: confirmed,
-                    // nothing to keep.
-                    debug_assert_eq!(sent, Sent::Confirmed);
-                    Outcome::Settled(verdict)
-                }
-                None => Outcome::Unsent {
-                    properties,
-                    body,
-                    verdict,
-                },
-            }
-        }
-        (Outcome::Unsent { verdict, .. } | Outcome::Settled(verdict), _) => {
-            Outcome::Settled(verdict)
-        }
-    }
-}
-
-/// Sends a request's reply: how to settle the request and how the reply went, or `None`
-/// when the connection was lost first (the request must not be settled: the broker
-/// redelivers it).
-#[allow(clippy::too_many_arguments)]
-async fn answer(
-    shared: &Shared,
-    replier: &Replier,
-    reply_to: ShortString,
-    properties: BasicProperties,
-    body: &[u8],
-    verdict: Verdict,
-    redelivered: bool,
-    function: &str,
-) -> Option<(Verdict, Sent)> {
-    match replier.send(reply_to, properties, body, redelivered).await {
-        Ok(sent) => Some((verdict, sent)),
-        Err(Undelivered::SessionLost) => {
-            warn!(
-                function,
-                "the connection was lost before the reply was sent"
-            );
-            None
-        }
-        Err(Undelivered::GaveUp(why)) => {
-            error!(
-                function,
-                "this request's reply could not be delivered ({why}); the request is settled without a reply"
-            );
-            if verdict != Verdict::Rejected {
-                shared.count_rejected_late();
-            }
-            Some((Verdict::Rejected, Sent::Confirmed))
         }
     }
 }

@@ -19,6 +19,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::dispatch::Dispatch;
 use super::events;
 use super::reply::Replier;
 use super::settle::Settler;
@@ -33,13 +34,12 @@ pub(super) struct Session {
     connection: Connection,
     channel: Channel,
     consumer: lapin::Consumer,
-    settler: Arc<Settler>,
-    replier: Arc<Replier>,
+    /// How its deliveries are handled: its settler, replier and streams.
+    dispatch: Arc<Dispatch>,
     /// The `#[subscribe]` consumers, handed to their tasks when serving starts.
     subscriptions: Vec<events::Subscription>,
-    /// The streams of streaming functions, when some function streams, and the consumer
-    /// of their credit queue (handed to its task when serving starts).
-    streams: Option<Arc<Streams>>,
+    /// The consumer of the streams' credit queue, when some function streams (handed to
+    /// its task when serving starts).
     credit: Option<lapin::Consumer>,
     /// Told why when a subscription's consumer ends while the connection lives (its queue
     /// deleted, say): the session is then lost too, and the next one declares it again.
@@ -53,7 +53,7 @@ enum SessionError {
 }
 
 impl Session {
-    pub(super) async fn open_with_retry(shared: &Shared) -> Result<Session, ServeError> {
+    pub(super) async fn open_with_retry(shared: &Arc<Shared>) -> Result<Session, ServeError> {
         let mut backoff = Backoff::new();
         loop {
             match Session::open(shared).await {
@@ -82,7 +82,7 @@ impl Session {
         }
     }
 
-    async fn open(shared: &Shared) -> Result<Session, SessionError> {
+    async fn open(shared: &Arc<Shared>) -> Result<Session, SessionError> {
         let settings = &shared.settings;
         let name = format!("guirpc server {}", settings.queue);
         let connected = shared
@@ -170,11 +170,15 @@ impl Session {
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
         let dead_letter = settings.dead_letters();
         let (streams, credit) = streams.unzip();
-        Ok(Session {
-            streams,
-            credit,
-            settler: Arc::new(Settler::new(channel.clone(), dead_letter)),
+        let dispatch = Dispatch {
+            shared: shared.clone(),
+            settler: Settler::new(channel.clone(), dead_letter),
             replier: Arc::new(Replier::new(shared, channel.clone())),
+            streams,
+        };
+        Ok(Session {
+            dispatch: Arc::new(dispatch),
+            credit,
             connection,
             channel,
             consumer,
@@ -186,7 +190,7 @@ impl Session {
 
     async fn close(&self) {
         link::close(&self.connection, "shutdown").await;
-        self.replier.close().await;
+        self.dispatch.replier.close().await;
     }
 }
 
@@ -317,7 +321,7 @@ pub(super) async fn supervise(
                         shared.masked_uri
                     );
                 }
-                session.replier.close().await;
+                session.dispatch.replier.close().await;
                 shared.brokers.lost();
                 session = tokio::select! {
                     session = Session::open_with_retry(&shared) => session?,
@@ -345,7 +349,7 @@ async fn consume(
         ));
     }
     if let Some(credit) = session.credit.take()
-        && let Some(streams) = session.streams.clone()
+        && let Some(streams) = session.dispatch.streams.clone()
     {
         let lost = session.lost_tx.clone();
         tokio::spawn(async move {
@@ -367,18 +371,12 @@ async fn consume(
         };
         match delivery {
             Some(Ok(delivery)) => {
-                session.settler.received(delivery.delivery_tag);
+                session.dispatch.settler.received(delivery.delivery_tag);
                 // Boxed: a request's future is several kilobytes (the reply's publish
                 // among them), which the runtime would copy on spawn and again as the
                 // task ends; a box is moved as a pointer.
-                tokio::spawn(Box::pin(super::dispatch::handle(
-                    shared.clone(),
-                    session.settler.clone(),
-                    session.replier.clone(),
-                    session.streams.clone(),
-                    delivery,
-                    permit,
-                )));
+                let dispatch = session.dispatch.clone();
+                tokio::spawn(Box::pin(dispatch.handle(delivery, permit)));
             }
             Some(Err(err)) => return Err(err.to_string()),
             None => return Err("the broker cancelled the consumer".into()),
