@@ -19,9 +19,10 @@
 //! ```
 //!
 //! Arguments and replies are encoded and decoded exactly as on the wire, errors arrive as
-//! the same [`Error`] variants (an unknown function is a remote `not_found`, a slow one a
-//! [`Error::Timeout`], a call to another queue [`Error::NoRoute`]), and the server's and
-//! the client's layers run around each call. Build the server side with
+//! the same [`Error`](crate::Error) variants (an unknown function is a remote
+//! `not_found`, a slow one a [`Error::Timeout`](crate::Error::Timeout), a call to another
+//! queue [`Error::NoRoute`](crate::Error::NoRoute)), and the server's and the client's
+//! layers run around each call. Build the server side with
 //! [`ServerBuilder::in_memory`](crate::ServerBuilder::in_memory) to give it layers,
 //! metrics or a registry of its own.
 
