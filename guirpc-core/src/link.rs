@@ -51,7 +51,15 @@ pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Where the broker is and how to reach it: the `[broker]` settings, as the settings
 /// ([`crate::Settings::broker`]), a server's settings and a client builder all hold them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Shown (`Debug`) with the password masked.
+///
+/// ```
+/// let mut broker = guirpc_core::Settings::default().broker();
+/// broker.uri = "amqp://app:s3cret@rabbit:5672/%2f".into();
+/// assert!(!format!("{broker:?}").contains("s3cret"));
+/// let client = guirpc_core::Client::builder().broker(broker);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BrokerSettings {
     /// The broker URI, or several nodes' comma-separated.
@@ -67,15 +75,14 @@ pub struct BrokerSettings {
     pub heartbeat: Duration,
 }
 
-impl BrokerSettings {
-    /// The broker at `uri`, with the other settings' defaults.
-    pub fn new(uri: &str) -> BrokerSettings {
-        BrokerSettings {
-            uri: uri.to_owned(),
-            shuffle: false,
-            tls_ca_file: String::new(),
-            heartbeat: DEFAULT_HEARTBEAT,
-        }
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("uri", &crate::uri::mask_uri(&self.uri))
+            .field("shuffle", &self.shuffle)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
     }
 }
 
@@ -301,8 +308,10 @@ mod tests {
 
     fn nodes(list: &str, shuffle: bool) -> Brokers {
         Brokers::new(&BrokerSettings {
+            uri: list.to_owned(),
             shuffle,
-            ..BrokerSettings::new(list)
+            tls_ca_file: String::new(),
+            heartbeat: DEFAULT_HEARTBEAT,
         })
     }
 

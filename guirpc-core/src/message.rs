@@ -1,8 +1,9 @@
 //! The messages of a call as the layers and the transports see them: a server's
 //! [`Reply`], a client's [`ClientRequest`] and [`ClientResponse`], and the handles of a
 //! stream's two ends ([`ItemSink`] on the server, [`Items`] on the client), whose
-//! behaviour is `crate::stream`'s. Beneath the middleware, the registry and the streams,
-//! which all speak in them.
+//! behaviour is `crate::stream`'s; and what a registered function is handed
+//! ([`Invocation`]) and returns ([`HandlerFuture`]). Beneath the middleware, the registry
+//! and the streams, which all speak in them.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -212,7 +213,7 @@ impl ClientResponse {
     }
 }
 
-/// Where a streaming function's items go (what `#[rpc]` generates hands it its items).
+/// Where a streaming function's items go: the code `#[rpc]` generates sends them here.
 pub struct ItemSink {
     pub(crate) outlet: Box<dyn Outlet>,
     pub(crate) deadline: Option<SystemTime>,

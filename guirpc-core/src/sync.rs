@@ -1,6 +1,7 @@
 //! Locks that outlive a panic: a thread that panicked while holding one leaves its data as
 //! it was, and the rest of the program goes on with it instead of panicking in turn (no
-//! lock of the crate is held across a user's code). Every lock is taken through these.
+//! lock of the crate is held across a user's code). Every lock outside tests is taken through
+//! these.
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -32,7 +32,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
         .map(|n| n.value())
         .unwrap_or_else(|| ident.to_string());
     let doc = doc_of(attrs);
-    let args_max_run = args.max_run;
+    let max_run = args.max_run;
     let params = &signature.params;
     let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
     let types: Vec<&Type> = params.iter().map(|p| p.ty).collect();
@@ -225,7 +225,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
             __guirpc_handler,
         )
     };
-    if let Some(millis) = args_max_run {
+    if let Some(millis) = max_run {
         function = quote!(::guirpc_core::__private::with_max_run(#function, #millis));
     }
     Ok(quote! {

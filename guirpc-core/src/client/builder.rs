@@ -188,7 +188,7 @@ impl ClientBuilder {
             self.metrics.clone(),
         )
         .await?;
-        let innermost = ClientService::own(amqp.service());
+        let innermost = ClientService::own(amqp.calls());
         Ok(self.build(innermost, Transport::Amqp(amqp)))
     }
 

@@ -48,7 +48,7 @@ impl ServiceSettings {
     /// Whether a request the server rejects goes to the dead-letter exchange: one is
     /// configured, and requests are acknowledged after their outcome (at-most-once
     /// acknowledges them on receipt, when there is nothing left to reject).
-    pub fn dead_letters(&self) -> bool {
+    pub(crate) fn dead_letters(&self) -> bool {
         !self.dead_letter_exchange.is_empty() && self.delivery == Delivery::AtLeastOnce
     }
 }

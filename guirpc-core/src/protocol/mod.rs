@@ -317,7 +317,7 @@ impl RequestMeta {
 /// acks) and events of a subscription of one's own, which die with their consumer.
 pub(crate) async fn consume_no_ack(
     channel: &lapin::Channel,
-    queue: lapin::types::ShortString,
+    queue: ShortString,
 ) -> lapin::Result<lapin::Consumer> {
     let options = lapin::options::BasicConsumeOptions {
         no_ack: true,

@@ -28,7 +28,8 @@ use crate::middleware::{
     ServerRequest, ServerService, client_outcome, service_of_own,
 };
 
-use crate::protocol::{HEADER_TRACEPARENT, HEADER_TRACESTATE};
+/// The trace context headers, named where every wire name is ([`crate::protocol`]).
+pub use crate::protocol::{HEADER_TRACEPARENT, HEADER_TRACESTATE};
 
 /// The longest `tracestate` passed on (the W3C limit is 32 members; 512 bytes is the size
 /// every implementation must propagate).

@@ -72,8 +72,8 @@ pub(crate) struct Handle {
 
 impl Handle {
     /// The service that carries the client's calls.
-    pub(crate) fn service(&self) -> Service {
-        Service(self.shared.clone())
+    pub(crate) fn calls(&self) -> Calls {
+        Calls(self.shared.clone())
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -91,10 +91,15 @@ impl Handle {
 
     /// Closes the connection; calls still waiting fail with [`Error::Connection`].
     pub(crate) async fn close(&self) {
-        self.supervisor.abort();
-        if let Some(link) = self.shared.take_link() {
+        if let Some(link) = self.detach() {
             link.close().await;
         }
+    }
+
+    /// Stops reconnecting, and takes the live link away to be closed.
+    fn detach(&self) -> Option<Arc<Link>> {
+        self.supervisor.abort();
+        self.shared.take_link()
     }
 
     /// Subscribes to the events whose topic matches `pattern`.
@@ -105,9 +110,8 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.supervisor.abort();
         // lapin keeps a connection open until it is closed: close it off the caller's path.
-        if let Some(link) = self.shared.take_link()
+        if let Some(link) = self.detach()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move { link.close().await });
@@ -117,9 +121,9 @@ impl Drop for Handle {
 
 /// The innermost service of a client on the broker: one call, one round trip (and as many
 /// more as its retries allow).
-pub(crate) struct Service(Arc<Shared>);
+pub(crate) struct Calls(Arc<Shared>);
 
-impl OwnService<ClientRequest, ClientResponse, Error> for Service {
+impl OwnService<ClientRequest, ClientResponse, Error> for Calls {
     fn call(&self, request: ClientRequest) -> BoxFuture<Result<ClientResponse, Error>> {
         let shared = self.0.clone();
         Box::pin(async move {
@@ -143,23 +147,6 @@ impl OwnService<ClientRequest, ClientResponse, Error> for Service {
             codec::buffers::give_back(request.body);
             response
         })
-    }
-}
-
-impl Shared {
-    /// Waits until there is a link, at most `limit`; whether there is.
-    async fn wait_linked(&self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, async {
-            loop {
-                let linked = self.linked.notified();
-                if self.link().is_some() {
-                    return;
-                }
-                linked.await;
-            }
-        })
-        .await
-        .is_ok()
     }
 }
 
@@ -214,6 +201,21 @@ struct Shared {
 }
 
 impl Shared {
+    /// Waits until there is a link, at most `limit`; whether there is.
+    async fn wait_linked(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                let linked = self.linked.notified();
+                if self.link().is_some() {
+                    return;
+                }
+                linked.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     fn link(&self) -> Option<Arc<Link>> {
         self.link.read_locked().clone()
     }
