@@ -10,7 +10,7 @@ use guirpc_core::lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use guirpc_core::lapin::{Connection, ConnectionProperties};
 use guirpc_tests::{dead_letters, unique_queue, uri};
 
-/// Starts the abort server and waits until it serves.
+/// Starts the abort server and waits until it serves, or has been killed by the request.
 fn abort_server(queue: &str, limit: u32, dlx: &str) -> std::process::Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_abort-server"))
         .args([&uri(), queue, &limit.to_string(), dlx])
@@ -22,7 +22,9 @@ fn abort_server(queue: &str, limit: u32, dlx: &str) -> std::process::Child {
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert_eq!(line.trim(), "serving");
+    // A redelivered request may kill the server before it prints that it serves: it
+    // consumes from the moment it starts. Its stdout then ends, and the caller sees it exit.
+    assert!(line.trim() == "serving" || line.is_empty(), "{line:?}");
     child
 }
 
