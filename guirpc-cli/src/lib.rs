@@ -25,6 +25,7 @@
 mod call;
 mod cast;
 mod config;
+mod dead;
 mod events;
 mod exit;
 mod flag;
@@ -64,6 +65,7 @@ enum Command {
     #[command(alias = "publishone")]
     Call(call::Args),
     Cast(cast::Args),
+    Dead(dead::Args),
     Publish(events::PublishArgs),
     Subscribe(events::SubscribeArgs),
     List(list::Args),
@@ -165,6 +167,7 @@ impl Main {
                         Command::Serve(args) => serve::run(args, &cli.log, defaults).await,
                         Command::Call(args) => call::run(args, &cli.log, defaults).await,
                         Command::Cast(args) => cast::run(args, &cli.log, defaults).await,
+                        Command::Dead(args) => dead::run(args, &cli.log, defaults).await,
                         Command::Publish(args) => events::publish(args, &cli.log, defaults).await,
                         Command::Subscribe(args) => {
                             events::subscribe(args, &cli.log, defaults).await

@@ -33,7 +33,7 @@ pub(crate) async fn run(
         );
         return Ok(());
     }
-    let rows: Vec<[String; 4]> = description
+    let rows: Vec<[String; 5]> = description
         .functions
         .iter()
         .map(|f| {
@@ -52,11 +52,23 @@ pub(crate) async fn run(
                 f.name.clone(),
                 params.join(", "),
                 f.returns.clone(),
+                f.retry
+                    .as_ref()
+                    .map_or_else(String::new, ToString::to_string),
                 summary.to_owned(),
             ]
         })
         .collect();
-    print_table(["NAME", "PARAMETERS", "RETURNS", "DESCRIPTION"], &rows);
+    print_table(
+        [
+            "NAME",
+            "PARAMETERS",
+            "RETURNS",
+            "CASTS RETRIED",
+            "DESCRIPTION",
+        ],
+        &rows,
+    );
     Ok(())
 }
 

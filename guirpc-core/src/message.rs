@@ -129,6 +129,9 @@ pub struct ClientRequest {
     pub retries: u32,
     /// A call, a cast, or an event.
     pub kind: CallKind,
+    /// A scheduled cast: the time before which it must not run (it waits on the broker's
+    /// delay ladder, [`crate::delay`]).
+    pub not_before: Option<std::time::SystemTime>,
 }
 
 /// What a client sends.

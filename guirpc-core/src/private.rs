@@ -14,6 +14,7 @@ use crate::{BlockingClient, BlockingItems, Client, Error};
 pub use crate::client::Idempotency;
 pub use crate::message::{HandlerFn, HandlerFuture, Invocation, ItemSink, Reply};
 pub use crate::registry::{Function, Param, Subscriber};
+pub use crate::retry::{RetryOn, RetryOverride};
 pub use inventory;
 pub use serde;
 
@@ -38,8 +39,29 @@ pub const fn function(
         streams,
         location,
         max_run: None,
+        retry: None,
         handler: Handler::Static(handler),
     }
+}
+
+/// A function with retry options of its own (`#[rpc(retry(...))]`).
+pub const fn with_retry(mut function: Function, retry: RetryOverride) -> Function {
+    function.retry = Some(retry);
+    function
+}
+
+/// A subscriber with retry options of its own (`#[subscribe(..., retry(...))]`).
+pub const fn subscriber_with_retry(mut subscriber: Subscriber, retry: RetryOverride) -> Subscriber {
+    subscriber.retry = Some(retry);
+    subscriber
+}
+
+/// A backoff range in milliseconds, for [`RetryOverride::backoff`].
+pub const fn range(first: u64, largest: u64) -> (std::time::Duration, std::time::Duration) {
+    (
+        std::time::Duration::from_millis(first),
+        std::time::Duration::from_millis(largest),
+    )
 }
 
 /// A function with a longest run of its own (`#[rpc(max_run = "...")]`).
@@ -63,6 +85,7 @@ pub const fn subscriber(
         broadcast,
         doc,
         location,
+        retry: None,
         handler,
     }
 }

@@ -41,6 +41,8 @@ pub struct Function {
     /// The longest a run may take before it is cancelled (`#[rpc(max_run = "...")]`);
     /// `None` for the server's `service.max_run`.
     pub(crate) max_run: Option<std::time::Duration>,
+    /// The retry options it states for its casts (`#[rpc(retry(...))]`).
+    pub(crate) retry: Option<crate::retry::RetryOverride>,
     pub(crate) handler: Handler,
 }
 
@@ -75,6 +77,7 @@ impl Function {
             streams: false,
             location: Box::leak(location.into_boxed_str()),
             max_run: None,
+            retry: None,
             handler: Handler::Dynamic(handler),
         }))
     }
@@ -125,6 +128,12 @@ impl Function {
         self.location
     }
 
+    /// The retry options the function states for its casts (`#[rpc(retry(...))]`); the
+    /// rest come from the service's `[retry]` settings.
+    pub fn retry(&self) -> Option<&crate::retry::RetryOverride> {
+        self.retry.as_ref()
+    }
+
     /// Runs the function on a request.
     pub(crate) fn invoke(&self, invocation: Invocation) -> HandlerFuture {
         match &self.handler {
@@ -165,6 +174,8 @@ pub struct Subscriber {
     pub(crate) broadcast: bool,
     pub(crate) doc: &'static str,
     pub(crate) location: &'static str,
+    /// The retry options it states (`#[subscribe(..., retry(...))]`).
+    pub(crate) retry: Option<crate::retry::RetryOverride>,
     pub(crate) handler: HandlerFn,
 }
 
@@ -191,6 +202,12 @@ impl Subscriber {
     /// Whether every server instance gets every event (else each service gets it once).
     pub fn is_broadcast(&self) -> bool {
         self.broadcast
+    }
+
+    /// The retry options the subscriber states; the rest come from the service's
+    /// `[retry]` settings.
+    pub fn retry(&self) -> Option<&crate::retry::RetryOverride> {
+        self.retry.as_ref()
     }
 
     /// The first line of the doc comment.

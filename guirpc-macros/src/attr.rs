@@ -10,6 +10,8 @@ pub(crate) struct RpcArgs {
     pub idempotent: bool,
     /// `max_run = "10m"`, in milliseconds.
     pub max_run: Option<u64>,
+    /// `retry(...)`.
+    pub retry: Option<RetryArgs>,
 }
 
 impl Parse for RpcArgs {
@@ -45,11 +47,16 @@ impl Parse for RpcArgs {
                     )
                 })?;
                 args.max_run = Some(millis);
+            } else if key == "retry" {
+                if args.retry.is_some() {
+                    return Err(syn::Error::new(key.span(), "`retry` is given twice"));
+                }
+                args.retry = Some(RetryArgs::parse_group(input)?);
             } else {
                 return Err(syn::Error::new(
                     key.span(),
                     format!(
-                        "unknown #[rpc] option `{key}`; the options are `name = \"...\"`, `idempotent` and `max_run = \"...\"`"
+                        "unknown #[rpc] option `{key}`; the options are `name = \"...\"`, `idempotent`, `max_run = \"...\"` and `retry(...)`"
                     ),
                 ));
             }
@@ -58,6 +65,155 @@ impl Parse for RpcArgs {
             }
         }
         Ok(args)
+    }
+}
+
+/// `retry(attempts = 5, backoff = "1s..5m", factor = 2, jitter = 0.2, on = "handler_error")`:
+/// the options a function or subscriber states; the service's `[retry]` settings give the
+/// rest.
+#[derive(Default)]
+pub(crate) struct RetryArgs {
+    pub attempts: Option<u32>,
+    /// First and largest delay, in milliseconds.
+    pub backoff: Option<(u64, u64)>,
+    pub factor: Option<f64>,
+    pub jitter: Option<f64>,
+    /// The bits of `guirpc_core::retry::RetryOn`.
+    pub on: Option<u8>,
+}
+
+/// The outcomes `on` may name, with their bits in `guirpc_core::retry::RetryOn`.
+const OUTCOMES: [(&str, u8); 3] = [
+    ("handler_error", 1),
+    ("internal", 2),
+    ("max_run_exceeded", 4),
+];
+
+impl RetryArgs {
+    /// `(...)` after `retry`.
+    pub(crate) fn parse_group(input: ParseStream<'_>) -> syn::Result<RetryArgs> {
+        let content;
+        syn::parenthesized!(content in input);
+        let mut args = RetryArgs::default();
+        while !content.is_empty() {
+            let key: syn::Ident = content.parse()?;
+            content.parse::<Token![=]>()?;
+            let twice = || syn::Error::new(key.span(), format!("`{key}` is given twice"));
+            if key == "attempts" {
+                let n: syn::LitInt = content.parse()?;
+                let n: u32 = n.base10_parse()?;
+                if n == 0 {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        "`attempts` counts the first run too: 1 or more (1 for no retries)",
+                    ));
+                }
+                args.attempts.replace(n).map_or(Ok(()), |_| Err(twice()))?;
+            } else if key == "backoff" {
+                let text: LitStr = content.parse()?;
+                let range = text.value();
+                let bad = || {
+                    syn::Error::new(
+                        text.span(),
+                        "`backoff` takes a range: the first delay, then the largest, \"1s..5m\"",
+                    )
+                };
+                let (first, largest) = range.split_once("..").ok_or_else(bad)?;
+                let (first, largest) = (
+                    parse_millis(first).ok_or_else(bad)?,
+                    parse_millis(largest).ok_or_else(bad)?,
+                );
+                if first > largest {
+                    return Err(syn::Error::new(
+                        text.span(),
+                        "the first delay of `backoff` is larger than the largest",
+                    ));
+                }
+                args.backoff
+                    .replace((first, largest))
+                    .map_or(Ok(()), |_| Err(twice()))?;
+            } else if key == "factor" || key == "jitter" {
+                let number = parse_number(&content)?;
+                let (slot, valid, what) = if key == "factor" {
+                    (&mut args.factor, number >= 1.0, "1 or more")
+                } else {
+                    (
+                        &mut args.jitter,
+                        (0.0..=1.0).contains(&number),
+                        "from 0 to 1",
+                    )
+                };
+                if !valid {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        format!("`{key}` takes a number {what}"),
+                    ));
+                }
+                slot.replace(number).map_or(Ok(()), |_| Err(twice()))?;
+            } else if key == "on" {
+                let text: LitStr = content.parse()?;
+                let mut bits = 0;
+                for name in text.value().split([',', ' ']).filter(|n| !n.is_empty()) {
+                    let Some((_, bit)) = OUTCOMES.iter().find(|(known, _)| *known == name) else {
+                        return Err(syn::Error::new(
+                            text.span(),
+                            format!(
+                                "`{name}` cannot be retried; `on` names some of handler_error, internal and max_run_exceeded"
+                            ),
+                        ));
+                    };
+                    bits |= bit;
+                }
+                args.on.replace(bits).map_or(Ok(()), |_| Err(twice()))?;
+            } else {
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!(
+                        "unknown retry option `{key}`; the options are `attempts`, `backoff`, `factor`, `jitter` and `on`"
+                    ),
+                ));
+            }
+            if !content.is_empty() {
+                content.parse::<Token![,]>()?;
+            }
+        }
+        Ok(args)
+    }
+
+    /// The `RetryOverride` it states, as an expression.
+    pub(crate) fn expr(&self) -> proc_macro2::TokenStream {
+        fn option<T: quote::ToTokens>(value: Option<T>) -> proc_macro2::TokenStream {
+            match value {
+                Some(value) => quote::quote!(::core::option::Option::Some(#value)),
+                None => quote::quote!(::core::option::Option::None),
+            }
+        }
+        let attempts = option(self.attempts);
+        let backoff = option(self.backoff.map(
+            |(first, largest)| quote::quote!(::guirpc_core::__private::range(#first, #largest)),
+        ));
+        let factor = option(self.factor);
+        let jitter = option(self.jitter);
+        let on = option(
+            self.on
+                .map(|bits| quote::quote!(::guirpc_core::__private::RetryOn::from_bits(#bits))),
+        );
+        quote::quote!(::guirpc_core::__private::RetryOverride {
+            attempts: #attempts,
+            backoff: #backoff,
+            factor: #factor,
+            jitter: #jitter,
+            on: #on,
+        })
+    }
+}
+
+/// A number, written `2`, `2.5` or `0.1`.
+fn parse_number(input: ParseStream<'_>) -> syn::Result<f64> {
+    if input.peek(syn::LitInt) {
+        input.parse::<syn::LitInt>()?.base10_parse()
+    } else {
+        input.parse::<syn::LitFloat>()?.base10_parse()
     }
 }
 

@@ -33,6 +33,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
         .unwrap_or_else(|| ident.to_string());
     let doc = doc_of(attrs);
     let max_run = args.max_run;
+    let args_retry = args.retry;
     let params = &signature.params;
     let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
     let types: Vec<&Type> = params.iter().map(|p| p.ty).collect();
@@ -49,6 +50,15 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     } else {
         format_ident!("client")
     };
+    // The schedule of a cast, named apart from the function's own parameters.
+    let unclashed = |wanted: &str| {
+        if names.iter().any(|n| *n == wanted) {
+            format_ident!("rpc_{}", wanted)
+        } else {
+            format_ident!("{}", wanted)
+        }
+    };
+    let (delay, at) = (unclashed("delay"), unclashed("at"));
 
     let args = quote!(&__Args { #(#names),* });
     let (ok_ty, stub_body, stub_blocking_body, stub_err, reply) = match &signature.output {
@@ -106,6 +116,11 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     let cast_blocking_doc = format!(
         " Casts `{name}` to the client's service queue, blocking until the broker has taken it."
     );
+    let cast_after_doc = format!(
+        " Casts `{name}` to run no sooner than `delay` from now (see `Client::cast_after`)."
+    );
+    let cast_at_doc =
+        format!(" Casts `{name}` to run no sooner than `at` (see `Client::cast_at`).");
     let calls = if streams {
         let stream_doc = format!(
             " Calls `{name}`, whose items arrive as they are produced: dropping the stream cancels the call."
@@ -169,6 +184,26 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
             ) -> ::core::result::Result<(), ::guirpc_core::Error> {
                 #client.cast(NAME, &__Args { #(#names),* })
             }
+
+            #[doc = #cast_after_doc]
+            #[allow(clippy::too_many_arguments)]
+            pub async fn cast_after(
+                #client: &::guirpc_core::Client,
+                #delay: ::std::time::Duration,
+                #(#names: #stub_types),*
+            ) -> ::core::result::Result<(), ::guirpc_core::Error> {
+                #client.cast_after(#delay, NAME, &__Args { #(#names),* }).await
+            }
+
+            #[doc = #cast_at_doc]
+            #[allow(clippy::too_many_arguments)]
+            pub async fn cast_at(
+                #client: &::guirpc_core::Client,
+                #at: ::std::time::SystemTime,
+                #(#names: #stub_types),*
+            ) -> ::core::result::Result<(), ::guirpc_core::Error> {
+                #client.cast_at(#at, NAME, &__Args { #(#names),* }).await
+            }
         }
     };
     let stubs = quote! {
@@ -225,6 +260,10 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
             __guirpc_handler,
         )
     };
+    if let Some(retry) = &args_retry {
+        let retry = retry.expr();
+        function = quote!(::guirpc_core::__private::with_retry(#function, #retry));
+    }
     if let Some(millis) = max_run {
         function = quote!(::guirpc_core::__private::with_max_run(#function, #millis));
     }

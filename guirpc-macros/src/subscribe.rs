@@ -5,7 +5,7 @@ use quote::quote;
 use syn::parse::{Parse, ParseStream};
 use syn::{LitStr, Token};
 
-use crate::attr::RpcFn;
+use crate::attr::{RetryArgs, RpcFn};
 use crate::expand::{Output, check, doc_of, location, run};
 
 /// `#[subscribe("orders.*", broadcast, name = "...")]`.
@@ -13,6 +13,7 @@ pub(crate) struct SubscribeArgs {
     pattern: LitStr,
     broadcast: bool,
     name: Option<LitStr>,
+    retry: Option<RetryArgs>,
 }
 
 impl Parse for SubscribeArgs {
@@ -33,6 +34,7 @@ impl Parse for SubscribeArgs {
             pattern,
             broadcast: false,
             name: None,
+            retry: None,
         };
         while !input.is_empty() {
             input.parse::<Token![,]>()?;
@@ -45,11 +47,13 @@ impl Parse for SubscribeArgs {
             } else if key == "name" {
                 input.parse::<Token![=]>()?;
                 args.name = Some(input.parse()?);
+            } else if key == "retry" {
+                args.retry = Some(RetryArgs::parse_group(input)?);
             } else {
                 return Err(syn::Error::new(
                     key.span(),
                     format!(
-                        "unknown #[subscribe] option `{key}`; the options are `broadcast` and `name = \"...\"`"
+                        "unknown #[subscribe] option `{key}`; the options are `broadcast`, `name = \"...\"` and `retry(...)`"
                     ),
                 ));
             }
@@ -103,6 +107,18 @@ pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenS
         }
     };
     let location = location(ident);
+    let mut subscriber = quote!(::guirpc_core::__private::subscriber(
+        #name,
+        #pattern,
+        #broadcast,
+        #doc,
+        #location,
+        __guirpc_subscriber,
+    ));
+    if let Some(retry) = &args.retry {
+        let retry = retry.expr();
+        subscriber = quote!(::guirpc_core::__private::subscriber_with_retry(#subscriber, #retry));
+    }
     Ok(quote! {
         #(#attrs)*
         #vis #sig #body
@@ -123,14 +139,7 @@ pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenS
             }
 
             ::guirpc_core::__private::inventory::submit! {
-                ::guirpc_core::__private::subscriber(
-                    #name,
-                    #pattern,
-                    #broadcast,
-                    #doc,
-                    #location,
-                    __guirpc_subscriber,
-                )
+                #subscriber
             }
         };
     })

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod imports;
+pub mod jobs;
 pub mod proxy;
 pub mod spans;
 

@@ -32,8 +32,12 @@ fn count(key: &str) -> u32 {
     seen().lock().unwrap().get(key).copied().unwrap_or(0)
 }
 
-/// Records an order; fails as often as the order asks.
-#[subscribe("guirpc-test-orders.created")]
+/// Records an order; fails as often as the order asks. Three runs in all, 200 then 400 ms
+/// apart.
+#[subscribe(
+    "guirpc-test-orders.created",
+    retry(attempts = 3, backoff = "200ms..1s", jitter = 0)
+)]
 async fn on_order(order: Order) -> Result<(), String> {
     let runs = {
         let mut seen = seen().lock().unwrap();
@@ -137,15 +141,17 @@ async fn subscribers_get_events_once_per_service_or_per_instance_and_failures_en
     wait_count(&t2, 2).await;
     a1.shutdown().await.unwrap();
 
-    // 3. One that always fails runs 1 + `events.retries` (2) times, then is dead-lettered;
-    // an event that does not decode is dead-lettered without running.
-    let qc = unique_queue("svc-c");
+    // 3. One that always fails runs its three attempts in each subscribing service, then
+    // is a dead letter saying why; an event that does not decode is dead-lettered without
+    // running. Service c dead-letters to an exchange of its own, d to `<queue>.dead`.
+    let (qc, qd) = (unique_queue("svc-c"), unique_queue("svc-d"));
     let plain = Connection::connect(&uri(), Default::default())
         .await
         .unwrap();
     let channel = plain.create_channel().await.unwrap();
     let (dlx, letters) = guirpc_tests::dead_letters(&channel, &qc).await;
     let c1 = server(&qc, Some(&dlx)).await;
+    let d1 = server(&qd, None).await;
     let t3 = token("doomed");
     publisher
         .publish(
@@ -158,9 +164,9 @@ async fn subscribers_get_events_once_per_service_or_per_instance_and_failures_en
         .await
         .unwrap();
     publisher.publish(TOPIC, "not an order").await.unwrap();
-    wait_count(&t3, 3).await;
-    // Two letters: the doomed order (from the pool queue) and the undecodable event (from
-    // both subscribers' queues: the broadcast one dead-letters it too).
+    wait_count(&t3, 6).await;
+    // Three letters each: the doomed order (from the pool queue) and the undecodable event
+    // (from both subscribers' queues: the broadcast one dead-letters it too).
     let mut dead = 0;
     for _ in 0..100 {
         match channel
@@ -173,7 +179,38 @@ async fn subscribers_get_events_once_per_service_or_per_instance_and_failures_en
             None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    assert_eq!(dead, 3, "dead-lettered events");
+    assert_eq!(dead, 3, "dead-lettered events of service c");
+    let mut broker = guirpc_core::Settings::default().broker();
+    broker.uri = uri();
+    let d_letters = guirpc_core::dead::DeadLetters::open(&broker, &qd, None)
+        .await
+        .unwrap();
+    let mut list = Vec::new();
+    for _ in 0..100 {
+        list = d_letters.list(10).await.unwrap();
+        if list.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(list.len(), 3, "dead-lettered events of service d: {list:?}");
+    let doomed = list
+        .iter()
+        .find(|letter| letter.code == "handler_error")
+        .expect("the doomed order's letter");
+    assert_eq!(doomed.function, "on_order");
+    assert_eq!(doomed.attempts, 3);
+    assert_eq!(doomed.topic.as_deref(), Some(TOPIC));
+    assert_eq!(doomed.queue, format!("{qd}.on_order"));
+    assert!(doomed.message.contains("failing run"), "{}", doomed.message);
+    assert_eq!(
+        list.iter()
+            .filter(|letter| letter.code == "bad_request")
+            .count(),
+        2,
+        "{list:?}"
+    );
+    d1.shutdown().await.unwrap();
 
     // 4. A subscription queue deleted under a running server: the server declares it
     // again (it reconnects, as for a lost connection) and serves the events after.

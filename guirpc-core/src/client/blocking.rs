@@ -132,6 +132,26 @@ impl BlockingClient {
         self.block_on(self.client.cast(function, args))
     }
 
+    /// Casts `function` to run no sooner than `delay` from now; see [`Client::cast_after`].
+    pub fn cast_after(
+        &self,
+        delay: std::time::Duration,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<(), Error> {
+        self.block_on(self.client.cast_after(delay, function, args))
+    }
+
+    /// Casts `function` to run no sooner than `at`; see [`Client::cast_at`].
+    pub fn cast_at(
+        &self,
+        at: std::time::SystemTime,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<(), Error> {
+        self.block_on(self.client.cast_at(at, function, args))
+    }
+
     /// Publishes an event, blocking until the broker has taken it; see [`Client::publish`].
     pub fn publish(&self, topic: &str, event: impl Serialize) -> Result<(), Error> {
         self.block_on(self.client.publish(topic, event))

@@ -314,6 +314,34 @@ impl Client {
         self.inner.service.call_once(request).await.map(drop)
     }
 
+    /// Casts `function` to run no sooner than `delay` from now: the request waits in the
+    /// broker (on its delay ladder, [`crate::delay`]; no process holds it), then goes to
+    /// the service queue as any cast. Returns once the broker has taken it. A delay longer
+    /// than [`crate::delay::MAX_DELAY`] (about 49.7 days) fails with [`Error::Config`]; a
+    /// service whose queue does not exist yet, with [`Error::NoRoute`].
+    pub async fn cast_after(
+        &self,
+        delay: std::time::Duration,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<(), Error> {
+        let at = std::time::SystemTime::now() + delay;
+        self.cast_at(at, function, args).await
+    }
+
+    /// Casts `function` to run no sooner than `at`; see [`Client::cast_after`]. A time
+    /// already past casts it at once.
+    pub async fn cast_at(
+        &self,
+        at: std::time::SystemTime,
+        function: &str,
+        args: impl Serialize,
+    ) -> Result<(), Error> {
+        let mut request = self.request(function, &args, 0, CallKind::Cast)?;
+        request.not_before = Some(at);
+        self.inner.service.call_once(request).await.map(drop)
+    }
+
     /// Publishes an event on `topic` (`orders.created`, say) to the events exchange (a
     /// topic exchange, `events.exchange`, `guirpc.events` by default). Returns once the
     /// broker has taken it (publisher confirms); the event is persistent, so the durable
@@ -365,6 +393,7 @@ impl Client {
             body,
             retries,
             kind,
+            not_before: None,
         })
     }
 

@@ -254,6 +254,20 @@ impl Settings {
         }
     }
 
+    /// The service's retry policy of casts and events (`[retry]`).
+    pub fn retry(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            attempts: self.retry_attempts.max(1),
+            backoff: crate::retry::Backoff {
+                first: self.retry_backoff.0,
+                largest: self.retry_backoff.1,
+                factor: self.retry_factor.max(1.0),
+                jitter: self.retry_jitter.min(1.0),
+            },
+            on: self.retry_on,
+        }
+    }
+
     /// The server settings.
     pub fn service(&self) -> ServiceSettings {
         ServiceSettings {
@@ -269,10 +283,11 @@ impl Settings {
             max_message_size: self.max_message_size,
             max_run: self.max_run,
             max_reply_size: self.max_reply_size,
+            dead_letters: self.dead_letters,
             dead_letter_exchange: self.dead_letter_exchange.clone(),
             metrics_addr: self.metrics_addr.clone(),
             events_exchange: self.events_exchange.clone(),
-            event_retries: self.event_retries,
+            retry: self.retry(),
         }
     }
 }

@@ -15,7 +15,7 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-pub use crate::duration::{format_duration, parse_duration};
+pub use crate::duration::{format_duration, format_utc, parse_duration, parse_utc};
 pub use crate::link::BrokerSettings;
 pub use crate::uri::{mask_uri, uris, validate_uri};
 pub use load::{ConfigError, LoadOptions};
@@ -104,6 +104,38 @@ macro_rules! number_value {
     )*};
 }
 number_value!(u16, u32, usize);
+
+impl Value for f64 {
+    fn parse(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse()
+            .ok()
+            .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+            .ok_or_else(|| format!("expected a number of zero or more, got `{text}`"))
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A backoff range, `1s..5m`.
+impl Value for (Duration, Duration) {
+    fn parse(text: &str) -> Result<Self, String> {
+        crate::retry::parse_range(text)
+    }
+    fn show(&self) -> String {
+        format!("{}..{}", format_duration(self.0), format_duration(self.1))
+    }
+}
+
+impl Value for crate::retry::RetryOn {
+    fn parse(text: &str) -> Result<Self, String> {
+        crate::retry::RetryOn::parse(text)
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
 
 impl Value for bool {
     fn parse(text: &str) -> Result<Self, String> {
@@ -311,16 +343,26 @@ settings! {
         "`classic`, or `quorum` (replicated on a cluster's nodes: survives the loss of one; needs a cluster to be worth it).";
     delivery_limit: u32 = 0, ["service"."delivery_limit"], env ["GUIRPC_DELIVERY_LIMIT"],
         "Quorum queues: a request delivered this many times without being settled (its server crashed each time) is dead-lettered; 0 for the broker's default.";
+    dead_letters: bool = true, ["service"."dead_letters"], env ["GUIRPC_DEAD_LETTERS"],
+        "Whether casts and events that failed their last attempt (or cannot run: unknown function, bad arguments) are kept as dead letters in the queue `<queue>.dead`, which the server declares, with why in their headers (`guirpc dead` lists, shows, retries and purges them); `false` drops them, logged and counted.";
     dead_letter_exchange: String = String::new(), ["service"."dead_letter_exchange"], env ["GUIRPC_DEAD_LETTER_EXCHANGE"],
-        "If set, the queue dead-letters to this exchange the requests a server rejects (no function header, unsupported content type, unknown function, too large, panicked) after answering them, and casts that failed.";
+        "If set, the service queue is declared with this dead-letter exchange: the requests a server rejects (no function header, unsupported content type, unknown function, too large, panicked) after answering them go there, and so do the dead letters of casts and events (routing key: the queue's name) in place of `<queue>.dead`.";
     metrics_addr: String = String::new(), ["service"."metrics_addr"], env ["GUIRPC_METRICS_ADDR"],
         "If set, `host:port` where a server serves `/metrics` (Prometheus), `/healthz`, `/readyz` and a status page at `/` over HTTP.";
     otlp_endpoint: String = String::new(), ["service"."otlp_endpoint"], env ["GUIRPC_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
         "If set (and built with the `otel` feature), the OTLP/HTTP collector `guirpc serve` sends spans to, `http://host:4318`.";
     events_exchange: String = crate::protocol::DEFAULT_EVENTS_EXCHANGE.to_owned(), ["events"."exchange"], env ["GUIRPC_EVENTS_EXCHANGE"],
         "The topic exchange events are published to and subscribed from.";
-    event_retries: u32 = 2, ["events"."retries"], env ["GUIRPC_EVENT_RETRIES"],
-        "How many more times a server runs an event whose `#[subscribe]` handler failed or panicked, before dead-lettering it.";
+    retry_attempts: u32 = 3, ["retry"."attempts"], env ["GUIRPC_RETRY_ATTEMPTS"],
+        "How many times in all a cast or an event is run when its runs fail (the first included; 1 for no retries), unless its function states its own (`#[rpc(retry(...))]`, `#[subscribe(..., retry(...))]`). Calls with a reply are never retried by the server: their caller has a deadline and its own `client.retries`.";
+    retry_backoff: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60)), ["retry"."backoff"], env ["GUIRPC_RETRY_BACKOFF"],
+        "The delay before the first retry and the longest delay, `first..largest`: each retry waits `factor` times the one before, in the broker (the delay ladder), not in the server.";
+    retry_factor: f64 = 2.0, ["retry"."factor"], env ["GUIRPC_RETRY_FACTOR"],
+        "How much each retry's delay grows over the one before.";
+    retry_jitter: f64 = 0.2, ["retry"."jitter"], env ["GUIRPC_RETRY_JITTER"],
+        "The fraction, 0 to 1, by which each delay is shortened at random, so that casts failing together do not all come back at once.";
+    retry_on: crate::retry::RetryOn = crate::retry::RetryOn::DEFAULT, ["retry"."on"], env ["GUIRPC_RETRY_ON"],
+        "The outcomes retried, from `handler_error`, `internal` (a panic, or a pipe worker that died) and `max_run_exceeded`; never `bad_request`, `not_found` or `too_large`.";
     timeout: Duration = Duration::from_secs(30), ["client"."timeout"], env ["GUIRPC_TIMEOUT"],
         "How long a call waits for its reply.";
     codec: Codec = Codec::MsgPack, ["client"."codec"], env ["GUIRPC_CODEC"],

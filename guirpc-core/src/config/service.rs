@@ -33,23 +33,41 @@ pub struct ServiceSettings {
     /// Quorum queues: deliveries after which an unsettled request is dead-lettered (0: the
     /// broker's default).
     pub delivery_limit: u32,
-    /// Where rejected requests are dead-lettered; empty for nowhere (they are acknowledged).
+    /// Whether failed casts and events are kept as dead letters (in `<queue>.dead`).
+    pub dead_letters: bool,
+    /// Where rejected requests are dead-lettered by the broker, and the dead letters of
+    /// casts and events go in place of `<queue>.dead`; empty for nowhere.
     pub dead_letter_exchange: String,
     /// Where `/metrics`, `/healthz`, `/readyz` and the status page are served; empty for
     /// nowhere.
     pub metrics_addr: String,
     /// The topic exchange `#[subscribe]` functions are bound to.
     pub events_exchange: String,
-    /// How many more times a failed event is run before it is dead-lettered.
-    pub event_retries: u32,
+    /// How failed casts and events are run again, unless their function says otherwise.
+    pub retry: crate::retry::RetryPolicy,
 }
 
 impl ServiceSettings {
     /// Whether a request the server rejects goes to the dead-letter exchange: one is
     /// configured, and requests are acknowledged after their outcome (at-most-once
     /// acknowledges them on receipt, when there is nothing left to reject).
-    pub(crate) fn dead_letters(&self) -> bool {
+    pub(crate) fn rejects_to_exchange(&self) -> bool {
         !self.dead_letter_exchange.is_empty() && self.delivery == Delivery::AtLeastOnce
+    }
+
+    /// The service's dead-letter queue, `<queue>.dead`, when the server keeps its own.
+    pub fn dead_letter_queue(&self) -> Option<String> {
+        (self.dead_letters && self.dead_letter_exchange.is_empty())
+            .then(|| format!("{}{}", self.queue, crate::protocol::DEAD_SUFFIX))
+    }
+
+    /// Where the dead letters of casts and events are published: the exchange and the
+    /// routing key, or `None` when they are dropped.
+    pub(crate) fn dead_letter_target(&self) -> Option<(String, String)> {
+        if !self.dead_letter_exchange.is_empty() {
+            return Some((self.dead_letter_exchange.clone(), self.queue.clone()));
+        }
+        self.dead_letter_queue().map(|queue| (String::new(), queue))
     }
 }
 

@@ -26,12 +26,13 @@ use prometheus_client::registry::{Registry, Unit};
 pub mod http;
 mod layer;
 mod status;
+pub(crate) use status::DeadLetters;
 
 use crate::sync::{Locked, RwLocked};
 pub use layer::{ClientMetricsLayer, ServerMetricsLayer};
 
 /// The label values of one metric: `(name, value)` pairs.
-type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 /// The upper bounds of the latency histograms' buckets, in seconds: 100 µs to 30 s.
 const LATENCY_BUCKETS: [f64; 17] = [
@@ -70,6 +71,8 @@ pub(crate) struct ServerFamilies {
     pub rejected: Family<Labels, Counter>,
     pub dead_lettered: Family<Labels, Counter>,
     pub redeliveries: Family<Labels, Counter>,
+    pub retries: Family<Labels, Counter>,
+    pub attempts: Family<Labels, Counter>,
     pub reconnects: Family<Labels, Counter>,
     pub blocked: Family<Labels, Gauge>,
     pub ready: Family<Labels, Gauge>,
@@ -106,6 +109,8 @@ impl Metrics {
             rejected: Family::default(),
             dead_lettered: Family::default(),
             redeliveries: Family::default(),
+            retries: Family::default(),
+            attempts: Family::default(),
             reconnects: Family::default(),
             blocked: Family::default(),
             ready: Family::default(),
@@ -139,13 +144,23 @@ impl Metrics {
         );
         r.register(
             "guirpc_server_dead_lettered",
-            "Rejected requests handed to the queue's dead-letter exchange, by queue",
+            "Requests given up as dead letters: failed casts and events after their last attempt, and rejected requests handed to the queue's dead-letter exchange, by queue",
             server.dead_lettered.clone(),
         );
         r.register(
             "guirpc_server_redeliveries",
             "Requests the broker delivered again (they may have run before), by queue",
             server.redeliveries.clone(),
+        );
+        r.register(
+            "guirpc_server_retries",
+            "Retries of failed casts and events scheduled on the delay ladder, by queue and function",
+            server.retries.clone(),
+        );
+        r.register(
+            "guirpc_server_attempts",
+            "Runs of casts and events, by queue, function and attempt (1 for the first run, up to 10+)",
+            server.attempts.clone(),
         );
         r.register(
             "guirpc_server_reconnects",
@@ -266,6 +281,10 @@ pub(crate) struct Endpoint {
     /// The functions served: name and summary.
     pub functions: Vec<(String, String)>,
     pub readiness: Box<dyn Fn() -> http::Readiness + Send + Sync>,
+    /// The dead letters the server gave up, when it keeps them.
+    pub dead_letters: Option<std::sync::Arc<DeadLetters>>,
+    /// Where they are kept, when in the service's own dead-letter queue.
+    pub dead_letter_queue: Option<String>,
 }
 
 #[cfg(test)]

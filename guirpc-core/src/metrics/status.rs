@@ -9,6 +9,53 @@ use super::Endpoint;
 /// How often the page reloads itself, in seconds.
 const REFRESH_SECONDS: u32 = 2;
 
+/// How many dead letters shown on the page.
+const LAST_DEAD_LETTERS: usize = 5;
+
+/// The dead letters a server gave up: how many, and the last few with why.
+#[derive(Debug, Default)]
+pub(crate) struct DeadLetters {
+    state: std::sync::Mutex<DeadState>,
+}
+
+#[derive(Debug, Default)]
+struct DeadState {
+    count: u64,
+    last: std::collections::VecDeque<DeadLetter>,
+}
+
+#[derive(Debug, Clone)]
+struct DeadLetter {
+    at: std::time::SystemTime,
+    function: String,
+    code: String,
+    message: String,
+}
+
+impl DeadLetters {
+    /// Records one given up.
+    pub(crate) fn record(&self, function: &str, code: &str, message: &str) {
+        use crate::sync::Locked;
+        let mut state = self.state.locked();
+        state.count += 1;
+        if state.last.len() == LAST_DEAD_LETTERS {
+            state.last.pop_front();
+        }
+        state.last.push_back(DeadLetter {
+            at: std::time::SystemTime::now(),
+            function: function.to_owned(),
+            code: code.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
+    fn snapshot(&self) -> (u64, Vec<DeadLetter>) {
+        use crate::sync::Locked;
+        let state = self.state.locked();
+        (state.count, state.last.iter().rev().cloned().collect())
+    }
+}
+
 /// One function's row.
 #[derive(Debug, Default)]
 struct Row {
@@ -111,9 +158,42 @@ calls in flight: <span id="in-flight">{in_flight}</span></p>
             escape(&row.summary),
         );
     }
+    let _ = writeln!(html, "</table>");
+    if let Some(dead) = &endpoint.dead_letters {
+        let (count, last) = dead.snapshot();
+        let _ = writeln!(
+            html,
+            "<h2>Dead letters</h2>\n<p>Given up by this server since it started: <span id=\"dead-letters\">{count}</span>{}</p>",
+            match &endpoint.dead_letter_queue {
+                Some(queue) => format!(
+                    " &middot; kept in <code>{0}</code> (<code>guirpc dead list -q {1}</code>)",
+                    escape(queue),
+                    escape(queue_name(queue)),
+                ),
+                None => String::new(),
+            }
+        );
+        if !last.is_empty() {
+            let _ = writeln!(
+                html,
+                "<table id=\"dead\">\n<tr><th>when (UTC)</th><th>function</th><th>code</th><th class=\"doc\">message</th></tr>"
+            );
+            for letter in &last {
+                let _ = writeln!(
+                    html,
+                    "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"doc\">{}</td></tr>",
+                    utc(letter.at),
+                    escape(&letter.function),
+                    escape(&letter.code),
+                    escape(&letter.message),
+                );
+            }
+            let _ = writeln!(html, "</table>");
+        }
+    }
     let _ = write!(
         html,
-        "</table>\n<p class=\"meta\">Latencies are estimated from the histogram buckets of <a href=\"/metrics\">/metrics</a>, as Prometheus' <code>histogram_quantile</code> does. Health: <a href=\"/healthz\">/healthz</a>, <a href=\"/readyz\">/readyz</a>. Reloads every {REFRESH_SECONDS} s.</p>\n</body></html>\n"
+        "<p class=\"meta\">Latencies are estimated from the histogram buckets of <a href=\"/metrics\">/metrics</a>, as Prometheus' <code>histogram_quantile</code> does. Health: <a href=\"/healthz\">/healthz</a>, <a href=\"/readyz\">/readyz</a>. Reloads every {REFRESH_SECONDS} s.</p>\n</body></html>\n"
     );
     html
 }
@@ -216,6 +296,20 @@ impl std::fmt::Display for Latency {
             Some(s) => write!(f, "{s:.2} s"),
         }
     }
+}
+
+/// The service queue of a dead-letter queue's name.
+fn queue_name(dead: &str) -> &str {
+    dead.strip_suffix(crate::protocol::DEAD_SUFFIX)
+        .unwrap_or(dead)
+}
+
+/// `2026-12-02 14:03:07`.
+fn utc(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    crate::duration::format_utc(secs)
 }
 
 fn escape(text: &str) -> String {

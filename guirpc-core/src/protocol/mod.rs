@@ -27,9 +27,43 @@ pub const DEFAULT_EXCHANGE: &str = "";
 /// The topic exchange events are published to, unless configured otherwise
 /// (`events.exchange`): durable, declared by whoever publishes or subscribes first.
 pub const DEFAULT_EVENTS_EXCHANGE: &str = "guirpc.events";
-/// The header counting the attempts of an event a `#[subscribe]` function failed: absent
-/// on the first, 2 on the second, ...
+/// The header counting the runs of a cast or an event that failed before: absent on the
+/// first, 2 on the second, ...
 pub const HEADER_ATTEMPT: &str = "guirpc-attempt";
+/// A retried event's topic: it comes back through the delay ladder, whose routing key is
+/// not the topic.
+pub const HEADER_TOPIC: &str = "guirpc-topic";
+/// When the first run of a retried cast or event failed (an AMQP timestamp, seconds).
+pub const HEADER_FIRST_FAILURE: &str = "guirpc-first-failure";
+/// A scheduled cast: the time before which it must not run, in milliseconds since the
+/// Unix epoch (informative: the broker's delay ladder keeps it until then).
+pub const HEADER_NOT_BEFORE: &str = "guirpc-not-before";
+/// A dead letter's headers: why a server gave it up, for a person and for
+/// `guirpc dead`. Each is a text, a number or a timestamp; see docs/PROTOCOL.md.
+pub mod dead {
+    /// A short id of the dead letter, for `guirpc dead show|retry|purge`.
+    pub const ID: &str = "guirpc-dead-id";
+    /// The queue it was taken from, where `guirpc dead retry` sends it back.
+    pub const QUEUE: &str = "guirpc-dead-queue";
+    /// The function (or subscriber) that failed it.
+    pub const FUNCTION: &str = "guirpc-dead-function";
+    /// The error code of its last run (`handler_error`, ...).
+    pub const CODE: &str = "guirpc-dead-code";
+    /// The error message of its last run.
+    pub const MESSAGE: &str = "guirpc-dead-message";
+    /// How many times it ran.
+    pub const ATTEMPTS: &str = "guirpc-dead-attempts";
+    /// When its first run failed (timestamp, seconds).
+    pub const FIRST_FAILURE: &str = "guirpc-dead-first-failure";
+    /// When its last run failed (timestamp, seconds).
+    pub const LAST_FAILURE: &str = "guirpc-dead-last-failure";
+    /// The server instance that gave it up: `host/pid`.
+    pub const INSTANCE: &str = "guirpc-dead-instance";
+    /// The topic of a dead event.
+    pub const TOPIC: &str = "guirpc-dead-topic";
+}
+/// The suffix of a service's dead-letter queue: `orders.dead`.
+pub const DEAD_SUFFIX: &str = ".dead";
 /// Names an exchange in messages: `exchange `name``, or `the default exchange`.
 #[derive(Debug, Clone, Copy)]
 pub struct ExchangeName<'a>(pub &'a str);
@@ -133,6 +167,57 @@ pub struct SubscriptionDescription {
     pub broadcast: bool,
     /// The first line of its doc comment.
     pub summary: String,
+    /// How a failed event is run again (absent from servers before retry policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryDescription>,
+}
+
+/// A retry policy in a [`Description`]: how a failed cast or event is run again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryDescription {
+    /// Runs in all, the first included.
+    pub attempts: u32,
+    /// The first delay and the largest: `1s..60s`.
+    pub backoff: String,
+    /// How much each delay grows over the one before.
+    pub factor: f64,
+    /// The fraction by which a delay is shortened at random, at most.
+    pub jitter: f64,
+    /// The outcomes retried: `handler_error`, `internal`, `max_run_exceeded`.
+    pub on: Vec<String>,
+}
+
+impl From<crate::retry::RetryPolicy> for RetryDescription {
+    fn from(policy: crate::retry::RetryPolicy) -> Self {
+        let backoff = policy.backoff;
+        RetryDescription {
+            attempts: policy.attempts,
+            backoff: format!(
+                "{}..{}",
+                crate::config::format_duration(backoff.first),
+                crate::config::format_duration(backoff.largest)
+            ),
+            factor: backoff.factor,
+            jitter: backoff.jitter,
+            on: policy
+                .on
+                .to_string()
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for RetryDescription {
+    /// `3 attempts, 1s..60s`, or `no retries`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.attempts <= 1 {
+            f.write_str("no retries")
+        } else {
+            write!(f, "{} attempts, {}", self.attempts, self.backoff)
+        }
+    }
 }
 
 /// One function of a [`Description`].
@@ -151,6 +236,10 @@ pub struct FunctionDescription {
     /// Whether it streams its result, one item at a time (call it asking for a stream).
     #[serde(default)]
     pub streams: bool,
+    /// How a failed cast of it is run again (calls with a reply never are; absent from
+    /// servers before retry policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryDescription>,
 }
 
 /// One parameter of a [`FunctionDescription`].
@@ -242,6 +331,16 @@ impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Whether the broker answered `NOT_FOUND`: a queue or exchange that does not exist.
+pub(crate) fn is_not_found(err: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+    )
 }
 
 /// The codec of a message by its `content_type`: the one policy for every message guirpc

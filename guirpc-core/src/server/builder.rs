@@ -124,6 +124,20 @@ impl ServerBuilder {
         self
     }
 
+    /// How failed casts and events are run again, unless their function states its own
+    /// (`#[rpc(retry(...))]`): the `[retry]` settings.
+    pub fn retry(mut self, policy: crate::retry::RetryPolicy) -> Self {
+        self.settings.retry = policy;
+        self
+    }
+
+    /// Whether failed casts and events are kept as dead letters in `<queue>.dead` (the
+    /// default), or dropped (logged and counted).
+    pub fn dead_letters(mut self, keep: bool) -> Self {
+        self.settings.dead_letters = keep;
+        self
+    }
+
     /// All service settings at once, as loaded by [`crate::Settings`].
     pub fn settings(mut self, settings: ServiceSettings) -> Self {
         self.settings = settings;
@@ -233,6 +247,7 @@ impl ServerBuilder {
             redeliveries: Default::default(),
             reply_nodes: Default::default(),
             consumer_timeouts: Default::default(),
+            dead_letters: Default::default(),
         });
         if let Some(metrics) = &shared.metrics {
             shared.probe_into(metrics);
@@ -257,6 +272,11 @@ impl ServerBuilder {
                         None => http::Readiness::Draining,
                     })
                 },
+                dead_letters: shared
+                    .settings
+                    .dead_letter_target()
+                    .map(|_| shared.dead_letters.clone()),
+                dead_letter_queue: shared.settings.dead_letter_queue(),
             };
             AbortOnDrop(http::spawn(listener, Arc::new(endpoint)))
         });
@@ -338,8 +358,9 @@ impl ServerBuilder {
             started: std::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
             subscribers,
+            retry: settings.retry,
         });
-        let dead_letter = settings.dead_letters();
+        let dead_letter = settings.rejects_to_exchange();
         let service = pipeline::build(
             dispatcher.clone(),
             &self.layers,

@@ -12,6 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, warn};
 
 use super::Shared;
+use super::jobs::{Failed, Jobs};
 use super::redeliveries::Outcome;
 use super::reply::{Replier, Sent, Undelivered};
 use super::settle::{Settler, Verdict};
@@ -31,6 +32,8 @@ pub(super) struct Dispatch {
     pub(super) settler: Settler,
     pub(super) replier: Arc<Replier>,
     pub(super) streams: Option<Arc<Streams>>,
+    /// The retries and dead letters of its casts (and events).
+    pub(super) jobs: Arc<Jobs>,
 }
 
 impl Dispatch {
@@ -176,6 +179,8 @@ impl Dispatch {
         };
         let (codec, correlation_id) = (request.codec, request.correlation_id.clone());
         let function = request.function.clone();
+        // A cast's body, in case it fails: it is published again (shared, not copied).
+        let cast = reply_to.is_none().then(|| request.body.clone());
         let reply = pipeline::run(&shared.service, request).await;
         let reply = within_limit(reply, codec, &function, shared.settings.max_reply_size);
         let verdict = if reply.rejected {
@@ -200,16 +205,10 @@ impl Dispatch {
             return Some(Ran::settled(verdict));
         }
         let Some(reply_to) = reply_to else {
-            if reply.is_ok() {
-                return Some(Ran::settled(verdict));
-            }
-            // No caller hears of it: the request is kept where the queue dead-letters.
-            let message = envelope::Summary(codec, reply.body());
-            warn!(function, "one-way call failed: {message}");
-            if verdict != Verdict::Rejected {
-                shared.count_rejected_late();
-            }
-            return Some(Ran::settled(Verdict::Rejected));
+            let body = cast.unwrap_or_default();
+            return self
+                .cast_ended(function, properties, &body, codec, reply)
+                .await;
         };
         let head = Head {
             codec: announced,
@@ -243,6 +242,40 @@ impl Dispatch {
             },
             None => return None,
         })
+    }
+
+    /// Settles a cast by its outcome: done, or failed and so run again later or given up
+    /// as a dead letter (no caller hears of it); `None` when the connection was lost
+    /// before the retry or dead letter was published (the broker delivers it again).
+    async fn cast_ended(
+        &self,
+        function: &str,
+        properties: &BasicProperties,
+        body: &[u8],
+        codec: Codec,
+        reply: Reply,
+    ) -> Option<Ran> {
+        let shared = &*self.shared;
+        let known = shared.dispatcher.registry.get(function);
+        if let Some(known) = known {
+            self.jobs.ran(shared, known.name(), properties);
+        }
+        let Some(code) = reply.code().cloned() else {
+            return Some(Ran::settled(Verdict::Served));
+        };
+        let (_, message) = envelope::read(codec, reply.body());
+        let failed = Failed {
+            queue: &shared.settings.queue,
+            function,
+            topic: None,
+            policy: shared.retry_policy(known.and_then(|f| f.retry())),
+            properties,
+            body,
+            code,
+            message,
+        };
+        let verdict = self.jobs.failed(shared, failed).await?;
+        Some(Ran::settled(verdict))
     }
 
     /// Answers a redelivered request that ran here before, from what became of it.

@@ -2,26 +2,26 @@
 //! with its pattern (durable and shared by the service's servers, or an instance's own for
 //! broadcast), consumed on a channel of its own beside the requests. Each event runs
 //! through the same pipeline as a request (layers, spans, metrics); it is acknowledged when
-//! its handler succeeds, published again to its queue with its attempt counted when the
-//! handler fails or panics (up to `events.retries` more times), and rejected (so
-//! dead-lettered where configured) after that, or at once when it does not decode: never
-//! requeued in a loop.
+//! its handler succeeds, and when it fails, run again later or given up as a dead letter
+//! by the subscriber's retry policy (see `jobs`): never requeued in a loop.
 
 use std::sync::Arc;
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use tokio::sync::watch;
-use tracing::{debug, error, warn};
+use tracing::debug;
 
+use super::jobs::{Failed, Jobs};
+use super::settle::Verdict;
 use super::{Shared, pipeline, read_request};
-use crate::protocol::{self, ErrorCode, HEADER_ATTEMPT};
+use crate::protocol;
 use crate::registry::Subscriber;
 
 /// One subscriber's consumer in a session.
@@ -102,6 +102,7 @@ pub(super) async fn open(
 /// consumes the queue again: a server never goes on without serving a subscription).
 pub(super) async fn serve(
     shared: Arc<Shared>,
+    jobs: Arc<Jobs>,
     mut subscription: Subscription,
     mut stop: watch::Receiver<bool>,
     lost: tokio::sync::mpsc::UnboundedSender<String>,
@@ -119,14 +120,15 @@ pub(super) async fn serve(
         };
         match delivery {
             Some(Ok(delivery)) => {
-                let (shared, channel, queue) = (
+                let (shared, jobs, channel, queue) = (
                     shared.clone(),
+                    jobs.clone(),
                     subscription.channel.clone(),
                     subscription.queue.clone(),
                 );
                 let subscriber = subscription.subscriber;
                 tokio::spawn(async move {
-                    handle(&shared, subscriber, &channel, queue, delivery).await;
+                    handle(&shared, &jobs, subscriber, &channel, queue, delivery).await;
                     drop(permit);
                 });
             }
@@ -154,6 +156,7 @@ pub(super) async fn serve(
 
 async fn handle(
     shared: &Shared,
+    jobs: &Jobs,
     subscriber: &'static Subscriber,
     channel: &Channel,
     queue: ShortString,
@@ -175,69 +178,48 @@ async fn handle(
     );
     request.function = subscriber.name().to_owned();
     request.subscriber = Some(subscriber);
-    let attempt = match request.headers.inner().get(HEADER_ATTEMPT) {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX).max(1),
-        _ => 1,
+    let (codec, body) = (request.codec, request.body.clone());
+    // A retried event comes back through the delay ladder, its topic in a header.
+    let topic = match request.headers.inner().get(protocol::HEADER_TOPIC) {
+        Some(AMQPValue::LongString(topic)) => {
+            String::from_utf8_lossy(topic.as_bytes()).into_owned()
+        }
+        _ => routing_key.to_string(),
     };
-    let (codec, headers, body) = (request.codec, request.headers.clone(), request.body.clone());
     let reply = pipeline::run(&shared.service, request).await;
     let name = subscriber.name();
-    let settled = if reply.is_ok() {
-        channel
-            .basic_ack(delivery_tag, BasicAckOptions::default())
-            .await
-    } else {
-        let message = crate::envelope::Summary(codec, reply.body());
-        let retriable = matches!(
-            reply.code(),
-            Some(ErrorCode::HandlerError | ErrorCode::Internal)
-        );
-        if retriable && attempt <= shared.settings.event_retries {
-            warn!(
-                subscriber = name,
-                topic = routing_key.as_str(),
-                attempt,
-                "the event handler failed: {message}; retrying"
-            );
-            let mut headers = headers;
-            headers.insert(
-                HEADER_ATTEMPT.into(),
-                AMQPValue::LongLongInt(i64::from(attempt) + 1),
-            );
-            let again = properties.clone().with_headers(headers);
-            // Published again to its own queue, then acknowledged: if the connection dies
-            // between the two, the broker redelivers it (at least once, never lost).
-            match channel
-                .basic_publish(
-                    "".into(),
-                    queue,
-                    BasicPublishOptions::default(),
-                    &body,
-                    again,
-                )
+    jobs.ran(shared, name, &properties);
+    let verdict = match reply.code().cloned() {
+        None => Some(Verdict::Served),
+        Some(code) => {
+            let (_, message) = crate::envelope::read(codec, reply.body());
+            let failed = Failed {
+                queue: queue.as_str(),
+                function: name,
+                topic: Some(topic.as_str()),
+                policy: shared.retry_policy(subscriber.retry()),
+                properties: &properties,
+                body: &body,
+                code,
+                message,
+            };
+            jobs.failed(shared, failed).await
+        }
+    };
+    let settled = match verdict {
+        Some(Verdict::Served) => {
+            channel
+                .basic_ack(delivery_tag, BasicAckOptions::default())
                 .await
-            {
-                Ok(_) => {
-                    channel
-                        .basic_ack(delivery_tag, BasicAckOptions::default())
-                        .await
-                }
-                Err(err) => Err(err),
-            }
-        } else {
-            error!(
-                subscriber = name,
-                topic = routing_key.as_str(),
-                attempt,
-                "the event handler failed: {message}; the event is dead-lettered where the queue has a dead-letter exchange"
-            );
-            if !reply.rejected {
-                shared.count_rejected_late();
-            }
+        }
+        Some(Verdict::Rejected) => {
             channel
                 .basic_reject(delivery_tag, BasicRejectOptions { requeue: false })
                 .await
         }
+        // The connection was lost before the retry or dead letter was published: the
+        // broker delivers the event again.
+        None => return,
     };
     if let Err(err) = settled {
         // The channel is gone: the broker redelivers the event to the next consumer.

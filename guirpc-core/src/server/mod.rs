@@ -30,6 +30,7 @@ use crate::registry::Registry;
 mod builder;
 mod dispatch;
 mod events;
+mod jobs;
 pub(crate) mod pipeline;
 mod redeliveries;
 mod reply;
@@ -263,6 +264,8 @@ struct Shared {
     reply_nodes: Arc<reply::ReplyNodes>,
     /// How many sessions the broker's consumer timeout has ended.
     consumer_timeouts: std::sync::atomic::AtomicU64,
+    /// The dead letters this server gave up, for the status page.
+    dead_letters: Arc<crate::metrics::DeadLetters>,
 }
 
 impl Shared {
@@ -303,10 +306,28 @@ impl Shared {
         if let Some(metrics) = &self.metrics {
             let labels = queue_labels(&self.settings.queue);
             metrics.server().rejected.get_or_create(&labels).inc();
-            if self.settings.dead_letters() {
+            if self.settings.rejects_to_exchange() {
                 metrics.server().dead_lettered.get_or_create(&labels).inc();
             }
         }
+    }
+
+    /// Counts a cast or an event given up as a dead letter, and keeps why for the status
+    /// page.
+    fn count_dead_letter(&self, function: &str, code: &crate::ErrorCode, message: &str) {
+        if let Some(metrics) = &self.metrics {
+            let labels = queue_labels(&self.settings.queue);
+            metrics.server().dead_lettered.get_or_create(&labels).inc();
+        }
+        self.dead_letters.record(function, code.as_str(), message);
+    }
+
+    /// The retry policy of a function or subscriber stating `options`.
+    fn retry_policy(
+        &self,
+        options: Option<&crate::retry::RetryOverride>,
+    ) -> crate::retry::RetryPolicy {
+        self.dispatcher.retry_policy(options)
     }
 
     /// Counts a reconnection, when metrics are on.

@@ -41,6 +41,19 @@ pub(crate) struct Dispatcher {
     pub in_flight: AtomicUsize,
     /// The `#[subscribe]` functions served.
     pub subscribers: Vec<&'static Subscriber>,
+    /// The service's retry policy of casts and events.
+    pub retry: crate::retry::RetryPolicy,
+}
+
+impl Dispatcher {
+    /// The retry policy of a function or subscriber stating `options`: the service's,
+    /// with those in place.
+    pub(crate) fn retry_policy(
+        &self,
+        options: Option<&crate::retry::RetryOverride>,
+    ) -> crate::retry::RetryPolicy {
+        options.map_or(self.retry, |options| self.retry.overridden(options))
+    }
 }
 
 /// Builds the pipeline: tracing outermost, then metrics (when on), then the user's layers
@@ -327,6 +340,7 @@ fn describe(dispatcher: &Dispatcher) -> Description {
                 returns: f.returns().to_owned(),
                 blocking: f.is_blocking(),
                 streams: f.streams(),
+                retry: Some(dispatcher.retry_policy(f.retry()).into()),
             })
             .collect(),
         subscriptions: dispatcher
@@ -337,6 +351,7 @@ fn describe(dispatcher: &Dispatcher) -> Description {
                 pattern: s.pattern().to_owned(),
                 broadcast: s.is_broadcast(),
                 summary: s.summary().to_owned(),
+                retry: Some(dispatcher.retry_policy(s.retry()).into()),
             })
             .collect(),
     }

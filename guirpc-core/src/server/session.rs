@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::dispatch::Dispatch;
 use super::events;
+use super::jobs;
 use super::reply::Replier;
 use super::settle::Settler;
 use super::streams::Streams;
@@ -31,7 +32,7 @@ use crate::protocol::{self, ExchangeName};
 
 /// One connection's worth of serving.
 pub(super) struct Session {
-    connection: Connection,
+    connection: Arc<Connection>,
     channel: Channel,
     consumer: lapin::Consumer,
     /// How its deliveries are handled: its settler, replier and streams.
@@ -95,7 +96,7 @@ impl Session {
             shared.count_move(&connected.masked_uri);
         }
         let node = connected.masked_uri;
-        let connection = connected.connection;
+        let connection = Arc::new(connected.connection);
         shared.health.blocked.clear();
         link::watch_blocked(
             &connection,
@@ -129,6 +130,21 @@ impl Session {
                         settings.queue.as_str().into(),
                         QueueBindOptions::default(),
                         FieldTable::default(),
+                    )
+                    .await?;
+            }
+            // Scheduled casts reach the queue through the delay ladder's end; failed casts
+            // and events are kept in the dead-letter queue.
+            jobs::Jobs::bind(&channel, &settings.queue).await?;
+            if let Some(dead) = settings.dead_letter_queue() {
+                channel
+                    .queue_declare(
+                        dead.as_str().into(),
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        dead_queue_arguments(shared),
                     )
                     .await?;
             }
@@ -168,13 +184,14 @@ impl Session {
             ExchangeName(&settings.exchange),
         );
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
-        let dead_letter = settings.dead_letters();
+        let dead_letter = settings.rejects_to_exchange();
         let (streams, credit) = streams.unzip();
         let dispatch = Dispatch {
             shared: shared.clone(),
             settler: Settler::new(channel.clone(), dead_letter),
             replier: Arc::new(Replier::new(shared, channel.clone())),
             streams,
+            jobs: Arc::new(jobs::Jobs::new(connection.clone())),
         };
         Ok(Session {
             dispatch: Arc::new(dispatch),
@@ -226,6 +243,19 @@ fn queue_arguments(shared: &Shared) -> FieldTable {
             protocol::ARG_DEAD_LETTER_EXCHANGE.into(),
             lapin::types::AMQPValue::LongString(exchange.as_str().into()),
         );
+    }
+    arguments
+}
+
+/// The dead-letter queue's arguments: the service queue's type, and its expiry when it
+/// has one (a dead-letter queue lives as long as its service queue would).
+fn dead_queue_arguments(shared: &Shared) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    let service = queue_arguments(shared);
+    for name in [protocol::ARG_QUEUE_TYPE, "x-expires"] {
+        if let Some(value) = service.inner().get(name) {
+            arguments.insert(name.into(), value.clone());
+        }
     }
     arguments
 }
@@ -343,6 +373,7 @@ async fn consume(
         let lost = session.lost_tx.clone();
         tokio::spawn(events::serve(
             shared.clone(),
+            session.dispatch.jobs.clone(),
             subscription,
             stop.clone(),
             lost,

@@ -80,9 +80,10 @@ async fn calls_that_finish_behind_a_slow_one_are_acknowledged_at_once() {
     let _server = server(&broker, "settle", 16).await;
     let client = client(&broker, "settle", Duration::from_secs(60)).await;
 
+    // Long enough to outlast the fast calls on a loaded machine.
     let slow = {
         let client = client.clone();
-        tokio::spawn(async move { nap::call(&client, 4000).await })
+        tokio::spawn(async move { nap::call(&client, 10_000).await })
     };
     assert!(
         until_running(&client, 1, Duration::from_secs(10)).await,
@@ -116,7 +117,7 @@ async fn calls_that_finish_behind_a_slow_one_are_acknowledged_at_once() {
     })
     .await
     .unwrap();
-    assert_eq!(slow.await.unwrap().unwrap(), 4000);
+    assert_eq!(slow.await.unwrap().unwrap(), 10_000);
     let runs: Vec<_> = {
         let calls = recorded().0.lock().unwrap();
         tokens

@@ -8,6 +8,7 @@ mod errors;
 mod events;
 mod fuzz;
 mod hostile;
+mod jobs;
 mod observability;
 mod pipes;
 mod plain_amqp;

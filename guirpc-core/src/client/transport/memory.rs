@@ -71,14 +71,29 @@ impl InMemory {
         })
     }
 
-    /// A cast is taken at once and served in the background, as a server would.
+    /// A cast is taken at once and served in the background, as a server would; a
+    /// scheduled one when its time comes. (It runs once: retries wait on the broker.)
     fn cast(&self, request: ClientRequest) -> Result<ClientResponse, Error> {
         self.route(&request)?;
+        let wait = match request.not_before {
+            Some(at) => {
+                let wait = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                crate::delay::millis(wait)
+                    .map_err(|why| Error::Config(format!("cast `{}`: {why}", request.function)))?;
+                wait
+            }
+            None => std::time::Duration::ZERO,
+        };
         let properties =
             protocol::cast_properties(&request.function, request.codec, &request.headers);
         let (served, _) = read_request(&properties, self.queue.clone(), false, request.body);
         let server = self.server.clone();
         tokio::spawn(async move {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             let reply = pipeline::run(&server, served).await;
             if !reply.is_ok() {
                 let message = crate::envelope::Summary(request.codec, reply.body());

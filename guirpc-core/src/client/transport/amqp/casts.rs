@@ -1,9 +1,13 @@
 //! Casts and events: published on the link's confirming channel, done when the broker
 //! has taken them.
 
-use lapin::Confirmation;
-use lapin::options::BasicPublishOptions;
+use std::time::SystemTime;
 
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, ShortString};
+use lapin::{BasicProperties, Confirmation};
+
+use super::link::Link;
 use super::{Shared, no_route, not_connected, timed_out};
 use crate::error::Error;
 use crate::middleware::{CallKind, ClientRequest, ClientResponse};
@@ -24,18 +28,9 @@ pub(super) async fn cast(
         let linked = shared.linked.notified();
         if let Some(link) = shared.link() {
             let publish = async {
-                let channel = link.casts(shared).await?;
-                // An event goes to the events exchange by its topic; no subscriber is no
-                // error. A cast goes to its service queue, which must exist.
-                let (properties, exchange, routing_key) = if event {
-                    let properties = protocol::event_properties(request.codec, &request.headers);
-                    (properties, shared.events_exchange.clone(), function.into())
-                } else {
-                    let properties =
-                        protocol::cast_properties(function, request.codec, &request.headers);
-                    (properties, shared.exchange.clone(), request.queue.clone())
-                };
-                channel
+                let channel = link.casts(shared).await.map_err(Failure::Link)?;
+                let (properties, exchange, routing_key) = address(&link, shared, request).await?;
+                let confirm = channel
                     .basic_publish(
                         exchange,
                         routing_key,
@@ -46,8 +41,9 @@ pub(super) async fn cast(
                         &request.body,
                         properties,
                     )
-                    .await?
                     .await
+                    .map_err(Failure::Link)?;
+                confirm.await.map_err(Failure::Link)
             };
             let confirmed = tokio::select! {
                 confirmed = publish => confirmed,
@@ -67,8 +63,21 @@ pub(super) async fn cast(
                         "the broker refused the {what} `{function}` (nack): it may not have been stored"
                     ),
                 )),
+                Err(Failure::Refused(why)) => {
+                    Err(Error::Config(format!("cast `{function}`: {why}")))
+                }
+                Err(Failure::Ladder(err)) if protocol::is_not_found(&err) => {
+                    Err(no_route(shared, request))
+                }
+                Err(Failure::Ladder(err)) => Err(Error::connection(
+                    &shared.masked_uri,
+                    format!(
+                        "cannot set up the delay ladder for the scheduled cast `{function}` (the user needs to configure `guirpc.delay.*` and bind to queue `{}`): {err}",
+                        request.queue
+                    ),
+                )),
                 // The link failed under it: whether the broker took it is unknown.
-                Err(err) => Err(Error::connection(
+                Err(Failure::Link(err)) => Err(Error::connection(
                     &shared.masked_uri,
                     format!(
                         "the connection failed before the broker confirmed the {what} `{function}` (it may have been taken): {err}"
@@ -81,4 +90,56 @@ pub(super) async fn cast(
             () = &mut expired => return Err(not_connected(shared, request)),
         }
     }
+}
+
+/// Why a cast was not published.
+enum Failure {
+    /// The link failed under it.
+    Link(lapin::Error),
+    /// Its delay is longer than the ladder's.
+    Refused(String),
+    /// The delay ladder could not be set up for its queue.
+    Ladder(lapin::Error),
+}
+
+/// Where a cast or an event goes, and with what properties. An event goes to the events
+/// exchange by its topic (no subscriber is no error); a cast to its service queue, which
+/// must exist; a scheduled cast to the delay ladder, which takes it there in time.
+async fn address(
+    link: &Link,
+    shared: &Shared,
+    request: &ClientRequest,
+) -> Result<(BasicProperties, ShortString, ShortString), Failure> {
+    let function = request.function.as_str();
+    if request.kind == CallKind::Publish {
+        let properties = protocol::event_properties(request.codec, &request.headers);
+        return Ok((properties, shared.events_exchange.clone(), function.into()));
+    }
+    let properties = protocol::cast_properties(function, request.codec, &request.headers);
+    let Some(not_before) = request.not_before else {
+        return Ok((properties, shared.exchange.clone(), request.queue.clone()));
+    };
+    let wait = not_before
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let millis = crate::delay::millis(wait).map_err(Failure::Refused)?;
+    link.ladder(request.queue.as_str())
+        .await
+        .map_err(Failure::Ladder)?;
+    let since_epoch = not_before
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        protocol::HEADER_NOT_BEFORE.into(),
+        AMQPValue::LongLongInt(since_epoch),
+    );
+    let key = crate::delay::routing_key(millis, request.queue.as_str());
+    Ok((
+        properties.with_headers(headers),
+        crate::delay::entry().into(),
+        key.into(),
+    ))
 }

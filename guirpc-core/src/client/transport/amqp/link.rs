@@ -29,6 +29,9 @@ pub(super) struct Link {
     /// The channel casts are published on, in publisher-confirm mode; opened by the first
     /// cast (calls need no confirms: their reply is the confirmation).
     casts: tokio::sync::OnceCell<Channel>,
+    /// The delay ladder, declared by the first scheduled cast, and the queues bound to its
+    /// end since.
+    ladder: tokio::sync::Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl Link {
@@ -73,6 +76,7 @@ impl Link {
             channel,
             replies,
             casts: tokio::sync::OnceCell::new(),
+            ladder: tokio::sync::Mutex::new(None),
         };
         Ok((link, end))
     }
@@ -91,6 +95,26 @@ impl Link {
                 Ok(channel)
             })
             .await
+    }
+
+    /// Readies the delay ladder for a scheduled cast to `queue`: declared once per link,
+    /// and `queue` bound to its end, on a channel of their own (binding fails, closing its
+    /// channel, when no server has declared the queue yet: a scheduled cast must not be
+    /// lost at the end of its wait).
+    pub(super) async fn ladder(&self, queue: &str) -> Result<(), lapin::Error> {
+        let mut ladder = self.ladder.lock().await;
+        if ladder.as_ref().is_some_and(|bound| bound.contains(queue)) {
+            return Ok(());
+        }
+        let channel = self.connection.create_channel().await?;
+        if ladder.is_none() {
+            crate::delay::declare(&channel).await?;
+        }
+        let bound = ladder.get_or_insert_default();
+        crate::delay::bind(&channel, queue).await?;
+        bound.insert(queue.to_owned());
+        let _ = channel.close(200, "ladder ready".into()).await;
+        Ok(())
     }
 
     pub(super) async fn close(&self) {
