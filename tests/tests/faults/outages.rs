@@ -203,3 +203,79 @@ async fn a_confirmed_cast_survives_a_broker_restart() {
     }
     drop(broker);
 }
+
+/// Retries and scheduled casts wait in the broker, durable: a broker restart while they
+/// wait delays nothing and loses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_and_scheduled_casts_waiting_across_a_broker_restart_run_after_it() {
+    use guirpc_tests::jobs::{failing_job, runs_of, timed_job, wait_runs};
+    let (_one, broker) = private_broker("retry-restart").await;
+    let start = |broker: &guirpc_tests::broker::PrivateBroker| {
+        let policy = guirpc_core::retry::RetryPolicy::default()
+            .with_backoff("6s..6s")
+            .unwrap();
+        let policy = guirpc_core::retry::RetryPolicy {
+            attempts: 2,
+            ..policy
+        };
+        Server::builder()
+            .uri(broker.uri())
+            .queue("jobs")
+            .retry(policy)
+            .start()
+    };
+    let server = start(&broker).await.unwrap();
+    let caster = client(&broker, "jobs", Duration::from_secs(5)).await;
+    let tokens: Vec<String> = (0..5).map(|i| format!("retry-restart-{i}")).collect();
+    for token in &tokens {
+        failing_job::cast(&caster, token.clone()).await.unwrap();
+    }
+    timed_job::cast_after(&caster, Duration::from_secs(6), "scheduled-restart".into())
+        .await
+        .unwrap();
+    for token in &tokens {
+        assert_eq!(wait_runs(token, 1, Duration::from_secs(10)).await.len(), 1);
+    }
+    // Every retry now waits on the ladder; the broker goes down and comes back.
+    server.shutdown().await.unwrap();
+    caster.close().await;
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.stop_app();
+        broker.start_app();
+        broker
+    })
+    .await
+    .unwrap();
+    let server = start(&broker).await.unwrap();
+    for token in &tokens {
+        assert_eq!(
+            wait_runs(token, 2, Duration::from_secs(30)).await.len(),
+            2,
+            "the retry of {token} was lost in the restart"
+        );
+    }
+    assert_eq!(
+        wait_runs("scheduled-restart", 1, Duration::from_secs(30))
+            .await
+            .len(),
+        1,
+        "the scheduled cast was lost in the restart"
+    );
+    // After their last attempt, each is a dead letter.
+    let mut settings = guirpc_core::Settings::default().broker();
+    settings.uri = broker.uri();
+    let letters = guirpc_core::dead::DeadLetters::open(&settings, "jobs", None)
+        .await
+        .unwrap();
+    let mut count = 0;
+    for _ in 0..100 {
+        count = letters.count().await.unwrap();
+        if count == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count, 5);
+    assert_eq!(runs_of(&tokens[0]).len(), 2, "no run beyond the attempts");
+    server.shutdown().await.unwrap();
+}
