@@ -31,8 +31,10 @@ pub fn rpc(args: TokenStream, item: TokenStream) -> TokenStream {
 /// (each service queue) gets each event once, its servers sharing the work, through a
 /// durable queue `{service queue}.{function}`; `#[subscribe("orders.*", broadcast)]` gives
 /// every server instance every event, through a queue of its own. A handler that returns
-/// `Err` or panics has its event retried (`events.retries`), then dead-lettered; an event
-/// that does not decode is dead-lettered at once. `name = "..."` names the subscription.
+/// `Err` or panics has its event retried later by the service's `[retry]` policy, or its
+/// own (`retry(attempts = 4, backoff = "1s..5m", factor = 2, jitter = 0.2, on =
+/// "handler_error,internal")`, any of them), then kept as a dead letter; an event that does
+/// not decode is a dead letter at once. `name = "..."` names the subscription.
 #[proc_macro_attribute]
 pub fn subscribe(args: TokenStream, item: TokenStream) -> TokenStream {
     let args = match syn::parse::<subscribe::SubscribeArgs>(args) {

@@ -90,6 +90,17 @@ async fn the_program_s_functions_are_called_as_over_the_broker() {
         .await
         .unwrap();
     assert!(guirpc_tests::wait_recorded(&token, 1, Duration::from_secs(5)).await);
+    // A scheduled one when its time comes; one too far out is refused, as by a broker.
+    let later = format!("offline-later-{}", std::process::id());
+    let asked = std::time::Instant::now();
+    guirpc_tests::record::cast_after(&client, Duration::from_millis(300), later.clone())
+        .await
+        .unwrap();
+    assert!(guirpc_tests::wait_recorded(&later, 1, Duration::from_secs(5)).await);
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+    let too_far = guirpc_core::delay::MAX_DELAY + Duration::from_secs(1);
+    let refused = guirpc_tests::record::cast_after(&client, too_far, "never".into()).await;
+    assert!(matches!(refused, Err(guirpc_core::Error::Config(_))), "{refused:?}");
     // The built-ins answer.
     let description = client.describe().await.unwrap();
     assert!(description.functions.iter().any(|f| f.name == "add"));

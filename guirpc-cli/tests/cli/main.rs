@@ -13,6 +13,7 @@ use guirpc_core::{Server, rpc};
 
 mod calls;
 mod config;
+mod dead;
 mod events;
 mod flags;
 mod new;

@@ -475,6 +475,15 @@ async fn the_status_page_shows_the_service_in_a_real_browser() {
         api::add::call(&client, i, i).await.unwrap();
     }
     api::checked_div::call(&client, 1, 0).await.unwrap_err();
+    // A cast that cannot run: a dead letter at once, which the page shows with its reason.
+    client.cast("no_such_job", ()).await.unwrap();
+    let dead = format!("guirpc_server_dead_lettered_total{{queue=\"{queue}\"}}");
+    let metrics = server.metrics().expect("a metered server records");
+    assert!(
+        until(Duration::from_secs(10), || sample(&metrics.encode(), &dead)
+            == Some(1.0))
+        .await
+    );
     let url = format!("http://{addr}/");
     let screenshot = std::env::temp_dir().join(format!("guirpc-status-{}.png", std::process::id()));
     let (dom, shot) = tokio::task::spawn_blocking({
@@ -528,6 +537,18 @@ async fn the_status_page_shows_the_service_in_a_real_browser() {
     assert!(
         div.contains("<td class=\"calls\">1</td>") && div.contains("<td class=\"errors\">1</td>"),
         "{div}"
+    );
+    assert!(dom.contains("<span id=\"dead-letters\">1</span>"), "{dom}");
+    let dead_table = &dom[dom
+        .find("<table id=\"dead\">")
+        .expect("the dead letters' table")..];
+    assert!(
+        dead_table.contains("<code>no_such_job</code>") && dead_table.contains("not_found"),
+        "{dead_table}"
+    );
+    assert!(
+        dom.contains(&format!("guirpc dead list -q {queue}")),
+        "{dom}"
     );
     // A real screenshot: a PNG of the page.
     assert!(
