@@ -110,6 +110,12 @@ pub(crate) async fn declare_end(channel: &Channel) -> lapin::Result<()> {
             FieldTable::default(),
         )
         .await?;
+    // Replicated, as every queue of the ladder is: a cluster that loses a node keeps it.
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        crate::protocol::ARG_QUEUE_TYPE.into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     channel
         .queue_declare(
             UNROUTABLE.into(),
@@ -117,7 +123,7 @@ pub(crate) async fn declare_end(channel: &Channel) -> lapin::Result<()> {
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            quorum,
         )
         .await?;
     channel

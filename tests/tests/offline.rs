@@ -100,7 +100,10 @@ async fn the_program_s_functions_are_called_as_over_the_broker() {
     assert!(asked.elapsed() >= Duration::from_millis(300));
     let too_far = guirpc_core::delay::MAX_DELAY + Duration::from_secs(1);
     let refused = guirpc_tests::record::cast_after(&client, too_far, "never".into()).await;
-    assert!(matches!(refused, Err(guirpc_core::Error::Config(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(guirpc_core::Error::Config(_))),
+        "{refused:?}"
+    );
     // The built-ins answer.
     let description = client.describe().await.unwrap();
     assert!(description.functions.iter().any(|f| f.name == "add"));

@@ -72,10 +72,20 @@ impl Jobs {
     }
 
     /// Binds `queue` to the ladder's end, so that scheduled casts reach it (the ladder's
-    /// end is declared if it is not yet; the ladder itself waits for its first use).
-    pub(super) async fn bind(channel: &Channel, queue: &str) -> lapin::Result<()> {
-        crate::delay::declare_end(channel).await?;
-        crate::delay::bind(channel, queue).await
+    /// end is declared if it is not yet; the ladder itself waits for its first use), on a
+    /// channel of its own; a failure is logged.
+    pub(super) async fn bind(connection: Arc<Connection>, queue: String) {
+        let bound = async {
+            let channel = connection.create_channel().await?;
+            crate::delay::declare_end(&channel).await?;
+            crate::delay::bind(&channel, &queue).await?;
+            channel.close(200, "bound".into()).await
+        };
+        if let Err(err) = bound.await {
+            warn!(
+                "cannot bind queue `{queue}` to the delay ladder ({err}); scheduled casts to it bind it themselves"
+            );
+        }
     }
 
     /// Counts a run of a cast or an event, by its attempt.

@@ -133,9 +133,7 @@ impl Session {
                     )
                     .await?;
             }
-            // Scheduled casts reach the queue through the delay ladder's end; failed casts
-            // and events are kept in the dead-letter queue.
-            jobs::Jobs::bind(&channel, &settings.queue).await?;
+            // Failed casts and events are kept in the dead-letter queue.
             if let Some(dead) = settings.dead_letter_queue() {
                 channel
                     .queue_declare(
@@ -183,6 +181,10 @@ impl Session {
             settings.queue,
             ExchangeName(&settings.exchange),
         );
+        // Scheduled casts reach the queue through the delay ladder's end: bound beside the
+        // serving, which neither waits for it nor fails with it (a client binds the queue
+        // too before its first scheduled cast).
+        tokio::spawn(jobs::Jobs::bind(connection.clone(), settings.queue.clone()));
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
         let dead_letter = settings.rejects_to_exchange();
         let (streams, credit) = streams.unzip();
