@@ -117,7 +117,8 @@ impl DeadLetter {
     }
 
     /// The message as it goes back: its own headers, without the dead letter's nor the
-    /// count of its attempts (another round begins).
+    /// count of its attempts (another round begins). Whoever sends it back publishes it as
+    /// their own user (the broker refuses another `user_id`), and it runs as their call.
     fn revived(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
         for (name, value) in self.headers.inner() {
@@ -155,6 +156,9 @@ fn first_death(headers: &FieldTable) -> Option<(String, String)> {
 pub struct DeadLetters {
     connection: Connection,
     queue: String,
+    /// The user the connection authenticated as: a dead letter sent back is published as
+    /// this user, and runs as its call.
+    user: String,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -185,6 +189,7 @@ impl DeadLetters {
         let letters = DeadLetters {
             connection: connected.connection,
             queue,
+            user: connected.user,
         };
         letters.count().await?;
         Ok(letters)
@@ -259,7 +264,7 @@ impl DeadLetters {
                         ..Default::default()
                     },
                     &letter.body,
-                    letter.revived(),
+                    letter.revived().with_user_id(self.user.as_str().into()),
                 )
                 .await
                 .map_err(|err| self.failed(err))?

@@ -29,6 +29,8 @@
 
 extern crate self as guirpc_core;
 
+pub mod access;
+pub mod caller;
 pub(crate) mod client;
 pub mod codec;
 pub mod config;
@@ -58,6 +60,7 @@ mod uri;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use caller::Caller;
 pub use client::{BlockingClient, BlockingItems, Client, ClientBuilder, Event, Subscription};
 pub use codec::{Bytes, Codec};
 pub use config::Settings;

@@ -75,6 +75,8 @@ pub struct ServerRequest {
     pub codec: Codec,
     /// The encoded arguments.
     pub body: Vec<u8>,
+    /// Who sent it, as the broker verified it (its `user_id`).
+    pub caller: crate::Caller,
     /// Why the request is refused before it is dispatched (an unsupported content type).
     pub(crate) unreadable: Option<String>,
     /// For an event: the `#[subscribe]` function it goes to.

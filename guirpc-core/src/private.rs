@@ -11,6 +11,7 @@ use crate::registry::Handler;
 use crate::stream::ItemStream;
 use crate::{BlockingClient, BlockingItems, Client, Error};
 
+pub use crate::access::StaticAccess;
 pub use crate::client::Idempotency;
 pub use crate::message::{HandlerFn, HandlerFuture, Invocation, ItemSink, Reply};
 pub use crate::registry::{Function, Param, Subscriber};
@@ -40,8 +41,24 @@ pub const fn function(
         location,
         max_run: None,
         retry: None,
+        access: None,
         handler: Handler::Static(handler),
     }
+}
+
+/// A function that says who may call it (`#[rpc(allow = [...])]`).
+pub const fn with_access(mut function: Function, access: StaticAccess) -> Function {
+    function.access = Some(access);
+    function
+}
+
+/// A subscriber that says whose events it takes (`#[subscribe(..., allow = [...])]`).
+pub const fn subscriber_with_access(
+    mut subscriber: Subscriber,
+    access: StaticAccess,
+) -> Subscriber {
+    subscriber.access = Some(access);
+    subscriber
 }
 
 /// A function with retry options of its own (`#[rpc(retry(...))]`).
@@ -86,6 +103,7 @@ pub const fn subscriber(
         doc,
         location,
         retry: None,
+        access: None,
         handler,
     }
 }
@@ -245,7 +263,14 @@ pub async fn run_blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'sta
     // span's fields, and the calls it makes continue its trace.
     let span = tracing::Span::current();
     let context = crate::trace::TraceContext::current();
-    let f = move || span.in_scope(|| crate::trace::TraceContext::in_blocking(context, f));
+    let caller = crate::Caller::current();
+    let f = move || {
+        span.in_scope(|| {
+            crate::trace::TraceContext::in_blocking(context, || {
+                crate::Caller::in_blocking(caller, f)
+            })
+        })
+    };
     match tokio::task::spawn_blocking(f).await {
         Ok(value) => value,
         Err(err) => match err.try_into_panic() {

@@ -43,6 +43,8 @@ pub struct Function {
     pub(crate) max_run: Option<std::time::Duration>,
     /// The retry options it states for its casts (`#[rpc(retry(...))]`).
     pub(crate) retry: Option<crate::retry::RetryOverride>,
+    /// Who may call it, when it says (`#[rpc(allow = [...])]`).
+    pub(crate) access: Option<crate::access::StaticAccess>,
     pub(crate) handler: Handler,
 }
 
@@ -78,6 +80,7 @@ impl Function {
             location: Box::leak(location.into_boxed_str()),
             max_run: None,
             retry: None,
+            access: None,
             handler: Handler::Dynamic(handler),
         }))
     }
@@ -134,6 +137,12 @@ impl Function {
         self.retry.as_ref()
     }
 
+    /// Who may call it, when its code says (`#[rpc(allow = [...])]`); guirpc.toml's
+    /// `[[allow]]` tables win over it.
+    pub fn access(&self) -> Option<crate::access::StaticAccess> {
+        self.access
+    }
+
     /// Runs the function on a request.
     pub(crate) fn invoke(&self, invocation: Invocation) -> HandlerFuture {
         match &self.handler {
@@ -176,6 +185,8 @@ pub struct Subscriber {
     pub(crate) location: &'static str,
     /// The retry options it states (`#[subscribe(..., retry(...))]`).
     pub(crate) retry: Option<crate::retry::RetryOverride>,
+    /// Who may publish what it takes (`#[subscribe(..., allow = [...])]`).
+    pub(crate) access: Option<crate::access::StaticAccess>,
     pub(crate) handler: HandlerFn,
 }
 
@@ -208,6 +219,11 @@ impl Subscriber {
     /// `[retry]` settings.
     pub fn retry(&self) -> Option<&crate::retry::RetryOverride> {
         self.retry.as_ref()
+    }
+
+    /// Whose events it takes, when its code says (`#[subscribe(..., allow = [...])]`).
+    pub fn access(&self) -> Option<crate::access::StaticAccess> {
+        self.access
     }
 
     /// The first line of the doc comment.

@@ -97,6 +97,28 @@ impl fmt::Display for RetryPolicy {
     }
 }
 
+impl From<RetryPolicy> for crate::protocol::RetryDescription {
+    fn from(policy: RetryPolicy) -> Self {
+        let backoff = policy.backoff;
+        crate::protocol::RetryDescription {
+            attempts: policy.attempts,
+            backoff: format!(
+                "{}..{}",
+                format_duration(backoff.first),
+                format_duration(backoff.largest)
+            ),
+            factor: backoff.factor,
+            jitter: backoff.jitter,
+            on: policy
+                .on
+                .to_string()
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
 /// The options `#[rpc(retry(...))]` and `#[subscribe(retry(...))]` state; the rest come
 /// from the service's `[retry]` settings.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -33,6 +33,17 @@ pub fn mask_uri(uri: &str) -> String {
     }
 }
 
+/// Whether a URI names its user (`amqps://app@host`, `amqp://app:secret@host`): without
+/// one, a client certificate authenticates (`EXTERNAL`).
+pub(crate) fn names_user(uri: &str) -> bool {
+    let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
+        return false;
+    };
+    let rest = &uri[scheme_end..];
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    authority.contains('@')
+}
+
 /// The URIs of a `broker.uri` list: separated by commas that a scheme follows
 /// (`, amqp://`, `,amqps://`, any `scheme://`), so that a comma inside a password stays in
 /// its URI; blanks around them ignored.

@@ -12,6 +12,8 @@ pub(crate) struct RpcArgs {
     pub max_run: Option<u64>,
     /// `retry(...)`.
     pub retry: Option<RetryArgs>,
+    /// `allow = [...]` and `allow_unverified`.
+    pub access: AccessArgs,
 }
 
 impl Parse for RpcArgs {
@@ -52,11 +54,12 @@ impl Parse for RpcArgs {
                     return Err(syn::Error::new(key.span(), "`retry` is given twice"));
                 }
                 args.retry = Some(RetryArgs::parse_group(input)?);
+            } else if args.access.parse_option(&key, input)? {
             } else {
                 return Err(syn::Error::new(
                     key.span(),
                     format!(
-                        "unknown #[rpc] option `{key}`; the options are `name = \"...\"`, `idempotent`, `max_run = \"...\"` and `retry(...)`"
+                        "unknown #[rpc] option `{key}`; the options are `name = \"...\"`, `idempotent`, `max_run = \"...\"`, `retry(...)`, `allow = [...]` and `allow_unverified`"
                     ),
                 ));
             }
@@ -205,6 +208,59 @@ impl RetryArgs {
             jitter: #jitter,
             on: #on,
         })
+    }
+}
+
+/// `allow = ["billing", "*"]` and `allow_unverified`: who may call.
+#[derive(Default)]
+pub(crate) struct AccessArgs {
+    pub users: Option<Vec<LitStr>>,
+    pub unverified: bool,
+}
+
+impl AccessArgs {
+    /// Takes `key` (and what follows it) when it is one of these options.
+    pub(crate) fn parse_option(
+        &mut self,
+        key: &syn::Ident,
+        input: ParseStream<'_>,
+    ) -> syn::Result<bool> {
+        if key == "allow" {
+            if self.users.is_some() {
+                return Err(syn::Error::new(key.span(), "`allow` is given twice"));
+            }
+            input.parse::<Token![=]>()?;
+            let content;
+            syn::bracketed!(content in input);
+            let users = content.parse_terminated(|input| input.parse::<LitStr>(), Token![,])?;
+            let users: Vec<LitStr> = users.into_iter().collect();
+            if let Some(empty) = users.iter().find(|user| user.value().is_empty()) {
+                return Err(syn::Error::new(
+                    empty.span(),
+                    "a user's name cannot be empty",
+                ));
+            }
+            self.users = Some(users);
+            Ok(true)
+        } else if key == "allow_unverified" {
+            self.unverified = true;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// The `StaticAccess` stated, when any.
+    pub(crate) fn expr(&self) -> Option<proc_macro2::TokenStream> {
+        if self.users.is_none() && !self.unverified {
+            return None;
+        }
+        let users = self.users.iter().flatten();
+        let unverified = self.unverified;
+        Some(quote::quote!(::guirpc_core::__private::StaticAccess {
+            users: &[#(#users),*],
+            unverified: #unverified,
+        }))
     }
 }
 

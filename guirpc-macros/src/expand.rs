@@ -34,6 +34,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     let doc = doc_of(attrs);
     let max_run = args.max_run;
     let args_retry = args.retry;
+    let access = args.access.expr();
     let params = &signature.params;
     let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
     let types: Vec<&Type> = params.iter().map(|p| p.ty).collect();
@@ -263,6 +264,9 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
     if let Some(retry) = &args_retry {
         let retry = retry.expr();
         function = quote!(::guirpc_core::__private::with_retry(#function, #retry));
+    }
+    if let Some(access) = access {
+        function = quote!(::guirpc_core::__private::with_access(#function, #access));
     }
     if let Some(millis) = max_run {
         function = quote!(::guirpc_core::__private::with_max_run(#function, #millis));

@@ -5,7 +5,7 @@ use quote::quote;
 use syn::parse::{Parse, ParseStream};
 use syn::{LitStr, Token};
 
-use crate::attr::{RetryArgs, RpcFn};
+use crate::attr::{AccessArgs, RetryArgs, RpcFn};
 use crate::expand::{Output, check, doc_of, location, run};
 
 /// `#[subscribe("orders.*", broadcast, name = "...")]`.
@@ -14,6 +14,7 @@ pub(crate) struct SubscribeArgs {
     broadcast: bool,
     name: Option<LitStr>,
     retry: Option<RetryArgs>,
+    access: AccessArgs,
 }
 
 impl Parse for SubscribeArgs {
@@ -35,6 +36,7 @@ impl Parse for SubscribeArgs {
             broadcast: false,
             name: None,
             retry: None,
+            access: AccessArgs::default(),
         };
         while !input.is_empty() {
             input.parse::<Token![,]>()?;
@@ -49,11 +51,12 @@ impl Parse for SubscribeArgs {
                 args.name = Some(input.parse()?);
             } else if key == "retry" {
                 args.retry = Some(RetryArgs::parse_group(input)?);
+            } else if args.access.parse_option(&key, input)? {
             } else {
                 return Err(syn::Error::new(
                     key.span(),
                     format!(
-                        "unknown #[subscribe] option `{key}`; the options are `broadcast`, `name = \"...\"` and `retry(...)`"
+                        "unknown #[subscribe] option `{key}`; the options are `broadcast`, `name = \"...\"`, `retry(...)`, `allow = [...]` and `allow_unverified`"
                     ),
                 ));
             }
@@ -118,6 +121,9 @@ pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenS
     if let Some(retry) = &args.retry {
         let retry = retry.expr();
         subscriber = quote!(::guirpc_core::__private::subscriber_with_retry(#subscriber, #retry));
+    }
+    if let Some(access) = args.access.expr() {
+        subscriber = quote!(::guirpc_core::__private::subscriber_with_access(#subscriber, #access));
     }
     Ok(quote! {
         #(#attrs)*

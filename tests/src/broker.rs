@@ -35,6 +35,17 @@ pub struct PrivateBroker {
     tls_port: Option<u16>,
 }
 
+/// What a private node's TLS listener asks of its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    None,
+    /// A listener with a certificate of its own; clients show none.
+    Server,
+    /// Clients may also authenticate by a certificate its CA signed (`EXTERNAL`, the
+    /// common name the user).
+    ClientCertificates,
+}
+
 /// The tree of the RabbitMQ that private nodes run, when not the machine's own.
 fn tree() -> Option<PathBuf> {
     std::env::var_os("GUIRPC_TEST_RABBITMQ_ROOT")
@@ -90,26 +101,88 @@ impl PrivateBroker {
     }
 
     fn start_with(test: &str, tls: bool) -> PrivateBroker {
+        let tls = if tls { Tls::Server } else { Tls::None };
         PrivateBroker::start_node(test, tls, None, None)
+    }
+
+    /// Starts a node whose `amqps://` clients may authenticate by a certificate
+    /// ([`PrivateBroker::client_certificate`]): the `EXTERNAL` mechanism, the certificate's
+    /// common name the user.
+    pub fn start_with_client_certificates(test: &str) -> PrivateBroker {
+        PrivateBroker::start_node(test, Tls::ClientCertificates, None, None)
+    }
+
+    /// A certificate for the user `name` signed by the node's CA, and its key: the PEM
+    /// files' paths.
+    pub fn client_certificate(&self, name: &str) -> (String, String) {
+        let (cert, key) = (format!("client-{name}.pem"), format!("client-{name}.key"));
+        let csr = format!("client-{name}.csr");
+        let subject = format!("/CN={name}");
+        // An X.509 v3 certificate (rustls takes no other), for client authentication.
+        std::fs::write(
+            self.dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        self.openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+            &subject,
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ]);
+        let path = |file: &str| self.dir.join(file).display().to_string();
+        (path(&cert), path(&key))
+    }
+
+    /// Adds a user with every permission on `/`.
+    pub fn add_user(&self, name: &str, password: &str) {
+        self.ctl(&["add_user", name, password]);
+        self.ctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
+    }
+
+    /// The node's AMQP URI for `user`.
+    pub fn uri_as(&self, user: &str, password: &str) -> String {
+        format!("amqp://{user}:{password}@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The node's `amqps://` URI naming no user: a client certificate authenticates.
+    pub fn tls_uri_without_user(&self) -> String {
+        let port = self.tls_port.expect("the broker was started without TLS");
+        format!("amqps://127.0.0.1:{port}/%2f")
     }
 
     /// Starts a node whose consumer timeout (`consumer_timeout`: how long a delivery may
     /// stay unacknowledged before the broker closes its channel) is `timeout`, checked
     /// every second instead of every minute.
     pub fn start_with_consumer_timeout(test: &str, timeout: Duration) -> PrivateBroker {
-        PrivateBroker::start_node(test, false, None, Some(timeout))
+        PrivateBroker::start_node(test, Tls::None, None, Some(timeout))
     }
 
     /// A private node, returned as soon as it accepts connections: before it has booted.
     pub fn start_booting(test: &str) -> PrivateBroker {
-        let broker = PrivateBroker::launch(test, false, None, None);
+        let broker = PrivateBroker::launch(test, Tls::None, None, None);
         broker.wait_accepting(Duration::from_secs(60));
         broker
     }
 
     fn start_node(
         test: &str,
-        tls: bool,
+        tls: Tls,
         cookie: Option<&str>,
         consumer_timeout: Option<Duration>,
     ) -> PrivateBroker {
@@ -121,7 +194,7 @@ impl PrivateBroker {
     /// Starts a node, and returns at once.
     fn launch(
         test: &str,
-        tls: bool,
+        tls: Tls,
         cookie: Option<&str>,
         consumer_timeout: Option<Duration>,
     ) -> PrivateBroker {
@@ -142,7 +215,7 @@ impl PrivateBroker {
             node: format!("guirpc-{test}-{id}@localhost"),
             port: free_port(),
             dist_port: free_port(),
-            tls_port: tls.then(free_port),
+            tls_port: (tls != Tls::None).then(free_port),
             dir,
         };
         let mut conf = format!(
@@ -158,9 +231,19 @@ impl PrivateBroker {
                  ssl_options.cacertfile = {dir}/ca.pem\n\
                  ssl_options.certfile = {dir}/server.pem\n\
                  ssl_options.keyfile = {dir}/server.key\n\
-                 ssl_options.verify = verify_none\n\
                  ssl_options.fail_if_no_peer_cert = false\n"
             ));
+            if tls == Tls::ClientCertificates {
+                conf.push_str(
+                    "ssl_options.verify = verify_peer\n\
+                     auth_mechanisms.1 = PLAIN\n\
+                     auth_mechanisms.2 = AMQPLAIN\n\
+                     auth_mechanisms.3 = EXTERNAL\n\
+                     ssl_cert_login_from = common_name\n",
+                );
+            } else {
+                conf.push_str("ssl_options.verify = verify_none\n");
+            }
         }
         // The channel's tick, when it checks its deliveries' age, has no rabbitmq.conf key.
         let mut advanced = String::from("[{rabbit, [");
@@ -172,7 +255,12 @@ impl PrivateBroker {
         std::fs::write(broker.dir.join("advanced.config"), advanced).unwrap();
         std::fs::write(broker.dir.join("rabbitmq.conf"), conf).unwrap();
         std::fs::write(broker.dir.join("env.conf"), "").unwrap();
-        std::fs::write(broker.dir.join("enabled_plugins"), "[].\n").unwrap();
+        let plugins = if tls == Tls::ClientCertificates {
+            "[rabbitmq_auth_mechanism_ssl].\n"
+        } else {
+            "[].\n"
+        };
+        std::fs::write(broker.dir.join("enabled_plugins"), plugins).unwrap();
         if let Some(cookie) = cookie {
             // The nodes of a cluster share one Erlang cookie; rabbitmqctl reads it too.
             use std::os::unix::fs::PermissionsExt;
@@ -232,20 +320,23 @@ impl PrivateBroker {
         self.dir.join("ca.pem").display().to_string()
     }
 
+    /// Runs the `openssl` command in the node's directory.
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// A CA, and a certificate for 127.0.0.1 it signs, made with the `openssl` command.
     fn make_certificates(&self) {
-        let openssl = |args: &[&str]| {
-            let output = Command::new("openssl")
-                .args(args)
-                .current_dir(&self.dir)
-                .output()
-                .expect("openssl runs");
-            assert!(
-                output.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
+        let openssl = |args: &[&str]| self.openssl(args);
         std::fs::write(
             self.dir.join("san.ext"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
@@ -488,7 +579,9 @@ impl PrivateCluster {
     pub fn start(test: &str, size: usize) -> PrivateCluster {
         let cookie = format!("GUIRPCCLUSTER{}{}", std::process::id(), fastrand_u64());
         let nodes: Vec<PrivateBroker> = (0..size)
-            .map(|i| PrivateBroker::start_node(&format!("{test}-{i}"), false, Some(&cookie), None))
+            .map(|i| {
+                PrivateBroker::start_node(&format!("{test}-{i}"), Tls::None, Some(&cookie), None)
+            })
             .collect();
         for node in &nodes[1..] {
             node.ctl(&["stop_app"]);

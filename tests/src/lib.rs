@@ -275,6 +275,12 @@ pub fn recorded() -> &'static (Mutex<HashMap<String, u32>>, Notify) {
     RECORDED.get_or_init(Default::default)
 }
 
+/// Who called, as the broker verified it (`unknown` without a `user_id`).
+#[rpc]
+pub async fn caller_name() -> String {
+    guirpc_core::Caller::current().to_string()
+}
+
 /// Records that it was called with `token`: lets one-way calls be observed.
 #[rpc]
 pub async fn record(token: String) {

@@ -90,6 +90,19 @@ impl ClientBuilder {
         self
     }
 
+    /// For `amqps://`: this program's certificate and its private key (PEM files), to
+    /// authenticate with when the URI names no user (`EXTERNAL`: its common name is the
+    /// user).
+    pub fn tls_client_certificate(
+        mut self,
+        cert_file: impl Into<String>,
+        key_file: impl Into<String>,
+    ) -> Self {
+        self.broker.tls_cert_file = cert_file.into();
+        self.broker.tls_key_file = key_file.into();
+        self
+    }
+
     /// For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.
     pub fn tls_ca_file(mut self, path: impl Into<String>) -> Self {
         self.broker.tls_ca_file = path.into();

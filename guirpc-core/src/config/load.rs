@@ -5,22 +5,41 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
+/// The `[[name]]` tables, each read as a `T` and told apart by `key`: no two may share it.
+fn read_tables<T: serde::de::DeserializeOwned>(
+    value: &toml::Value,
+    name: &str,
+    key: impl Fn(&T) -> &str,
+) -> Result<Vec<T>, String> {
+    let toml::Value::Array(tables) = value else {
+        return Err(format!(
+            "`{name}` must be tables: write [[{name}]] above each one"
+        ));
+    };
+    let mut read: Vec<T> = Vec::with_capacity(tables.len());
+    for (index, table) in tables.iter().enumerate() {
+        let one: T = table.clone().try_into().map_err(|err: toml::de::Error| {
+            format!("[[{name}]] number {}: {}", index + 1, err.message().trim())
+        })?;
+        if read.iter().any(|other| key(other) == key(&one)) {
+            return Err(format!("two [[{name}]] tables are for `{}`", key(&one)));
+        }
+        read.push(one);
+    }
+    Ok(read)
+}
+
 /// The `[[pipe]]` tables: one per function served through worker processes. Their
 /// commands run in the file's directory, or in `dir` relative to it.
 fn read_pipes(
     value: &toml::Value,
     base: Option<&Path>,
 ) -> Result<Vec<super::pipes::PipeFunction>, String> {
-    let toml::Value::Array(tables) = value else {
-        return Err("`pipe` must be tables: write [[pipe]] above each pipe function".into());
-    };
-    let mut pipes: Vec<super::pipes::PipeFunction> = Vec::with_capacity(tables.len());
-    for (index, table) in tables.iter().enumerate() {
-        let pipe: super::pipes::PipeFunction =
-            table.clone().try_into().map_err(|err: toml::de::Error| {
-                format!("[[pipe]] number {}: {}", index + 1, err.message().trim())
-            })?;
-        let mut pipe = pipe;
+    let mut pipes: Vec<super::pipes::PipeFunction> =
+        read_tables(value, "pipe", |pipe: &super::pipes::PipeFunction| {
+            &pipe.name
+        })?;
+    for pipe in &mut pipes {
         if let Some(base) = base.filter(|base| !base.as_os_str().is_empty()) {
             pipe.dir = Some(match pipe.dir.take() {
                 Some(dir) => base.join(dir),
@@ -28,12 +47,15 @@ fn read_pipes(
             });
         }
         pipe.check()?;
-        if pipes.iter().any(|p| p.name == pipe.name) {
-            return Err(format!("two [[pipe]] tables are named `{}`", pipe.name));
-        }
-        pipes.push(pipe);
     }
     Ok(pipes)
+}
+
+/// The `[[allow]]` tables: who may call what.
+fn read_access(value: &toml::Value) -> Result<Vec<crate::access::AccessRule>, String> {
+    read_tables(value, "allow", |rule: &crate::access::AccessRule| {
+        &rule.function
+    })
 }
 
 /// A configuration that cannot be used.
@@ -141,6 +163,11 @@ impl Settings {
                     .map_err(|err| at(find_line(text, None, "[pipe]"), err))?;
                 continue;
             }
+            if section == "allow" {
+                self.access = read_access(entries)
+                    .map_err(|err| at(find_line(text, None, "[allow]"), err))?;
+                continue;
+            }
             let Some(entries) = entries.as_table() else {
                 return Err(at(
                     find_line(text, None, section),
@@ -169,8 +196,8 @@ impl Settings {
                     toml::Value::Boolean(b) => b.to_string(),
                     // A list of URIs: the nodes of a cluster.
                     toml::Value::Array(items)
-                        if section == "broker"
-                            && name == "uri"
+                        if ((section == "broker" && name == "uri")
+                            || (section == "retry" && name == "on"))
                             && items.iter().all(toml::Value::is_str) =>
                     {
                         items
@@ -250,6 +277,8 @@ impl Settings {
             uri: self.uri.clone(),
             shuffle: self.shuffle,
             tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_key_file: self.tls_key_file.clone(),
             heartbeat: self.heartbeat,
         }
     }
@@ -286,8 +315,10 @@ impl Settings {
             dead_letters: self.dead_letters,
             dead_letter_exchange: self.dead_letter_exchange.clone(),
             metrics_addr: self.metrics_addr.clone(),
+            metrics_token: self.metrics_token.clone(),
             events_exchange: self.events_exchange.clone(),
             retry: self.retry(),
+            access: self.access.clone(),
         }
     }
 }

@@ -267,6 +267,8 @@ macro_rules! settings {
             $(#[doc = $doc] pub $field: $ty,)*
             /// The functions served through worker processes: the `[[pipe]]` tables.
             pub pipes: Vec<pipes::PipeFunction>,
+            /// Who may call what: the `[[allow]]` tables ([`crate::access`]).
+            pub access: Vec<crate::access::AccessRule>,
             sources: Vec<Source>,
         }
 
@@ -275,6 +277,7 @@ macro_rules! settings {
                 Settings {
                     $($field: $default,)*
                     pipes: Vec::new(),
+                    access: Vec::new(),
                     sources: vec![Source::Default; KEYS.len()],
                 }
             }
@@ -321,6 +324,10 @@ settings! {
         "The direct exchange requests are published to; \"\" (the default) is the broker's default exchange, which routes by queue name with no declaration or binding.";
     tls_ca_file: String = String::new(), ["broker"."tls_ca_file"], env ["GUIRPC_TLS_CA_FILE"],
         "For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.";
+    tls_cert_file: String = String::new(), ["broker"."tls_cert_file"], env ["GUIRPC_TLS_CERT_FILE"],
+        "For `amqps://`: a PEM file of this program's certificate. With a URI that names no user (`amqps://host:5671/%2f`) it authenticates by it (the broker's `EXTERNAL` mechanism, plugin `rabbitmq_auth_mechanism_ssl`, with `ssl_cert_login_from = common_name`): its common name is the user.";
+    tls_key_file: String = String::new(), ["broker"."tls_key_file"], env ["GUIRPC_TLS_KEY_FILE"],
+        "The PEM file of `tls_cert_file`'s private key (PKCS#8, `BEGIN PRIVATE KEY`).";
     heartbeat: Duration = crate::link::DEFAULT_HEARTBEAT, ["broker"."heartbeat"], env ["GUIRPC_HEARTBEAT"],
         "The AMQP heartbeat, in whole seconds: a connection that carries nothing for twice this long (a firewall or NAT dropped it without a word) is taken for dead and replaced, its calls failed as retriable; `0s` takes the broker's (60 s on RabbitMQ: two minutes to notice).";
     queue: String = crate::protocol::DEFAULT_QUEUE.to_owned(), ["service"."queue"], env ["GUIRPC_QUEUE"],
@@ -348,7 +355,9 @@ settings! {
     dead_letter_exchange: String = String::new(), ["service"."dead_letter_exchange"], env ["GUIRPC_DEAD_LETTER_EXCHANGE"],
         "If set, the service queue is declared with this dead-letter exchange: the requests a server rejects (no function header, unsupported content type, unknown function, too large, panicked) after answering them go there, and so do the dead letters of casts and events (routing key: the queue's name) in place of `<queue>.dead`.";
     metrics_addr: String = String::new(), ["service"."metrics_addr"], env ["GUIRPC_METRICS_ADDR"],
-        "If set, `host:port` where a server serves `/metrics` (Prometheus), `/healthz`, `/readyz` and a status page at `/` over HTTP.";
+        "If set, `host:port` where a server serves `/metrics` (Prometheus), `/healthz`, `/readyz` and a status page at `/` over HTTP; a bare port (`9464`) listens on loopback only (`0.0.0.0:9464` for every interface).";
+    metrics_token: String = String::new(), ["service"."metrics_token"], env ["GUIRPC_METRICS_TOKEN"],
+        "If set, `/metrics` and the status page answer only requests with `Authorization: Bearer <token>` (or `?token=<token>`, for a browser); `/healthz` and `/readyz` stay open to probes.";
     otlp_endpoint: String = String::new(), ["service"."otlp_endpoint"], env ["GUIRPC_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
         "If set (and built with the `otel` feature), the OTLP/HTTP collector `guirpc serve` sends spans to, `http://host:4318`.";
     events_exchange: String = crate::protocol::DEFAULT_EVENTS_EXCHANGE.to_owned(), ["events"."exchange"], env ["GUIRPC_EVENTS_EXCHANGE"],

@@ -39,12 +39,16 @@ pub struct ServiceSettings {
     /// casts and events go in place of `<queue>.dead`; empty for nowhere.
     pub dead_letter_exchange: String,
     /// Where `/metrics`, `/healthz`, `/readyz` and the status page are served; empty for
-    /// nowhere.
+    /// nowhere; a bare port for loopback's.
     pub metrics_addr: String,
+    /// The bearer token `/metrics` and the status page want; empty for none.
+    pub metrics_token: String,
     /// The topic exchange `#[subscribe]` functions are bound to.
     pub events_exchange: String,
     /// How failed casts and events are run again, unless their function says otherwise.
     pub retry: crate::retry::RetryPolicy,
+    /// Who may call what, over what the code says: the `[[allow]]` tables.
+    pub access: Vec<crate::access::AccessRule>,
 }
 
 impl ServiceSettings {

@@ -58,9 +58,17 @@ impl fmt::Display for Readiness {
     }
 }
 
-/// Binds the listener's address; a clear error when it is taken or malformed.
+/// Binds the listener's address; a clear error when it is taken or malformed. A bare port
+/// (`9464`, `:9464`) is loopback's: the listener is reachable from elsewhere only when an
+/// address says so (`0.0.0.0:9464`).
 pub(crate) async fn bind(addr: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
+    let port = addr.strip_prefix(':').unwrap_or(addr);
+    let addr = if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{port}")
+    } else {
+        addr.to_owned()
+    };
+    TcpListener::bind(&addr)
         .await
         .map_err(|err| format!("cannot listen for metrics on {addr}: {err}"))
 }
@@ -156,6 +164,36 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&head).into_owned()))
 }
 
+/// Whether a request carries the token: `Authorization: Bearer <token>`, or `?token=`.
+fn authorized(head: &str, target: &str, token: &str) -> bool {
+    let bearer = head.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then(|| value.trim().strip_prefix("Bearer ").map(str::trim))
+            .flatten()
+    });
+    let query = target.split_once('?').and_then(|(_, query)| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+    });
+    [bearer, query]
+        .into_iter()
+        .flatten()
+        .any(|given| same(given.as_bytes(), token.as_bytes()))
+}
+
+/// Compares in time that depends on the lengths only, not on where they first differ.
+fn same(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+            == 0
+}
+
 /// The response to a request head, and whether it carries a body (not for `HEAD`).
 fn respond(head: &str, endpoint: &Endpoint) -> (Response, bool) {
     let mut words = head
@@ -178,6 +216,19 @@ fn respond(head: &str, endpoint: &Endpoint) -> (Response, bool) {
         }
     };
     let path = target.split(['?', '#']).next().unwrap_or_default();
+    // Health and readiness are for probes, which carry no token.
+    if !matches!(path, "/healthz" | "/readyz")
+        && let Some(token) = &endpoint.token
+        && !authorized(head, target, token)
+    {
+        return (
+            Response::text(
+                "401 Unauthorized",
+                "unauthorized: send `Authorization: Bearer <service.metrics_token>` (or, from a browser, add `?token=...`)\n",
+            ),
+            with_body,
+        );
+    }
     let response = match path {
         "/metrics" => Response {
             status: "200 OK",

@@ -285,6 +285,8 @@ pub(crate) struct Endpoint {
     pub dead_letters: Option<std::sync::Arc<DeadLetters>>,
     /// Where they are kept, when in the service's own dead-letter queue.
     pub dead_letter_queue: Option<String>,
+    /// The bearer token `/metrics` and the pages want, when one is set.
+    pub token: Option<String>,
 }
 
 #[cfg(test)]

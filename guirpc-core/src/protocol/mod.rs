@@ -187,28 +187,6 @@ pub struct RetryDescription {
     pub on: Vec<String>,
 }
 
-impl From<crate::retry::RetryPolicy> for RetryDescription {
-    fn from(policy: crate::retry::RetryPolicy) -> Self {
-        let backoff = policy.backoff;
-        RetryDescription {
-            attempts: policy.attempts,
-            backoff: format!(
-                "{}..{}",
-                crate::config::format_duration(backoff.first),
-                crate::config::format_duration(backoff.largest)
-            ),
-            factor: backoff.factor,
-            jitter: backoff.jitter,
-            on: policy
-                .on
-                .to_string()
-                .split(',')
-                .map(str::to_owned)
-                .collect(),
-        }
-    }
-}
-
 impl std::fmt::Display for RetryDescription {
     /// `3 attempts, 1s..60s`, or `no retries`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -291,6 +269,11 @@ pub enum ErrorCode {
     Cancelled,
     /// The function ran longer than its `max_run` and was cancelled.
     MaxRunExceeded,
+    /// The function takes calls only from verified users, and the request carries no
+    /// `user_id`.
+    Unauthorized,
+    /// The verified caller may not call the function.
+    Forbidden,
     /// A code this version does not know; treat it like [`ErrorCode::Internal`].
     Unknown(String),
 }
@@ -307,6 +290,8 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::MaxRunExceeded => "max_run_exceeded",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unknown(code) => code,
         }
     }
@@ -322,6 +307,8 @@ impl ErrorCode {
             "too_large" => ErrorCode::TooLarge,
             "cancelled" => ErrorCode::Cancelled,
             "max_run_exceeded" => ErrorCode::MaxRunExceeded,
+            "unauthorized" => ErrorCode::Unauthorized,
+            "forbidden" => ErrorCode::Forbidden,
             other => ErrorCode::Unknown(other.to_owned()),
         }
     }

@@ -131,6 +131,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Who may call a function, subscriber or built-in (`"*"`: all without a rule of their
+    /// own), over what the code says: as an `[[allow]]` table of guirpc.toml.
+    pub fn allow(mut self, function: impl Into<String>, access: crate::access::Access) -> Self {
+        let function = function.into();
+        self.settings
+            .access
+            .retain(|rule| rule.function != function);
+        self.settings
+            .access
+            .push(crate::access::AccessRule { function, access });
+        self
+    }
+
     /// Whether failed casts and events are kept as dead letters in `<queue>.dead` (the
     /// default), or dropped (logged and counted).
     pub fn dead_letters(mut self, keep: bool) -> Self {
@@ -197,6 +210,13 @@ impl ServerBuilder {
         self
     }
 
+    /// The bearer token `/metrics` and the status page want (`service.metrics_token`);
+    /// `/healthz` and `/readyz` stay open to probes.
+    pub fn metrics_token(mut self, token: impl Into<String>) -> Self {
+        self.settings.metrics_token = token.into();
+        self
+    }
+
     /// Connects (retrying with backoff while the broker is unreachable), declares the
     /// exchange, queue and binding, and starts consuming. Returns once requests are being
     /// served.
@@ -222,6 +242,7 @@ impl ServerBuilder {
             registry = registry.with(pool.function())?;
         }
         self.registry = Some(registry);
+        crate::link::check_identity(&self.settings.broker).map_err(ServeError::Config)?;
         // Bound first: a taken port is a configuration error, found before connecting.
         let listener = match self.settings.metrics_addr.as_str() {
             "" => None,
@@ -277,6 +298,7 @@ impl ServerBuilder {
                     .dead_letter_target()
                     .map(|_| shared.dead_letters.clone()),
                 dead_letter_queue: shared.settings.dead_letter_queue(),
+                token: Some(shared.settings.metrics_token.clone()).filter(|t| !t.is_empty()),
             };
             AbortOnDrop(http::spawn(listener, Arc::new(endpoint)))
         });
@@ -348,6 +370,18 @@ impl ServerBuilder {
             None if metrics_on => Some(Metrics::new()),
             metrics => metrics,
         };
+        let builtins = [
+            crate::protocol::FUNCTION_DESCRIBE,
+            crate::protocol::FUNCTION_PING,
+        ];
+        let permissions = crate::access::Permissions::resolve(
+            &settings.access,
+            registry
+                .iter()
+                .map(|f| (f.name(), f.access()))
+                .chain(subscribers.iter().map(|s| (s.name(), s.access())))
+                .chain(builtins.map(|name| (name, None))),
+        );
         let dispatcher = Arc::new(Dispatcher {
             queue: settings.queue.as_str().into(),
             registry,
@@ -357,6 +391,7 @@ impl ServerBuilder {
             instance: instance_name(),
             started: std::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
+            permissions,
             subscribers,
             retry: settings.retry,
         });

@@ -57,6 +57,7 @@ impl Dispatch {
             shared.dispatcher.queue.clone(),
             redelivered,
             data,
+            Some(&self.jobs.user),
         );
         // An acknowledged request is never delivered again: nothing to remember of it.
         let key = (!at_most_once)
@@ -180,7 +181,9 @@ impl Dispatch {
         let (codec, correlation_id) = (request.codec, request.correlation_id.clone());
         let function = request.function.clone();
         // A cast's body, in case it fails: it is published again (shared, not copied).
-        let cast = reply_to.is_none().then(|| request.body.clone());
+        let cast = reply_to
+            .is_none()
+            .then(|| (request.body.clone(), request.caller.clone()));
         let reply = pipeline::run(&shared.service, request).await;
         let reply = within_limit(reply, codec, &function, shared.settings.max_reply_size);
         let verdict = if reply.rejected {
@@ -205,10 +208,15 @@ impl Dispatch {
             return Some(Ran::settled(verdict));
         }
         let Some(reply_to) = reply_to else {
-            let body = cast.unwrap_or_default();
-            return self
-                .cast_ended(function, properties, &body, codec, reply)
-                .await;
+            let (body, caller) = cast.unwrap_or_default();
+            let cast = Cast {
+                function,
+                properties,
+                body: &body,
+                codec,
+                caller: &caller,
+            };
+            return self.cast_ended(cast, reply).await;
         };
         let head = Head {
             codec: announced,
@@ -247,14 +255,14 @@ impl Dispatch {
     /// Settles a cast by its outcome: done, or failed and so run again later or given up
     /// as a dead letter (no caller hears of it); `None` when the connection was lost
     /// before the retry or dead letter was published (the broker delivers it again).
-    async fn cast_ended(
-        &self,
-        function: &str,
-        properties: &BasicProperties,
-        body: &[u8],
-        codec: Codec,
-        reply: Reply,
-    ) -> Option<Ran> {
+    async fn cast_ended(&self, cast: Cast<'_>, reply: Reply) -> Option<Ran> {
+        let Cast {
+            function,
+            properties,
+            body,
+            codec,
+            caller,
+        } = cast;
         let shared = &*self.shared;
         let known = shared.dispatcher.registry.get(function);
         if let Some(known) = known {
@@ -273,6 +281,7 @@ impl Dispatch {
             body,
             code,
             message,
+            caller,
         };
         let verdict = self.jobs.failed(shared, failed).await?;
         Some(Ran::settled(verdict))
@@ -357,6 +366,15 @@ impl Dispatch {
             }
         }
     }
+}
+
+/// A cast that ran: what it takes to run it again or keep it as a dead letter.
+struct Cast<'a> {
+    function: &'a str,
+    properties: &'a BasicProperties,
+    body: &'a [u8],
+    codec: Codec,
+    caller: &'a crate::Caller,
 }
 
 /// A reply on its way: where to, with what, and whether its request was redelivered

@@ -175,10 +175,11 @@ async fn handle(
         shared.dispatcher.queue.clone(),
         redelivered,
         data,
+        Some(&jobs.user),
     );
     request.function = subscriber.name().to_owned();
     request.subscriber = Some(subscriber);
-    let (codec, body) = (request.codec, request.body.clone());
+    let (codec, body, caller) = (request.codec, request.body.clone(), request.caller.clone());
     // A retried event comes back through the delay ladder, its topic in a header.
     let topic = match request.headers.inner().get(protocol::HEADER_TOPIC) {
         Some(AMQPValue::LongString(topic)) => {
@@ -202,6 +203,7 @@ async fn handle(
                 body: &body,
                 code,
                 message,
+                caller: &caller,
             };
             jobs.failed(shared, failed).await
         }

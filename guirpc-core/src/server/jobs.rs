@@ -34,6 +34,9 @@ use crate::retry::RetryPolicy;
 /// A session's retries and dead letters.
 pub(super) struct Jobs {
     connection: Arc<Connection>,
+    /// The user the session authenticated as: the `user_id` of what it publishes, and the
+    /// one user whose messages may name a caller they were published for.
+    pub(super) user: Arc<str>,
     channel: OnceCell<Channel>,
     /// The queues bound to the ladder's end, once the ladder is declared.
     ladder: Mutex<Option<HashSet<String>>>,
@@ -52,6 +55,8 @@ pub(super) struct Failed<'a> {
     pub body: &'a [u8],
     pub code: ErrorCode,
     pub message: String,
+    /// Who sent it: the copy is published by the server, on this caller's behalf.
+    pub caller: &'a crate::Caller,
 }
 
 /// Why a copy was not published.
@@ -63,9 +68,10 @@ enum Refused {
 }
 
 impl Jobs {
-    pub(super) fn new(connection: Arc<Connection>) -> Jobs {
+    pub(super) fn new(connection: Arc<Connection>, user: Arc<str>) -> Jobs {
         Jobs {
             connection,
+            user,
             channel: OnceCell::new(),
             ladder: Mutex::new(None),
         }
@@ -128,7 +134,7 @@ impl Jobs {
                     AMQPValue::LongString(topic.into()),
                 );
             }
-            let properties = failed.properties.clone().with_headers(headers);
+            let properties = self.on_behalf(failed.properties, headers, failed.caller);
             match self
                 .retry(failed.queue, delay, properties, failed.body)
                 .await
@@ -196,7 +202,7 @@ impl Jobs {
             headers.insert(dead::TOPIC.into(), text(topic));
             headers.insert(protocol::HEADER_TOPIC.into(), text(topic));
         }
-        let properties = failed.properties.clone().with_headers(headers);
+        let properties = self.on_behalf(failed.properties, headers, failed.caller);
         let sent = self
             .publish(&exchange, &routing_key, properties, failed.body)
             .await;
@@ -226,6 +232,26 @@ impl Jobs {
                 Some(Verdict::Rejected)
             }
         }
+    }
+
+    /// The properties of a copy the server publishes as its own user (the broker refuses
+    /// another `user_id`), for `caller`.
+    fn on_behalf(
+        &self,
+        properties: &BasicProperties,
+        mut headers: FieldTable,
+        caller: &crate::Caller,
+    ) -> BasicProperties {
+        if let Some(user) = caller.user() {
+            headers.insert(
+                crate::caller::HEADER_ON_BEHALF_OF.into(),
+                AMQPValue::LongString(user.into()),
+            );
+        }
+        properties
+            .clone()
+            .with_headers(headers)
+            .with_user_id(ShortString::from(&*self.user))
     }
 
     /// Publishes a retry to the ladder, declaring it (and binding `queue` to its end)
@@ -330,6 +356,7 @@ pub(super) fn forwarded(properties: &BasicProperties) -> FieldTable {
                 || name_text.starts_with("x-first-death-")
                 || name_text.starts_with("x-last-death-")
                 || name_text.starts_with("guirpc-dead-")
+                || name_text == crate::caller::HEADER_ON_BEHALF_OF
             {
                 continue;
             }

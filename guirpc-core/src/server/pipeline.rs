@@ -43,6 +43,8 @@ pub(crate) struct Dispatcher {
     pub subscribers: Vec<&'static Subscriber>,
     /// The service's retry policy of casts and events.
     pub retry: crate::retry::RetryPolicy,
+    /// Who may call what.
+    pub permissions: crate::access::Permissions,
 }
 
 impl Dispatcher {
@@ -164,6 +166,7 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         unreadable,
         subscriber,
         items,
+        caller,
         ..
     } = request;
     let rejected = |codec: Codec, code: ErrorCode, message: &str| {
@@ -189,14 +192,28 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         );
         return rejected(codec, ErrorCode::TooLarge, &message);
     }
+    // Who called may not: refused before anything runs (or is decoded).
+    let allowed = |name: &str| {
+        dispatcher
+            .permissions
+            .check(name, &caller)
+            .map_err(|(code, message)| {
+                warn!(function = name, caller = %caller, "refused a call ({code}): {message}");
+                Reply::error(codec, code, &message)
+            })
+    };
     if let Some(subscriber) = subscriber {
+        if let Err(refused) = allowed(subscriber.name()) {
+            return refused;
+        }
         let future = (subscriber.handler())(Invocation {
             codec,
             body: body.into(),
             deadline: None,
             items: None,
         });
-        return match AssertUnwindSafe(future).catch_unwind().await {
+        let future = caller.scope(AssertUnwindSafe(future).catch_unwind());
+        return match future.await {
             Ok(reply) => reply,
             Err(panic) => {
                 let what = panic_message(panic.as_ref());
@@ -221,6 +238,9 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
     }
     let name = function.as_str();
     if name.starts_with(protocol::RESERVED_PREFIX) {
+        if let Err(refused) = allowed(name) {
+            return refused;
+        }
         return match builtin(dispatcher, name, codec, &body) {
             Ok(reply) => reply,
             Err((code, message)) => rejected(codec, code, &message),
@@ -233,6 +253,9 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         );
         return rejected(codec, ErrorCode::NotFound, &message);
     };
+    if let Err(refused) = allowed(name) {
+        return refused;
+    }
     if deadline.is_some_and(|deadline| SystemTime::now() > deadline) {
         let message = format!("the deadline of this call to `{name}` passed before it could start");
         debug!("{message}");
@@ -249,7 +272,10 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         items,
     });
     let max_run = registered.max_run().unwrap_or(dispatcher.max_run);
-    let run = tokio::time::timeout(max_run, AssertUnwindSafe(future).catch_unwind());
+    let run = tokio::time::timeout(
+        max_run,
+        caller.scope(AssertUnwindSafe(future).catch_unwind()),
+    );
     let Ok(ran) = run.await else {
         let message = format!(
             "`{name}` ran longer than its max_run of {} and was cancelled",

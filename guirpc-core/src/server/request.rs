@@ -9,12 +9,14 @@ use crate::middleware::ServerRequest;
 use crate::protocol::RequestMeta;
 
 /// A request as its message's properties say (a delivery from the broker, or the
-/// in-memory transport's), and where its reply goes.
+/// in-memory transport's), and where its reply goes. `trusted`, the reading server's own
+/// user, may publish on another caller's behalf (its retries and dead letters).
 pub(crate) fn read_request(
     properties: &lapin::BasicProperties,
     queue: Arc<str>,
     redelivered: bool,
     body: Vec<u8>,
+    trusted: Option<&str>,
 ) -> (ServerRequest, Option<ShortString>) {
     let meta = RequestMeta::read(properties);
     let (codec, unreadable) = match meta.codec {
@@ -31,6 +33,7 @@ pub(crate) fn read_request(
         redelivered,
         codec,
         body,
+        caller: crate::Caller::of(properties, trusted),
         unreadable,
         subscriber: None,
         credit: meta.stream,

@@ -96,6 +96,7 @@ impl Session {
             shared.count_move(&connected.masked_uri);
         }
         let node = connected.masked_uri;
+        let user: Arc<str> = connected.user.into();
         let connection = Arc::new(connected.connection);
         shared.health.blocked.clear();
         link::watch_blocked(
@@ -193,7 +194,7 @@ impl Session {
             settler: Settler::new(channel.clone(), dead_letter),
             replier: Arc::new(Replier::new(shared, channel.clone())),
             streams,
-            jobs: Arc::new(jobs::Jobs::new(connection.clone())),
+            jobs: Arc::new(jobs::Jobs::new(connection.clone(), user)),
         };
         Ok(Session {
             dispatch: Arc::new(dispatch),

@@ -192,7 +192,8 @@ impl<T: fmt::LowerHex> fmt::Display for Hex<T> {
 /// feature the IDs are recorded after, once OpenTelemetry's are known, and the span is
 /// named for OpenTelemetry.
 macro_rules! call_span {
-    ($name:literal, $kind:literal, $operation:literal, $queue:expr, $function:expr, $context:expr, $parent:expr, $conversation:expr, $redelivered:expr) => {{
+    ($name:literal, $kind:literal, $operation:literal, $queue:expr, $function:expr, $context:expr, $parent:expr, $conversation:expr, $redelivered:expr, $caller:expr) => {{
+        let caller: Option<&crate::Caller> = $caller;
         let (queue, function): (&str, &str) = ($queue, $function);
         let parent: Option<&TraceContext> = $parent;
         let ids: Option<&TraceContext> = if cfg!(feature = "otel") { None } else { Some($context) };
@@ -210,6 +211,7 @@ macro_rules! call_span {
             messaging.destination.name = queue,
             messaging.message.conversation_id = conversation,
             messaging.rabbitmq.redelivered = redelivered,
+            enduser.id = caller.map(field::display),
             guirpc.outcome = field::Empty,
             error.type = field::Empty,
             guirpc.duration_ms = field::Empty,
@@ -263,7 +265,8 @@ impl OwnService<ServerRequest, Reply, Infallible> for ServerTrace {
             &context,
             parent.as_ref(),
             request.correlation_id.as_ref().map(ShortString::as_str),
-            Some(request.redelivered)
+            Some(request.redelivered),
+            Some(&request.caller)
         );
         #[cfg(feature = "otel")]
         let context = {
@@ -324,6 +327,7 @@ impl OwnService<ClientRequest, ClientResponse, Error> for ClientTrace {
             &request.function,
             &context,
             parent.as_ref(),
+            None,
             None,
             None
         );

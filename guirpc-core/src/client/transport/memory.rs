@@ -88,7 +88,7 @@ impl InMemory {
         };
         let properties =
             protocol::cast_properties(&request.function, request.codec, &request.headers);
-        let (served, _) = read_request(&properties, self.queue.clone(), false, request.body);
+        let (served, _) = read_request(&properties, self.queue.clone(), false, request.body, None);
         let server = self.server.clone();
         tokio::spawn(async move {
             if !wait.is_zero() {
@@ -121,7 +121,14 @@ impl InMemory {
             request.timeout,
             &request.headers,
         );
-        read_request(&properties, self.queue.clone(), false, request.body.clone()).0
+        read_request(
+            &properties,
+            self.queue.clone(),
+            false,
+            request.body.clone(),
+            None,
+        )
+        .0
     }
 
     /// A stream is served in the background, its items handed over through a channel as

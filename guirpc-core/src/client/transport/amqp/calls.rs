@@ -46,7 +46,8 @@ async fn send_request<R>(
                     itoa::Buffer::new().format(id).into(),
                     request.timeout,
                     &request.headers,
-                );
+                )
+                .with_user_id(waiting.link.user.clone());
                 let publish = waiting.link.channel.basic_publish(
                     shared.exchange.clone(),
                     request.queue.clone(),

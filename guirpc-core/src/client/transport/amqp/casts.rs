@@ -111,11 +111,14 @@ async fn address(
     request: &ClientRequest,
 ) -> Result<(BasicProperties, ShortString, ShortString), Failure> {
     let function = request.function.as_str();
+    let user = link.user.clone();
     if request.kind == CallKind::Publish {
-        let properties = protocol::event_properties(request.codec, &request.headers);
+        let properties =
+            protocol::event_properties(request.codec, &request.headers).with_user_id(user);
         return Ok((properties, shared.events_exchange.clone(), function.into()));
     }
-    let properties = protocol::cast_properties(function, request.codec, &request.headers);
+    let properties =
+        protocol::cast_properties(function, request.codec, &request.headers).with_user_id(user);
     let Some(not_before) = request.not_before else {
         return Ok((properties, shared.exchange.clone(), request.queue.clone()));
     };

@@ -26,6 +26,9 @@ pub(super) struct Link {
     pub(super) channel: Channel,
     /// Its reply consumer, and the calls waiting for replies.
     pub(super) replies: Arc<Replies>,
+    /// The user the connection authenticated as: every request's `user_id`, which the
+    /// broker checks, so that servers know who called.
+    pub(super) user: lapin::types::ShortString,
     /// The channel casts are published on, in publisher-confirm mode; opened by the first
     /// cast (calls need no confirms: their reply is the confirmation).
     casts: tokio::sync::OnceCell<Channel>,
@@ -53,6 +56,7 @@ impl Link {
             }
         }
         let connection = connected.connection;
+        let user = connected.user.as_str().into();
         link::watch_blocked(
             &connection,
             shared.masked_uri.clone(),
@@ -75,6 +79,7 @@ impl Link {
             connection,
             channel,
             replies,
+            user,
             casts: tokio::sync::OnceCell::new(),
             ladder: tokio::sync::Mutex::new(None),
         };

@@ -4,6 +4,8 @@
 //! backoff policy every reconnection follows, and the broker's blocked/unblocked events
 //! (a memory or disk alarm), logged and kept as state.
 
+mod identity;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -69,6 +71,12 @@ pub struct BrokerSettings {
     /// For `amqps://`: a PEM file of the certificates that may sign the broker's
     /// certificate (instead of the system's); empty for the system's.
     pub tls_ca_file: String,
+    /// For `amqps://`: a PEM file of this program's certificate, to authenticate with
+    /// (RabbitMQ's `EXTERNAL` mechanism when the URI names no user: the identity is the
+    /// certificate's common name); empty for none.
+    pub tls_cert_file: String,
+    /// The PEM file of the private key of `tls_cert_file`.
+    pub tls_key_file: String,
     /// The heartbeat asked of the broker (whole seconds, rounded up); zero takes the
     /// broker's. A heartbeat in the URI (`?heartbeat=5`) wins. A silent connection is
     /// noticed within twice this.
@@ -81,25 +89,45 @@ impl std::fmt::Debug for BrokerSettings {
             .field("uri", &crate::uri::mask_uri(&self.uri))
             .field("shuffle", &self.shuffle)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .field("heartbeat", &self.heartbeat)
             .finish()
     }
 }
 
-/// Connects to `uri`.
+/// Whether the client certificate the settings name can be used: read, with its key, and
+/// named. Checked before connecting, so that a server says so at once instead of retrying.
+pub(crate) fn check_identity(options: &BrokerSettings) -> Result<(), String> {
+    identity::client_identity(options)
+        .map(drop)
+        .map_err(|err| err.to_string())
+}
+
+/// Connects to `uri`: the connection, and the user it authenticated as (the URI's, or the
+/// client certificate's common name with `EXTERNAL`).
 pub(crate) async fn connect(
-    uri: &str,
+    text: &str,
     options: &BrokerSettings,
     name: &str,
-) -> Result<Connection, ConnectError> {
+) -> Result<(Connection, String), ConnectError> {
     let ca_file = options.tls_ca_file.as_str();
-    let mut uri: AMQPUri = uri.parse()?;
+    let mut uri: AMQPUri = text.parse()?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(heartbeat_seconds(options.heartbeat));
     }
+    let identity = identity::client_identity(options)?;
+    let user = match &identity {
+        // A certificate and no user in the URI: the broker takes the certificate's name.
+        Some(certificate) if !crate::uri::names_user(text) => {
+            uri.query.auth_mechanism = Some(lapin::uri::SASLMechanism::External);
+            certificate.common_name.clone()
+        }
+        _ => uri.authority.userinfo.username.clone(),
+    };
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let tls = OwnedTLSConfig {
-        identity: None,
+        identity: identity.map(|certificate| certificate.identity),
         cert_chain: if ca_file.is_empty() {
             None
         } else {
@@ -111,7 +139,7 @@ pub(crate) async fn connect(
     let runtime = lapin::runtime::default_runtime()?;
     let connecting = Connection::connect_uri_with_config(uri, properties, tls, runtime);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(connected) => Ok(connected?),
+        Ok(connected) => Ok((connected?, user)),
         Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}").into()),
     }
 }
@@ -146,6 +174,8 @@ pub(crate) struct Connected {
     pub masked_uri: String,
     /// The node connected to before, when this is another one.
     pub moved_from: Option<String>,
+    /// The user the connection authenticated as: what the broker checks `user_id` against.
+    pub user: String,
 }
 
 impl Brokers {
@@ -181,7 +211,7 @@ impl Brokers {
     /// Another connection to the node of the live (or last) one: a server's reply
     /// quarantine goes where its requests come from.
     pub(crate) async fn connect_current(&self, name: &str) -> Result<Connection, ConnectError> {
-        connect(self.current_uri(), &self.options, name).await
+        Ok(connect(self.current_uri(), &self.options, name).await?.0)
     }
 
     /// The connection was lost: the next attempt starts at the next node.
@@ -202,7 +232,7 @@ impl Brokers {
         for step in 0..count {
             let index = (start + step) % count;
             match connect(&self.uris[index], &self.options, name).await {
-                Ok(connection) => {
+                Ok((connection, user)) => {
                     let before = self.current.swap(index, Ordering::AcqRel);
                     self.next.store(index, Ordering::Release);
                     let first = !self.connected.swap(true, Ordering::AcqRel);
@@ -212,6 +242,7 @@ impl Brokers {
                         connection,
                         masked_uri: self.masked[index].clone(),
                         moved_from,
+                        user,
                     });
                 }
                 Err(err) if count == 1 => return Err(err),
@@ -311,6 +342,8 @@ mod tests {
             uri: list.to_owned(),
             shuffle,
             tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             heartbeat: DEFAULT_HEARTBEAT,
         })
     }
