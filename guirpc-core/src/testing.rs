@@ -79,7 +79,16 @@ impl InMemoryServer {
     /// A client of this server, with `builder`'s settings and layers (its URI is unused).
     pub fn client_with(&self, builder: ClientBuilder) -> Client {
         let builder = builder.queue(&*self.queue);
-        let transport = InMemory::new(self.service.clone(), self.queue.clone());
+        let transport = InMemory::new(self.service.clone(), self.queue.clone(), None);
+        builder.build(ClientService::own(transport), Transport::Memory)
+    }
+
+    /// A client whose calls come from `user`, as if a broker had verified it: what
+    /// [`Caller::current`](crate::Caller::current) says, and what permissions are checked
+    /// against. (The other clients' calls carry no identity: `Caller::Unknown`.)
+    pub fn client_as(&self, user: &str) -> Client {
+        let builder = Client::builder().queue(&*self.queue);
+        let transport = InMemory::new(self.service.clone(), self.queue.clone(), Some(user.into()));
         builder.build(ClientService::own(transport), Transport::Memory)
     }
 }

@@ -335,3 +335,28 @@ async fn a_layer_panicking_while_made_ready_or_before_its_future_costs_only_its_
         assert_eq!(api::add::call(&client, 1, 2).await.unwrap(), 3);
     }
 }
+
+/// Who may call what, without a broker: `client_as` calls as a verified user.
+#[guirpc_core::rpc(allow = ["alice"])]
+async fn alices_only() -> String {
+    guirpc_core::Caller::current().to_string()
+}
+
+#[tokio::test]
+async fn permissions_hold_in_memory_for_a_client_as_a_user() {
+    let server = guirpc_core::Server::builder().in_memory().unwrap();
+    let alice = server.client_as("alice");
+    assert_eq!(alices_only::call(&alice).await.unwrap(), "alice");
+    let refused = alices_only::call(&server.client_as("bob"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, guirpc_core::Error::Remote(remote) if *remote.code() == guirpc_core::ErrorCode::Forbidden),
+        "{refused:?}"
+    );
+    let anonymous = alices_only::call(&server.client()).await.unwrap_err();
+    assert!(
+        matches!(&anonymous, guirpc_core::Error::Remote(remote) if *remote.code() == guirpc_core::ErrorCode::Unauthorized),
+        "{anonymous:?}"
+    );
+}

@@ -22,6 +22,8 @@ pub(crate) struct InMemory {
     server: ServerService,
     queue: Arc<str>,
     next_id: Arc<AtomicU64>,
+    /// The user its calls come from, as if a broker had verified it.
+    user: Option<lapin::types::ShortString>,
 }
 
 impl OwnService<ClientRequest, ClientResponse, Error> for InMemory {
@@ -52,10 +54,15 @@ impl OwnService<ClientRequest, ClientResponse, Error> for InMemory {
 
 impl InMemory {
     /// Calls to `queue`, served by `server`.
-    pub(crate) fn new(server: ServerService, queue: Arc<str>) -> InMemory {
+    pub(crate) fn new(
+        server: ServerService,
+        queue: Arc<str>,
+        user: Option<lapin::types::ShortString>,
+    ) -> InMemory {
         InMemory {
             server,
             queue,
+            user,
             next_id: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -86,8 +93,11 @@ impl InMemory {
             }
             None => std::time::Duration::ZERO,
         };
-        let properties =
-            protocol::cast_properties(&request.function, request.codec, &request.headers);
+        let properties = self.identified(protocol::cast_properties(
+            &request.function,
+            request.codec,
+            &request.headers,
+        ));
         let (served, _) = read_request(&properties, self.queue.clone(), false, request.body, None);
         let server = self.server.clone();
         tokio::spawn(async move {
@@ -111,16 +121,24 @@ impl InMemory {
         })
     }
 
+    /// `properties` with the `user_id` of this client's user, when it has one.
+    fn identified(&self, properties: lapin::BasicProperties) -> lapin::BasicProperties {
+        match &self.user {
+            Some(user) => properties.with_user_id(user.clone()),
+            None => properties,
+        }
+    }
+
     /// The request as the broker would deliver it: the same properties, read the same way.
     fn deliver(&self, request: &ClientRequest) -> ServerRequest {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let properties = protocol::request_properties(
+        let properties = self.identified(protocol::request_properties(
             &request.function,
             request.codec,
             itoa::Buffer::new().format(id).into(),
             request.timeout,
             &request.headers,
-        );
+        ));
         read_request(
             &properties,
             self.queue.clone(),
