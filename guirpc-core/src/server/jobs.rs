@@ -189,7 +189,7 @@ impl Jobs {
             (dead::QUEUE, text(failed.queue)),
             (dead::FUNCTION, text(function)),
             (dead::CODE, text(failed.code.as_str())),
-            (dead::MESSAGE, text(&failed.message)),
+            (dead::MESSAGE, text(shortened(&failed.message))),
             (dead::ATTEMPTS, AMQPValue::LongLongInt(attempt.into())),
             (dead::FIRST_FAILURE, first),
             (dead::LAST_FAILURE, timestamp(now)),
@@ -366,6 +366,22 @@ pub(super) fn forwarded(properties: &BasicProperties) -> FieldTable {
     headers
 }
 
+/// The longest error message a dead letter's header carries: headers travel in one frame
+/// (RabbitMQ's `frame_max`, 128 KiB by default), whatever a function's error says.
+const MESSAGE_IN_HEADER: usize = 4096;
+
+/// `message`, cut at a character boundary to fit [`MESSAGE_IN_HEADER`].
+fn shortened(message: &str) -> &str {
+    if message.len() <= MESSAGE_IN_HEADER {
+        return message;
+    }
+    let mut end = MESSAGE_IN_HEADER;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
 fn timestamp(at: SystemTime) -> AMQPValue {
     AMQPValue::Timestamp(
         at.duration_since(UNIX_EPOCH)
@@ -382,4 +398,38 @@ fn job_labels(queue: &str, function: &str, attempt: Option<String>) -> Labels {
         labels.push(("attempt", attempt));
     }
     labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character_boundary() {
+        assert_eq!(shortened("short"), "short");
+        let long = "é".repeat(MESSAGE_IN_HEADER);
+        let cut = shortened(&long);
+        assert!(cut.len() <= MESSAGE_IN_HEADER && cut.len() >= MESSAGE_IN_HEADER - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn forwarded_headers_leave_the_ladders_and_a_former_dead_letters_behind() {
+        let mut headers = FieldTable::default();
+        for name in [
+            "x-death",
+            "x-first-death-queue",
+            "guirpc-dead-code",
+            "keep-me",
+        ] {
+            headers.insert(name.into(), AMQPValue::LongString("v".into()));
+        }
+        let properties = BasicProperties::default().with_headers(headers);
+        let kept: Vec<String> = forwarded(&properties)
+            .inner()
+            .keys()
+            .map(|name| name.to_string())
+            .collect();
+        assert_eq!(kept, ["keep-me"]);
+    }
 }
