@@ -134,6 +134,10 @@ impl Permissions {
 
     /// Whether `caller` may call `name`.
     pub(crate) fn check(&self, name: &str, caller: &Caller) -> Result<(), (ErrorCode, String)> {
+        // A service without rules hashes no name per call.
+        if self.by_name.is_empty() {
+            return Ok(());
+        }
         match self.by_name.get(name) {
             Some(access) => access.check(name, caller),
             None => Ok(()),

@@ -19,7 +19,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use lapin::BasicProperties;
-use lapin::types::AMQPValue;
 
 /// The header naming the caller a server published a retry or a dead letter for.
 pub const HEADER_ON_BEHALF_OF: &str = "guirpc-on-behalf-of";
@@ -75,17 +74,13 @@ impl Caller {
         };
         let user = user.as_str();
         if trusted == Some(user)
-            && let Some(headers) = properties.headers()
+            && let Some(original) = properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| headers.inner().get(HEADER_ON_BEHALF_OF))
+                .and_then(crate::protocol::value_as_str)
         {
-            match headers.inner().get(HEADER_ON_BEHALF_OF) {
-                Some(AMQPValue::LongString(original)) => {
-                    return Caller::Verified(String::from_utf8_lossy(original.as_bytes()).into());
-                }
-                Some(AMQPValue::ShortString(original)) => {
-                    return Caller::Verified(original.as_str().into());
-                }
-                _ => {}
-            }
+            return Caller::Verified(original.as_ref().into());
         }
         Caller::Verified(user.into())
     }
@@ -119,7 +114,7 @@ impl fmt::Display for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::FieldTable;
+    use lapin::types::{AMQPValue, FieldTable};
 
     #[test]
     fn the_caller_is_the_user_id_and_on_behalf_of_only_from_the_trusted_user() {

@@ -63,12 +63,9 @@ impl DeadLetter {
 
     fn read(properties: BasicProperties, body: Vec<u8>, dead_queue: &str) -> DeadLetter {
         let headers = properties.headers().clone().unwrap_or_default();
-        let text = |name: &str| match headers.inner().get(name) {
-            Some(AMQPValue::LongString(text)) => {
-                Some(String::from_utf8_lossy(text.as_bytes()).into_owned())
-            }
-            Some(AMQPValue::ShortString(text)) => Some(text.as_str().to_owned()),
-            _ => None,
+        let text = |name: &str| {
+            let value = headers.inner().get(name)?;
+            protocol::value_as_str(value).map(|text| text.into_owned())
         };
         let time = |name: &str| match headers.inner().get(name) {
             Some(AMQPValue::Timestamp(secs)) => Some(*secs),
@@ -140,13 +137,8 @@ impl DeadLetter {
 
 /// The queue and the reason of the broker's first `x-death` record.
 fn first_death(headers: &FieldTable) -> Option<(String, String)> {
-    let text = |value: Option<&AMQPValue>| match value {
-        Some(AMQPValue::LongString(text)) => {
-            Some(String::from_utf8_lossy(text.as_bytes()).into_owned())
-        }
-        Some(AMQPValue::ShortString(text)) => Some(text.as_str().to_owned()),
-        _ => None,
-    };
+    let text =
+        |value: Option<&AMQPValue>| protocol::value_as_str(value?).map(|text| text.into_owned());
     let queue = text(headers.inner().get("x-first-death-queue"))?;
     let reason = text(headers.inner().get("x-first-death-reason")).unwrap_or_default();
     Some((queue, reason))

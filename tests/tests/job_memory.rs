@@ -9,16 +9,6 @@ use guirpc_core::retry::RetryPolicy;
 use guirpc_tests::jobs::{failing_job, runs_of};
 use guirpc_tests::{expiring, unique_queue, uri};
 
-/// The resident memory of this process, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 const CASTS: usize = 10_000;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,7 +47,7 @@ async fn ten_thousand_failing_casts_wait_for_their_retries_in_the_broker_not_the
         sent += chunk.len();
         if sent == 1000 {
             guirpc_tests::until(Duration::from_secs(30), || first_runs() >= 1000).await;
-            baseline = rss_kib();
+            baseline = guirpc_tests::rss_kib();
         }
     }
     assert!(
@@ -66,7 +56,7 @@ async fn ten_thousand_failing_casts_wait_for_their_retries_in_the_broker_not_the
         first_runs()
     );
     let elapsed = started.elapsed();
-    let peak = rss_kib();
+    let peak = guirpc_tests::rss_kib();
     println!(
         "{CASTS} failing casts cast and run once in {elapsed:?}; RSS {baseline} KiB after 1,000, {peak} KiB with all {CASTS} retries pending"
     );

@@ -7,16 +7,6 @@ use std::time::{Duration, Instant};
 use futures_lite::StreamExt;
 use guirpc_tests::{count_up, progress_of};
 
-/// The resident memory of this process, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_million_items_stream_through_in_bounded_memory() {
     let (server, client) = guirpc_tests::serve("stream-million").await;
@@ -31,10 +21,10 @@ async fn a_million_items_stream_through_in_bounded_memory() {
         assert_eq!(item.unwrap(), next);
         next += 1;
         if next == 20_000 {
-            baseline = rss_kib();
+            baseline = guirpc_tests::rss_kib();
         }
         if next % 50_000 == 0 {
-            peak = peak.max(rss_kib());
+            peak = peak.max(guirpc_tests::rss_kib());
             // Server and caller live in this process: neither runs ahead of the window.
             let produced = progress_of(&token).produced;
             assert!(

@@ -13,7 +13,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use tokio::sync::watch;
 use tracing::debug;
@@ -181,12 +181,12 @@ async fn handle(
     request.subscriber = Some(subscriber);
     let (codec, body, caller) = (request.codec, request.body.clone(), request.caller.clone());
     // A retried event comes back through the delay ladder, its topic in a header.
-    let topic = match request.headers.inner().get(protocol::HEADER_TOPIC) {
-        Some(AMQPValue::LongString(topic)) => {
-            String::from_utf8_lossy(topic.as_bytes()).into_owned()
-        }
-        _ => routing_key.to_string(),
-    };
+    let topic = request
+        .headers
+        .inner()
+        .get(protocol::HEADER_TOPIC)
+        .and_then(protocol::value_as_str)
+        .map_or_else(|| routing_key.to_string(), |topic| topic.into_owned());
     let reply = pipeline::run(&shared.service, request).await;
     let name = subscriber.name();
     jobs.ran(shared, name, &properties);

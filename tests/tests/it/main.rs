@@ -9,6 +9,7 @@ mod events;
 mod fuzz;
 mod hostile;
 mod jobs;
+mod listener;
 mod observability;
 mod pipes;
 mod plain_amqp;
