@@ -6,6 +6,7 @@
 //! - `cargo run -p guirpc-examples --bin calc-blocking` calls them from a plain `fn main`.
 
 use guirpc_core::rpc;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The service queue the calculator is served on.
@@ -18,7 +19,7 @@ pub async fn add(a: i64, b: i64) -> i64 {
 }
 
 /// Why a division failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 pub enum DivideError {
     /// The divisor was zero.
     #[error("division of {dividend} by zero")]
@@ -39,7 +40,7 @@ pub fn divide(dividend: f64, divisor: f64) -> Result<f64, DivideError> {
 }
 
 /// Summary statistics of a list of numbers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Stats {
     /// How many numbers.
     pub count: usize,

@@ -31,9 +31,14 @@ use crate::settings::ClientArgs;
 /// in input order: the result, or {"error": {"code", "message", "detail"}}; exit code 1 if
 /// any line failed. (Streaming functions are called one at a time, without --stdin.)
 ///
+/// With --check, the arguments are first checked against the schema the running service
+/// describes (guirpc list --schema shows it): a field that does not fit is named, and
+/// nothing is sent.
+///
 /// Examples:
 ///   guirpc call add '{"a": 1, "b": 2}'
 ///   guirpc call add '[1, 2]' --queue calculator --timeout 2s
+///   guirpc call stats.summary '{"numbers": [1, "2"]}' --check
 ///   cat requests.jsonl | guirpc call add --stdin --inflight 64 > results.jsonl
 #[derive(Debug, ClapArgs)]
 #[command(verbatim_doc_comment)]
@@ -52,6 +57,9 @@ pub(crate) struct Args {
     /// Print the result indented
     #[arg(long)]
     pretty: bool,
+    /// Check the arguments against the service's schema of the function before sending
+    #[arg(long, conflicts_with = "stdin")]
+    check: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -76,10 +84,80 @@ pub(crate) async fn run(
         return Err(Failure::new(Exit::Usage, "--inflight must be at least 1"));
     }
     let client = args.client.connect(log, defaults).await?;
+    if let (true, Some(call_args)) = (args.check, &single) {
+        check(&client, &args.function, call_args).await?;
+    }
     match single {
         Some(call_args) => call_once(&client, &args.function, call_args, args.pretty).await,
         None => call_lines(client, args.function, args.inflight).await,
     }
+}
+
+/// Checks arguments against the schema a running service describes for the function.
+async fn check(client: &Client, function: &str, args: &Value) -> Result<(), Failure> {
+    let description = client.describe().await?;
+    let Some(described) = description.functions.iter().find(|f| f.name == function) else {
+        let names: Vec<&str> = description
+            .functions
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        return Err(Failure::new(
+            Exit::Remote,
+            format!("`{}` serves no function `{function}`", description.queue),
+        )
+        .hint(format!("it serves: {}", names.join(", "))));
+    };
+    let Some(schema) = &described.schema else {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "`{}` runs guirpc {}, whose description has no schemas: call without --check",
+                description.queue, description.version
+            ),
+        ));
+    };
+    // Arguments in order are checked as the server reads them: by parameter name.
+    let named = match args {
+        Value::Array(items) if items.len() == described.params.len() => Value::Object(
+            described
+                .params
+                .iter()
+                .map(|p| p.name.clone())
+                .zip(items.iter().cloned())
+                .collect(),
+        ),
+        Value::Array(items) => {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!(
+                    "`{function}` takes {} arguments ({}); {} given in order",
+                    described.params.len(),
+                    described
+                        .params
+                        .iter()
+                        .map(|p| format!("{}: {}", p.name, p.ty))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    items.len()
+                ),
+            ));
+        }
+        other => other.clone(),
+    };
+    guirpc_core::schema::check(&schema.params, &named).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        Failure::new(
+            Exit::Usage,
+            format!(
+                "the arguments do not fit `{function}`'s schema; nothing was sent:\n{}",
+                lines.join("\n")
+            ),
+        )
+        .hint(format!(
+            "`guirpc list --schema` shows what `{function}` takes"
+        ))
+    })
 }
 
 /// Reads the arguments: an object or an array.

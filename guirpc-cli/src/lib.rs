@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+mod asyncapi;
 mod call;
 mod cast;
 mod config;
@@ -70,6 +71,7 @@ enum Command {
     Subscribe(events::SubscribeArgs),
     List(list::Args),
     Ping(ping::Args),
+    Asyncapi(asyncapi::Args),
     /// Print a shell completion script: guirpc completions bash > /etc/bash_completion.d/guirpc
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -174,6 +176,7 @@ impl Main {
                         }
                         Command::List(args) => list::run(args, &cli.log, defaults).await,
                         Command::Ping(args) => ping::run(args, &cli.log, defaults).await,
+                        Command::Asyncapi(args) => asyncapi::run(args, &cli.log, defaults).await,
                         _ => unreachable!("handled above"),
                     }
                 }),

@@ -9,12 +9,17 @@ use crate::settings::ClientArgs;
 
 /// List the functions a running service serves: name, parameters, return type, description.
 ///
-/// Example: guirpc list --queue calculator
+/// --schema prints each one's JSON Schemas (2020-12) instead; --json the whole description.
+///
+/// Example: guirpc list --queue calculator --schema
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
     /// Print the full description as JSON
-    #[arg(long)]
+    #[arg(long, conflicts_with = "schema")]
     json: bool,
+    /// Print each function's JSON Schemas: its arguments, result, items and error
+    #[arg(long)]
+    schema: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -31,6 +36,10 @@ pub(crate) async fn run(
             "{}",
             serde_json::to_string_pretty(&description).expect("a description always prints")
         );
+        return Ok(());
+    }
+    if args.schema {
+        print_schemas(&description);
         return Ok(());
     }
     let rows: Vec<[String; 5]> = description
@@ -70,6 +79,49 @@ pub(crate) async fn run(
         &rows,
     );
     Ok(())
+}
+
+/// Each function's signature, then its schemas, indented; each subscription's event.
+fn print_schemas(description: &guirpc_core::protocol::Description) {
+    let indented = |label: &str, schema: &serde_json::Value| {
+        let text = serde_json::to_string_pretty(schema).expect("a schema always prints");
+        outln!("  {label}:");
+        for line in text.lines() {
+            outln!("    {line}");
+        }
+    };
+    for f in &description.functions {
+        let params: Vec<String> = f
+            .params
+            .iter()
+            .map(|p| format!("{}: {}", p.name, p.ty))
+            .collect();
+        outln!("{}({}) -> {}", f.name, params.join(", "), f.returns);
+        match &f.schema {
+            Some(schema) => {
+                indented("params", &schema.params);
+                for (label, schema) in [
+                    ("returns", &schema.returns),
+                    ("item", &schema.item),
+                    ("error (detail of handler_error)", &schema.error),
+                ] {
+                    if let Some(schema) = schema {
+                        indented(label, schema);
+                    }
+                }
+            }
+            None => outln!(
+                "  (no schemas: the server runs guirpc {}, which describes none)",
+                description.version
+            ),
+        }
+    }
+    for s in &description.subscriptions {
+        outln!("on events `{}`: {}", s.pattern, s.name);
+        if let Some(schema) = &s.schema {
+            indented("event", &schema.event);
+        }
+    }
 }
 
 /// Prints rows under a header, in columns as wide as their widest cell.

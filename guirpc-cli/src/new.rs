@@ -107,6 +107,7 @@ publish = false
 {core}
 {cli}
 serde = {{ version = "1", features = ["derive"] }}
+schemars = "1"
 tokio = {{ version = "1", features = ["macros", "rt-multi-thread"] }}
 
 # A workspace of its own, wherever it is created.
@@ -126,6 +127,10 @@ use guirpc_core::rpc;
 pub const QUEUE: &str = env!("CARGO_PKG_NAME");
 
 /// Greets someone. The doc comment is what `guirpc list` shows.
+///
+/// Types of your own derive `serde::{Serialize, Deserialize}` to travel, and
+/// `schemars::JsonSchema` to have a schema in `guirpc list --schema` and `cargo run --
+/// asyncapi`.
 #[rpc]
 pub async fn greet(name: String) -> String {
     format!("Hello, {name}!")
@@ -162,5 +167,7 @@ A guirpc service. Its functions are in `src/lib.rs`; mark more with `#[rpc]`.
 
 - `cargo run -- serve` serves them (settings in `guirpc.toml`, `GUIRPC_*` variables, flags);
 - `cargo run --example client` calls `greet` from Rust;
-- `guirpc call greet '{"name": "you"}' --queue {name}` calls it from a shell.
+- `guirpc call greet '{"name": "you"}' --queue {name}` calls it from a shell;
+- `cargo run -- asyncapi > asyncapi.json` writes its AsyncAPI document, with the JSON
+  Schemas of its functions' types.
 "#;

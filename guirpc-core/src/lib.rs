@@ -47,6 +47,7 @@ pub mod pipe;
 pub mod protocol;
 pub mod registry;
 pub mod retry;
+pub mod schema;
 mod server;
 pub mod stream;
 pub mod testing;
@@ -74,5 +75,8 @@ pub use metrics::Metrics;
 pub use metrics::http::Readiness;
 pub use protocol::ErrorCode;
 pub use registry::{Function, Registry, Subscriber};
+/// The JSON Schema crate whose `JsonSchema` derive gives a type its schema in
+/// `guirpc.describe` (see [`schema`]).
+pub use schemars;
 pub use server::{ServeError, Server, ServerBuilder, shutdown_signal};
 pub use stream::ItemStream;

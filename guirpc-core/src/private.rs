@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::Codec;
 use crate::envelope;
 use crate::protocol::{ErrorCode, RESERVED_PREFIX};
-use crate::registry::Handler;
+use crate::registry::{Handler, SchemaSource};
 use crate::stream::ItemStream;
 use crate::{BlockingClient, BlockingItems, Client, Error};
 
@@ -16,6 +16,7 @@ pub use crate::client::Idempotency;
 pub use crate::message::{HandlerFn, HandlerFuture, Invocation, ItemSink, Reply};
 pub use crate::registry::{Function, Param, Subscriber};
 pub use crate::retry::{RetryOn, RetryOverride};
+pub use crate::schema::{HasSchema, NoSchema, Probe, Types, TypesFn};
 pub use inventory;
 pub use serde;
 
@@ -29,6 +30,7 @@ pub const fn function(
     blocking: bool,
     streams: bool,
     location: &'static str,
+    types: TypesFn,
     handler: HandlerFn,
 ) -> Function {
     Function {
@@ -42,6 +44,7 @@ pub const fn function(
         max_run: None,
         retry: None,
         access: None,
+        schema: SchemaSource::Types(types),
         handler: Handler::Static(handler),
     }
 }
@@ -94,6 +97,7 @@ pub const fn subscriber(
     broadcast: bool,
     doc: &'static str,
     location: &'static str,
+    types: TypesFn,
     handler: HandlerFn,
 ) -> Subscriber {
     Subscriber {
@@ -104,6 +108,7 @@ pub const fn subscriber(
         location,
         retry: None,
         access: None,
+        types,
         handler,
     }
 }

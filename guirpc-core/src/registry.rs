@@ -45,7 +45,17 @@ pub struct Function {
     pub(crate) retry: Option<crate::retry::RetryOverride>,
     /// Who may call it, when it says (`#[rpc(allow = [...])]`).
     pub(crate) access: Option<crate::access::StaticAccess>,
+    /// Its types' schemas.
+    pub(crate) schema: SchemaSource,
     pub(crate) handler: Handler,
+}
+
+/// Where a function's schemas come from.
+pub(crate) enum SchemaSource {
+    /// Code `#[rpc]` generated, run when the service is described.
+    Types(crate::schema::TypesFn),
+    /// Declared in settings (a pipe function's).
+    Declared(crate::protocol::FunctionSchema),
 }
 
 inventory::collect!(Function);
@@ -56,31 +66,47 @@ impl Function {
     pub(crate) fn dynamic(
         name: &str,
         doc: &str,
-        params: &[String],
+        params: &[crate::pipe::PipeParam],
+        returns: Option<&serde_json::Value>,
         location: String,
         handler: DynamicHandler,
     ) -> &'static Function {
         fn leak(text: &str) -> &'static str {
             Box::leak(text.to_owned().into_boxed_str())
         }
+        fn type_name(schema: Option<&serde_json::Value>) -> &str {
+            schema
+                .and_then(|s| s.get("type"))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("json")
+        }
+        let schema = crate::protocol::FunctionSchema {
+            params: crate::schema::untyped_params(
+                params.iter().map(|p| (p.name.clone(), p.schema.clone())),
+            ),
+            returns: Some(crate::schema::declared(returns)),
+            item: None,
+            error: None,
+        };
         let params: Vec<Param> = params
             .iter()
-            .map(|name| Param {
-                name: leak(name),
-                ty: "json",
+            .map(|param| Param {
+                name: leak(&param.name),
+                ty: leak(type_name(param.schema.as_ref())),
             })
             .collect();
         Box::leak(Box::new(Function {
             name: leak(name),
             doc: leak(doc),
             params: Box::leak(params.into_boxed_slice()),
-            returns: "json",
+            returns: leak(type_name(returns)),
             blocking: false,
             streams: false,
             location: Box::leak(location.into_boxed_str()),
             max_run: None,
             retry: None,
             access: None,
+            schema: SchemaSource::Declared(schema),
             handler: Handler::Dynamic(handler),
         }))
     }
@@ -143,6 +169,18 @@ impl Function {
         self.access
     }
 
+    /// The JSON Schemas of its arguments, result, items and error.
+    pub fn schema(&self) -> crate::protocol::FunctionSchema {
+        match &self.schema {
+            SchemaSource::Types(types) => {
+                let mut filled = crate::schema::Types::default();
+                types(&mut filled);
+                filled.function_schema()
+            }
+            SchemaSource::Declared(schema) => schema.clone(),
+        }
+    }
+
     /// Runs the function on a request.
     pub(crate) fn invoke(&self, invocation: Invocation) -> HandlerFuture {
         match &self.handler {
@@ -187,6 +225,8 @@ pub struct Subscriber {
     pub(crate) retry: Option<crate::retry::RetryOverride>,
     /// Who may publish what it takes (`#[subscribe(..., allow = [...])]`).
     pub(crate) access: Option<crate::access::StaticAccess>,
+    /// Its event's type, for its schema.
+    pub(crate) types: crate::schema::TypesFn,
     pub(crate) handler: HandlerFn,
 }
 
@@ -234,6 +274,13 @@ impl Subscriber {
     /// Where the function is defined.
     pub fn location(&self) -> &'static str {
         self.location
+    }
+
+    /// The JSON Schema of the events it takes.
+    pub fn schema(&self) -> Option<crate::protocol::SubscriptionSchema> {
+        let mut filled = crate::schema::Types::default();
+        (self.types)(&mut filled);
+        filled.subscription_schema()
     }
 
     pub(crate) fn handler(&self) -> HandlerFn {
@@ -357,6 +404,8 @@ mod tests {
         unreachable!()
     }
 
+    fn untyped(_: &mut crate::schema::Types) {}
+
     static A: Function = crate::__private::function(
         "f",
         " Adds.\n More.",
@@ -365,10 +414,20 @@ mod tests {
         false,
         false,
         "a (a.rs:1)",
+        untyped,
         never,
     );
-    static B: Function =
-        crate::__private::function("f", "", &[], "i64", true, false, "b (b.rs:9)", never);
+    static B: Function = crate::__private::function(
+        "f",
+        "",
+        &[],
+        "i64",
+        true,
+        false,
+        "b (b.rs:9)",
+        untyped,
+        never,
+    );
     static C: Function = crate::__private::function(
         "g",
         "",
@@ -380,6 +439,7 @@ mod tests {
         true,
         false,
         "c",
+        untyped,
         never,
     );
 

@@ -249,6 +249,10 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
         quote!()
     };
     let location = location(ident);
+    let types = types_fn(
+        sig,
+        &params.iter().map(|p| (&p.name, p.ty)).collect::<Vec<_>>(),
+    );
     let mut function = quote! {
         ::guirpc_core::__private::function(
             #ident::NAME,
@@ -258,6 +262,7 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
             #blocking,
             #streams,
             #location,
+            __guirpc_types,
             __guirpc_handler,
         )
     };
@@ -278,6 +283,8 @@ pub(crate) fn expand(args: RpcArgs, function: RpcFn) -> syn::Result<TokenStream>
         #stubs
 
         const _: () = {
+            #types
+
             fn __guirpc_handler(
                 invocation: ::guirpc_core::__private::Invocation,
             ) -> ::guirpc_core::__private::HandlerFuture {
@@ -307,6 +314,64 @@ pub(crate) fn run(sig: &syn::Signature, args: &[&Ident]) -> TokenStream {
         quote!(::guirpc_core::__private::run_blocking(move || #ident(#(#args),*)).await)
     } else {
         quote!(#ident(#(#args),*).await)
+    }
+}
+
+/// `__guirpc_types`: tells a function's types and their schemas (a type without
+/// `JsonSchema` by its name alone), written in the function's own scope.
+pub(crate) fn types_fn(sig: &syn::Signature, params: &[(&Ident, &Type)]) -> TokenStream {
+    let probe = |ty: &Type| quote!((&::guirpc_core::__private::Probe::<#ty>::new()).schema_fn());
+    let params = params.iter().map(|(name, ty)| {
+        let (name, rust, optional, schema) = (
+            name.to_string(),
+            type_to_string(ty),
+            is_option(ty),
+            probe(ty),
+        );
+        quote!(types.param(#name, #rust, #optional, #schema);)
+    });
+    let output = |method: &str, ty: &Type| {
+        let method = format_ident!("{}", method);
+        let (rust, schema) = (type_to_string(ty), probe(ty));
+        quote!(types.#method(#rust, #schema);)
+    };
+    let unit: Type = syn::parse_quote!(());
+    let outputs: Vec<TokenStream> = match &sig.output {
+        ReturnType::Default => vec![output("returns", &unit)],
+        ReturnType::Type(_, ty) => match stream_item(ty) {
+            Some(item) => match result_parts(item) {
+                Ok(Some((ok, err))) => vec![output("item", &ok), output("error", &err)],
+                _ => vec![output("item", item)],
+            },
+            None => match result_parts(ty) {
+                Ok(Some((ok, err))) => vec![output("returns", &ok), output("error", &err)],
+                _ => vec![output("returns", ty)],
+            },
+        },
+    };
+    quote! {
+        // The borrow picks the probe's method (a type with a schema, or not): not needless.
+        #[allow(clippy::all)]
+        fn __guirpc_types(types: &mut ::guirpc_core::__private::Types) {
+            #[allow(unused_imports)]
+            use ::guirpc_core::__private::{HasSchema as _, NoSchema as _};
+            #(#params)*
+            #(#outputs)*
+        }
+    }
+}
+
+/// Whether a parameter may be left out: an `Option<T>` (serde reads a missing one as `None`).
+fn is_option(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "Option"),
+        Type::Group(inner) => is_option(&inner.elem),
+        Type::Paren(inner) => is_option(&inner.elem),
+        _ => false,
     }
 }
 

@@ -6,7 +6,7 @@ use syn::parse::{Parse, ParseStream};
 use syn::{LitStr, Token};
 
 use crate::attr::{AccessArgs, RetryArgs, RpcFn};
-use crate::expand::{Output, check, doc_of, location, run};
+use crate::expand::{Output, check, doc_of, location, run, types_fn};
 
 /// `#[subscribe("orders.*", broadcast, name = "...")]`.
 pub(crate) struct SubscribeArgs {
@@ -110,12 +110,14 @@ pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenS
         }
     };
     let location = location(ident);
+    let types = types_fn(sig, &[(event, event_ty)]);
     let mut subscriber = quote!(::guirpc_core::__private::subscriber(
         #name,
         #pattern,
         #broadcast,
         #doc,
         #location,
+        __guirpc_types,
         __guirpc_subscriber,
     ));
     if let Some(retry) = &args.retry {
@@ -130,6 +132,8 @@ pub(crate) fn expand(args: SubscribeArgs, function: RpcFn) -> syn::Result<TokenS
         #vis #sig #body
 
         const _: () = {
+            #types
+
             fn __guirpc_subscriber(
                 invocation: ::guirpc_core::__private::Invocation,
             ) -> ::guirpc_core::__private::HandlerFuture {

@@ -5,7 +5,7 @@ pub mod broker;
 pub mod imports;
 pub mod jobs;
 mod observe;
-pub use observe::{chromium, http_get, rss_kib, sample};
+pub use observe::{browse, chromium, http_get, python_with_pika, rss_kib, sample, unescape_html};
 pub mod proxy;
 pub mod spans;
 
@@ -164,7 +164,7 @@ pub async fn answer() -> u32 {
 pub fn nothing(_ignored: bool) {}
 
 /// A struct argument and result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Point {
     /// x
     pub x: f64,
@@ -173,7 +173,7 @@ pub struct Point {
 }
 
 /// An enum argument.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Move {
     /// Stay.
     Stay,

@@ -49,6 +49,65 @@ pub fn chromium() -> Option<std::path::PathBuf> {
     found
 }
 
+/// A page as headless Chromium renders it: its DOM after scripts and layout, and a PNG
+/// screenshot of it (1280x800), written to `screenshot` too so that a person can look.
+pub fn browse(
+    chromium: &std::path::Path,
+    url: &str,
+    screenshot: &std::path::Path,
+) -> (String, Vec<u8>) {
+    let run = |extra: &[&str]| {
+        let output = std::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .args(["--no-first-run", "--window-size=1280,800"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"]);
+    let shot = format!("--screenshot={}", screenshot.display());
+    run(&[&shot]);
+    (dom, std::fs::read(screenshot).unwrap_or_default())
+}
+
+/// Whether `python3` with pika can run here. CI installs it (`.ci/run`); elsewhere the
+/// Python checks are skipped with a note rather than failed.
+pub fn python_with_pika() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import pika"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have python3 with pika (.ci/run installs it)"
+        );
+        eprintln!("skipped: python3 with pika is not installed (pip install pika)");
+    }
+    found
+}
+
+/// Text of an HTML document as a browser shows it: `&lt;` is `<`.
+pub fn unescape_html(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
 /// The value of the one sample of `/metrics` text whose name and labels are `series`
 /// (`name{label="value",...}`, labels in the exposed order); `None` if there is none.
 pub fn sample(metrics: &str, series: &str) -> Option<f64> {

@@ -10,12 +10,13 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use guirpc_core::{Client, ClientBuilder, Settings, rpc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 /// The event of a new order. The services that exchange it each declare it (a shared API
 /// crate would hold it once).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCreated {
     /// The order's number.
     pub id: u64,

@@ -14,10 +14,11 @@ use std::sync::Mutex;
 
 use guirpc_core::stream::Stream;
 use guirpc_core::{rpc, subscribe};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The event of a new order, as the orders service publishes it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCreated {
     /// The order's number.
     pub id: u64,
@@ -28,7 +29,7 @@ pub struct OrderCreated {
 }
 
 /// One line of the report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ReportLine {
     /// The order's number.
     pub order: u64,

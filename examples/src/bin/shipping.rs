@@ -12,10 +12,11 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use guirpc_core::{rpc, subscribe};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The event of a new order, as the orders service publishes it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCreated {
     /// The order's number.
     pub id: u64,

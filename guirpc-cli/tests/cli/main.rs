@@ -18,6 +18,7 @@ mod events;
 mod flags;
 mod new;
 mod pipes;
+mod schemas;
 
 /// Adds two integers.
 #[rpc]

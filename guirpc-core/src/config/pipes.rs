@@ -36,9 +36,79 @@ pub struct PipeFunction {
     /// What `guirpc list` shows as its description.
     #[serde(default)]
     pub description: String,
-    /// The names of its parameters, for `guirpc list`.
+    /// Its parameters, in order: names (`["text"]`), or tables naming each and giving the
+    /// JSON Schema of its values (`[{ name = "text", type = "string" }]`), for `guirpc
+    /// list`, `guirpc.describe` and arguments given in order.
     #[serde(default)]
-    pub params: Vec<String>,
+    pub params: Vec<PipeParam>,
+    /// The JSON Schema of what it returns: a JSON type's name (`"integer"`) or a table
+    /// (`{ type = "array", items = { type = "string" } }`); any value when unset.
+    #[serde(default, deserialize_with = "schema")]
+    pub returns: Option<serde_json::Value>,
+}
+
+/// One parameter of a [`PipeFunction`]: its name and, when declared, the JSON Schema of
+/// its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeParam {
+    /// The parameter's name, the key of its argument.
+    pub name: String,
+    /// What its values look like; any value when `None`.
+    pub schema: Option<serde_json::Value>,
+}
+
+impl From<&str> for PipeParam {
+    fn from(name: &str) -> PipeParam {
+        PipeParam {
+            name: name.to_owned(),
+            schema: None,
+        }
+    }
+}
+
+impl From<String> for PipeParam {
+    fn from(name: String) -> PipeParam {
+        PipeParam { name, schema: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for PipeParam {
+    /// `"text"`, or `{ name = "text", type = "string", ... }`: the keys besides `name`
+    /// are the schema's.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(name) => Ok(PipeParam::from(name)),
+            serde_json::Value::Object(mut table) => {
+                let name = match table.remove("name") {
+                    Some(serde_json::Value::String(name)) => name,
+                    _ => {
+                        return Err(D::Error::custom(
+                            "a parameter table needs a `name`: { name = \"text\", type = \"string\" }",
+                        ));
+                    }
+                };
+                let schema = (!table.is_empty()).then_some(serde_json::Value::Object(table));
+                Ok(PipeParam { name, schema })
+            }
+            _ => Err(D::Error::custom(
+                "a parameter is a name (\"text\") or a table ({ name = \"text\", type = \"string\" })",
+            )),
+        }
+    }
+}
+
+/// A JSON Schema as a type's name (`"integer"`) or a table.
+fn schema<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(name) => Ok(Some(serde_json::json!({ "type": name }))),
+        table @ serde_json::Value::Object(_) => Ok(Some(table)),
+        _ => Err(serde::de::Error::custom(
+            "`returns` is a JSON type's name (\"integer\") or a schema table ({ type = \"array\", items = { type = \"string\" } })",
+        )),
+    }
 }
 
 fn one() -> usize {
@@ -85,6 +155,7 @@ impl PipeFunction {
             env: BTreeMap::new(),
             description: String::new(),
             params: Vec::new(),
+            returns: None,
         }
     }
 

@@ -229,6 +229,17 @@ fn respond(head: &str, endpoint: &Endpoint) -> (Response, bool) {
             with_body,
         );
     }
+    // A token given in the address stays on the pages' links.
+    let query = target
+        .split_once('?')
+        .and_then(|(_, query)| query.split('&').find(|pair| pair.starts_with("token=")))
+        .map(|pair| format!("?{pair}"))
+        .unwrap_or_default();
+    let html = |body: String| Response {
+        status: "200 OK",
+        content_type: "text/html; charset=utf-8",
+        body,
+    };
     let response = match path {
         "/metrics" => Response {
             status: "200 OK",
@@ -245,14 +256,33 @@ fn respond(head: &str, endpoint: &Endpoint) -> (Response, bool) {
             };
             Response::text(status, format!("{readiness}\n"))
         }
-        "/" => Response {
-            status: "200 OK",
-            content_type: "text/html; charset=utf-8",
-            body: super::status::page(endpoint),
+        "/" => html(super::status::page(endpoint, &query)),
+        "/asyncapi.json" => match (endpoint.description)() {
+            Some(description) => Response {
+                status: "200 OK",
+                content_type: "application/json",
+                body: serde_json::to_string_pretty(&crate::schema::asyncapi::document(
+                    &description,
+                    None,
+                ))
+                .expect("a document always prints"),
+            },
+            None => Response::text("503 Service Unavailable", "the server is stopping\n"),
         },
+        path if path.starts_with("/functions/") => {
+            match super::pages::name_of(path)
+                .and_then(|name| super::pages::function_page(endpoint, &name, &query))
+            {
+                Some(page) => html(page),
+                None => Response::text(
+                    "404 Not Found",
+                    "no such function: the status page at / links each one\n",
+                ),
+            }
+        }
         _ => Response::text(
             "404 Not Found",
-            "not found: try /metrics, /healthz, /readyz or /\n",
+            "not found: try /metrics, /healthz, /readyz, /asyncapi.json or /\n",
         ),
     };
     (response, with_body)

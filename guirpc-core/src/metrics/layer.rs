@@ -30,6 +30,8 @@ struct FunctionMetrics {
     function: Arc<str>,
     ok: Counter,
     duration: Histogram,
+    /// The server's recent calls of it (not kept for clients).
+    recent: Option<Arc<super::recent::Series>>,
 }
 
 impl FunctionMetrics {
@@ -44,6 +46,7 @@ impl FunctionMetrics {
             function: function.into(),
             ok: calls.get_or_create_owned(&call_labels(queue, function, OUTCOME_OK)),
             duration: durations.get_or_create_owned(&function_labels(queue, function)),
+            recent: None,
         }
     }
 
@@ -94,8 +97,9 @@ impl ServerMetricsLayer {
         let owned_queue = queue.to_owned();
         ServerMetricsLayer {
             state: Arc::new(ServerState {
-                functions: Cache::new(move |function| {
-                    FunctionMetrics::new(&made.calls, &made.duration, &owned_queue, function)
+                functions: Cache::new(move |function| FunctionMetrics {
+                    recent: Some(made.recent.series(&owned_queue, function)),
+                    ..FunctionMetrics::new(&made.calls, &made.duration, &owned_queue, function)
                 }),
                 known: functions.into_iter().collect(),
                 dead_letter,
@@ -147,14 +151,29 @@ impl OwnService<ServerRequest, Reply, Infallible> for ServerMetrics {
         if request.redelivered {
             state.redeliveries.inc();
         }
+        let codec = request.codec;
         let future = self.inner.call_once(request);
         Box::pin(async move {
             let _running = Running::start(&state.in_flight);
             let started = Instant::now();
             let reply = future.await;
-            metrics.duration.observe(started.elapsed().as_secs_f64());
+            let elapsed = started.elapsed();
+            metrics.duration.observe(elapsed.as_secs_f64());
             if let Ok(reply) = &reply {
                 metrics.count(&state.families.calls, reply.outcome());
+                if let Some(recent) = &metrics.recent {
+                    recent.record(elapsed, reply.code.is_some());
+                }
+                if let Some(code) = &reply.code {
+                    let (_, message) = crate::envelope::read(codec, &reply.body);
+                    state.families.recent.error(super::recent::RecentError {
+                        at: std::time::SystemTime::now(),
+                        queue: metrics.queue.to_string(),
+                        function: metrics.function.to_string(),
+                        code: code.as_str().to_owned(),
+                        message,
+                    });
+                }
                 if reply.rejected {
                     state.rejected.inc();
                     if state.dead_letter {

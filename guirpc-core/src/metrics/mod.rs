@@ -25,6 +25,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub mod http;
 mod layer;
+mod pages;
+mod recent;
 mod status;
 pub(crate) use status::DeadLetters;
 
@@ -76,6 +78,8 @@ pub(crate) struct ServerFamilies {
     pub reconnects: Family<Labels, Counter>,
     pub blocked: Family<Labels, Gauge>,
     pub ready: Family<Labels, Gauge>,
+    /// The last quarter hour, for the status page.
+    pub recent: Arc<recent::Recent>,
 }
 
 #[derive(Clone)]
@@ -114,6 +118,7 @@ impl Metrics {
             reconnects: Family::default(),
             blocked: Family::default(),
             ready: Family::default(),
+            recent: Arc::default(),
         };
         let client = ClientFamilies {
             calls: Family::default(),
@@ -287,6 +292,8 @@ pub(crate) struct Endpoint {
     pub dead_letter_queue: Option<String>,
     /// The bearer token `/metrics` and the pages want, when one is set.
     pub token: Option<String>,
+    /// What the service answers to `guirpc.describe`: the functions' pages.
+    pub description: Box<dyn Fn() -> Option<crate::protocol::Description> + Send + Sync>,
 }
 
 #[cfg(test)]

@@ -66,7 +66,25 @@ struct Row {
     buckets: Vec<(f64, u64)>,
 }
 
-pub(super) fn page(endpoint: &Endpoint) -> String {
+/// The pages' style sheet.
+pub(super) const STYLE: &str = "
+body { font: 15px/1.4 system-ui, sans-serif; margin: 2rem; color: #222; max-width: 72rem; }
+h1 { font-size: 1.4rem; margin: 0 0 .3rem; }
+h2 { font-size: 1.1rem; margin-top: 1.6rem; }
+.meta { color: #555; margin-bottom: 1rem; }
+.ok { color: #11772e; font-weight: 600; }
+.bad { color: #b3261e; font-weight: 600; }
+table { border-collapse: collapse; min-width: 40rem; }
+th, td { padding: .35rem .8rem; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child, .doc { text-align: left; }
+td.doc { color: #555; white-space: normal; }
+figure.chart { margin: .8rem 0; }
+figure.chart .row { display: flex; gap: .8rem; margin-top: .2rem; }
+pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: 13px; }
+";
+
+/// The status page; `query` (`?token=...`, or empty) is kept on its links.
+pub(super) fn page(endpoint: &Endpoint, query: &str) -> String {
     let text = endpoint.metrics.encode();
     let queue = endpoint.queue.as_str();
     let mut rows: BTreeMap<String, Row> = endpoint
@@ -118,17 +136,7 @@ pub(super) fn page(endpoint: &Endpoint) -> String {
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{REFRESH_SECONDS}">
 <title>guirpc: {queue}</title>
-<style>
-body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2rem; color: #222; }}
-h1 {{ font-size: 1.4rem; margin: 0 0 .3rem; }}
-.meta {{ color: #555; margin-bottom: 1rem; }}
-.ok {{ color: #11772e; font-weight: 600; }}
-.bad {{ color: #b3261e; font-weight: 600; }}
-table {{ border-collapse: collapse; min-width: 40rem; }}
-th, td {{ padding: .35rem .8rem; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }}
-th:first-child, td:first-child, .doc {{ text-align: left; }}
-td.doc {{ color: #555; white-space: normal; }}
-</style></head>
+<style>{STYLE}</style></head>
 <body>
 <h1>Service <code>{}</code></h1>
 <div class="meta">instance {} &middot; guirpc {} &middot; up {}h {:02}m {:02}s</div>
@@ -148,7 +156,7 @@ calls in flight: <span id="in-flight">{in_flight}</span></p>
     for (name, row) in &rows {
         let _ = writeln!(
             html,
-            "<tr data-function=\"{0}\"><td><code>{0}</code></td><td class=\"calls\">{1}</td><td class=\"errors\">{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td class=\"doc\">{6}</td></tr>",
+            "<tr data-function=\"{0}\"><td><a href=\"{7}{query}\"><code>{0}</code></a></td><td class=\"calls\">{1}</td><td class=\"errors\">{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td class=\"doc\">{6}</td></tr>",
             escape(name),
             row.calls,
             row.errors,
@@ -156,9 +164,20 @@ calls in flight: <span id="in-flight">{in_flight}</span></p>
             Latency(quantile(&row.buckets, 0.95)),
             Latency(quantile(&row.buckets, 0.99)),
             escape(&row.summary),
+            super::pages::path_of(name),
         );
     }
     let _ = writeln!(html, "</table>");
+    let _ = writeln!(
+        html,
+        "<h2>Last 15 minutes</h2>\n<p class=\"meta\">Calls and errors per second and latency (p50 blue, p99 brown), in 10-second steps.</p>"
+    );
+    for name in rows.keys() {
+        let link = format!("{}{query}", super::pages::path_of(name));
+        html.push_str(&super::pages::charts(endpoint, name, &link));
+        html.push('\n');
+    }
+    html.push_str(&super::pages::errors(endpoint));
     if let Some(dead) = &endpoint.dead_letters {
         let (count, last) = dead.snapshot();
         let _ = writeln!(
@@ -193,7 +212,7 @@ calls in flight: <span id="in-flight">{in_flight}</span></p>
     }
     let _ = write!(
         html,
-        "<p class=\"meta\">Latencies are estimated from the histogram buckets of <a href=\"/metrics\">/metrics</a>, as Prometheus' <code>histogram_quantile</code> does. Health: <a href=\"/healthz\">/healthz</a>, <a href=\"/readyz\">/readyz</a>. Reloads every {REFRESH_SECONDS} s.</p>\n</body></html>\n"
+        "<p class=\"meta\">Latencies are estimated from the histogram buckets of <a href=\"/metrics{query}\">/metrics</a>, as Prometheus' <code>histogram_quantile</code> does. Health: <a href=\"/healthz\">/healthz</a>, <a href=\"/readyz\">/readyz</a>. The service's AsyncAPI document: <a href=\"/asyncapi.json{query}\">/asyncapi.json</a>. Reloads every {REFRESH_SECONDS} s.</p>\n</body></html>\n"
     );
     html
 }
@@ -259,7 +278,7 @@ impl<'a> Sample<'a> {
 /// The `q` quantile of a cumulative histogram, interpolated within its bucket; `None`
 /// with no observations. An estimate in the top (`+Inf`) bucket is the largest finite
 /// bound, as Prometheus' `histogram_quantile` gives.
-fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+pub(super) fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
     let total = buckets.iter().map(|(_, count)| *count).max()?;
     if total == 0 {
         return None;
@@ -285,7 +304,7 @@ fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
 }
 
 /// A latency in seconds, in the unit that reads best.
-struct Latency(Option<f64>);
+pub(super) struct Latency(pub(super) Option<f64>);
 
 impl std::fmt::Display for Latency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -305,14 +324,14 @@ fn queue_name(dead: &str) -> &str {
 }
 
 /// `2026-12-02 14:03:07`.
-fn utc(at: std::time::SystemTime) -> String {
+pub(super) fn utc(at: std::time::SystemTime) -> String {
     let secs = at
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
     crate::duration::format_utc(secs)
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

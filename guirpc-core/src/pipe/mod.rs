@@ -36,13 +36,26 @@ use tracing::{info, warn};
 
 use crate::middleware::Reply;
 use crate::protocol::ErrorCode;
-use crate::registry::{Function, HandlerFuture, Invocation};
+use crate::registry::{DynamicHandler, Function, HandlerFuture, Invocation};
 use slot::{Banners, Job, Slot};
 use worker::{Pids, Worker, kill_group};
 
+/// The function a pipe serves, with the handler that runs it (a description made without
+/// workers has one that refuses).
+pub(crate) fn function_of(spec: &PipeFunction, handler: DynamicHandler) -> &'static Function {
+    Function::dynamic(
+        &spec.name,
+        &spec.description,
+        &spec.params,
+        spec.returns.as_ref(),
+        format!("pipe `{}`", spec.command.join(" ")),
+        handler,
+    )
+}
+
 #[cfg(test)]
 use crate::config::pipes::split_words;
-pub use crate::config::pipes::{DEFAULT_TIMEOUT, PipeFunction};
+pub use crate::config::pipes::{DEFAULT_TIMEOUT, PipeFunction, PipeParam};
 use crate::sync::Locked;
 
 /// The workers of one pipe function, and the calls waiting for one.
@@ -132,13 +145,7 @@ impl Pool {
                 }
             }
         });
-        Function::dynamic(
-            &self.spec.name,
-            &self.spec.description,
-            &self.spec.params,
-            format!("pipe `{}`", self.spec.command.join(" ")),
-            handler,
-        )
+        function_of(&self.spec, handler)
     }
 
     /// Runs one call on the next free worker.
@@ -218,10 +225,16 @@ impl Pool {
                         self.spec.name,
                         items.len(),
                         params.len(),
-                        params.join(", ")
+                        params
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
-                Ok(Value::Object(params.iter().cloned().zip(items).collect()))
+                Ok(Value::Object(
+                    params.iter().map(|p| p.name.clone()).zip(items).collect(),
+                ))
             }
             args => Ok(args),
         }

@@ -154,6 +154,37 @@ pub struct Description {
     /// The `#[subscribe]` functions, by name (absent from servers before 0.1's events).
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionDescription>,
+    /// The exchange requests are published to: `""`, the default exchange, unless
+    /// `broker.exchange` names one (absent from servers before schemas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// The topic exchange events are published to (absent from servers before schemas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_exchange: Option<String>,
+}
+
+/// The JSON Schemas (2020-12) of a function's data, each standalone (its definitions
+/// under its own `$defs`), each naming its Rust type under `x-rust-type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionSchema {
+    /// The arguments, as a map of parameter name to value.
+    pub params: serde_json::Value,
+    /// What a call returns (the `Ok` type of a `Result`); absent for a streaming function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returns: Option<serde_json::Value>,
+    /// Each item of a streaming function (the `Ok` type of a `Result` item).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<serde_json::Value>,
+    /// The `detail` of a `handler_error`: the `E` of a function returning `Result<T, E>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+}
+
+/// The JSON Schema (2020-12) of the events a subscriber takes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionSchema {
+    /// The event, the body of what is published.
+    pub event: serde_json::Value,
 }
 
 /// One `#[subscribe]` function of a [`Description`].
@@ -170,6 +201,9 @@ pub struct SubscriptionDescription {
     /// How a failed event is run again (absent from servers before retry policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryDescription>,
+    /// The event's schema (absent from servers before schemas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SubscriptionSchema>,
 }
 
 /// A retry policy in a [`Description`]: how a failed cast or event is run again.
@@ -218,6 +252,10 @@ pub struct FunctionDescription {
     /// servers before retry policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryDescription>,
+    /// The schemas of its arguments, result, items and error (absent from servers before
+    /// schemas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<FunctionSchema>,
 }
 
 /// One parameter of a [`FunctionDescription`].

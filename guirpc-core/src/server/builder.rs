@@ -299,6 +299,14 @@ impl ServerBuilder {
                     .map(|_| shared.dead_letters.clone()),
                 dead_letter_queue: shared.settings.dead_letter_queue(),
                 token: Some(shared.settings.metrics_token.clone()).filter(|t| !t.is_empty()),
+                description: {
+                    let shared = Arc::downgrade(&shared);
+                    Box::new(move || {
+                        shared
+                            .upgrade()
+                            .map(|shared| pipeline::description(&shared.dispatcher).clone())
+                    })
+                },
             };
             AbortOnDrop(http::spawn(listener, Arc::new(endpoint)))
         });
@@ -328,6 +336,33 @@ impl ServerBuilder {
     pub fn pipe(mut self, pipe: PipeFunction) -> Self {
         self.pipes.push(pipe);
         self
+    }
+
+    /// What this server would answer to `guirpc.describe` (its functions with their
+    /// schemas, its subscribers, its exchanges), made without a broker and without
+    /// starting pipe workers: `guirpc asyncapi` in a service's own binary.
+    #[allow(clippy::result_large_err)]
+    pub fn description(&self) -> Result<crate::protocol::Description, ServeError> {
+        let mut registry = match &self.registry {
+            Some(registry) => registry.clone(),
+            None => Registry::collect()?,
+        };
+        for pipe in &self.pipes {
+            let name = pipe.name.clone();
+            let refuse = Arc::new(move |invocation: crate::registry::Invocation| {
+                let reply = Reply::error(
+                    invocation.codec,
+                    crate::ErrorCode::Internal,
+                    &format!("`{name}` is described here, not served"),
+                );
+                Box::pin(std::future::ready(reply)) as crate::registry::HandlerFuture
+            });
+            registry = registry.with(crate::pipe::function_of(pipe, refuse))?;
+        }
+        let mut builder = self.clone();
+        builder.registry = Some(registry);
+        let prepared = builder.prepare(false)?;
+        Ok(pipeline::describe(&prepared.dispatcher))
     }
 
     /// The queue and the pipeline of a server serving in memory
@@ -394,6 +429,9 @@ impl ServerBuilder {
             permissions,
             subscribers,
             retry: settings.retry,
+            exchange: settings.exchange.clone(),
+            events_exchange: settings.events_exchange.clone(),
+            description: Default::default(),
         });
         let dead_letter = settings.rejects_to_exchange();
         let service = pipeline::build(

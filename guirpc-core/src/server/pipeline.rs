@@ -45,6 +45,12 @@ pub(crate) struct Dispatcher {
     pub retry: crate::retry::RetryPolicy,
     /// Who may call what.
     pub permissions: crate::access::Permissions,
+    /// The exchanges of requests and of events, which descriptions name.
+    pub exchange: String,
+    pub events_exchange: String,
+    /// What `guirpc.describe` answers, made at its first call (the schemas take some
+    /// work; nothing in it changes while the server runs).
+    pub description: std::sync::OnceLock<Description>,
 }
 
 impl Dispatcher {
@@ -323,7 +329,7 @@ fn builtin(
         return Err((ErrorCode::BadRequest, message));
     }
     Ok(if name == protocol::FUNCTION_DESCRIBE {
-        Reply::value(codec, &describe(dispatcher))
+        Reply::value(codec, description(dispatcher))
     } else {
         Reply::value(
             codec,
@@ -345,13 +351,36 @@ fn builtin(
     })
 }
 
-fn describe(dispatcher: &Dispatcher) -> Description {
+/// What `guirpc.describe` answers, made once.
+pub(crate) fn description(dispatcher: &Dispatcher) -> &Description {
+    dispatcher.description.get_or_init(|| describe(dispatcher))
+}
+
+pub(crate) fn describe(dispatcher: &Dispatcher) -> Description {
+    describe_service(
+        &dispatcher.queue,
+        dispatcher.registry.iter(),
+        &dispatcher.subscribers,
+        |options| dispatcher.retry_policy(options),
+        &dispatcher.exchange,
+        &dispatcher.events_exchange,
+    )
+}
+
+/// A service as `guirpc.describe` tells it: its functions and subscribers with their
+/// types' schemas, retry policies and the exchanges it is reached through.
+fn describe_service<'a>(
+    queue: &str,
+    functions: impl Iterator<Item = &'a crate::registry::Function>,
+    subscribers: &[&Subscriber],
+    retry: impl Fn(Option<&crate::retry::RetryOverride>) -> crate::retry::RetryPolicy,
+    exchange: &str,
+    events_exchange: &str,
+) -> Description {
     Description {
-        queue: dispatcher.queue.to_string(),
+        queue: queue.to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        functions: dispatcher
-            .registry
-            .iter()
+        functions: functions
             .map(|f| FunctionDescription {
                 name: f.name().to_owned(),
                 doc: f.doc().to_owned(),
@@ -366,20 +395,23 @@ fn describe(dispatcher: &Dispatcher) -> Description {
                 returns: f.returns().to_owned(),
                 blocking: f.is_blocking(),
                 streams: f.streams(),
-                retry: Some(dispatcher.retry_policy(f.retry()).into()),
+                retry: Some(retry(f.retry()).into()),
+                schema: Some(f.schema()),
             })
             .collect(),
-        subscriptions: dispatcher
-            .subscribers
+        subscriptions: subscribers
             .iter()
             .map(|s| SubscriptionDescription {
                 name: s.name().to_owned(),
                 pattern: s.pattern().to_owned(),
                 broadcast: s.is_broadcast(),
                 summary: s.summary().to_owned(),
-                retry: Some(dispatcher.retry_policy(s.retry()).into()),
+                retry: Some(retry(s.retry()).into()),
+                schema: s.schema(),
             })
             .collect(),
+        exchange: Some(exchange.to_owned()),
+        events_exchange: Some(events_exchange.to_owned()),
     }
 }
 

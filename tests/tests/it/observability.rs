@@ -488,32 +488,7 @@ async fn the_status_page_shows_the_service_in_a_real_browser() {
     let screenshot = std::env::temp_dir().join(format!("guirpc-status-{}.png", std::process::id()));
     let (dom, shot) = tokio::task::spawn_blocking({
         let screenshot = screenshot.clone();
-        move || {
-            let run = |extra: &[&str]| {
-                let output = std::process::Command::new(&chromium)
-                    .args([
-                        "--headless",
-                        "--no-sandbox",
-                        "--disable-gpu",
-                        "--disable-dev-shm-usage",
-                    ])
-                    .args(["--no-first-run", "--window-size=1280,800"])
-                    .args(extra)
-                    .arg(&url)
-                    .output()
-                    .expect("chromium runs");
-                assert!(
-                    output.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-                String::from_utf8_lossy(&output.stdout).into_owned()
-            };
-            let dom = run(&["--dump-dom"]);
-            let shot = format!("--screenshot={}", screenshot.display());
-            run(&[&shot]);
-            (dom, std::fs::read(&screenshot).unwrap_or_default())
-        }
+        move || guirpc_tests::browse(&chromium, &url, &screenshot)
     })
     .await
     .unwrap();
