@@ -72,20 +72,20 @@ fn parser() -> Option<PathBuf> {
     Some(dir)
 }
 
-/// Validates documents with the parser: its diagnostics, if any is an error.
-fn validate(parser: &Path, files: &[PathBuf]) {
+/// Runs the parser on documents: whether it accepts them all, and what it said.
+fn validate(parser: &Path, files: &[PathBuf]) -> (bool, String) {
     let out = Command::new("node")
         .arg(parser.join("check.js"))
         .args(files)
         .current_dir(parser)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "the AsyncAPI parser refuses a document:\n{}{}",
+    let said = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status.success(), said)
 }
 
 /// `<binary> asyncapi ...`: the document, parsed.
@@ -143,10 +143,21 @@ fn the_examples_documents_are_valid_asyncapi_and_say_what_the_code_says() {
         "$message.header#/reply_to"
     );
     assert!(calculator["operations"]["divide.cast"].is_object());
+    // `divide`'s typed error: the detail of its own error reply.
+    let error = &messages["divide.error"]["payload"];
+    assert_eq!(
+        error["properties"]["detail"]["anyOf"][0]["$ref"],
+        "#/components/schemas/DivideError"
+    );
     assert!(
         calculator["components"]["schemas"]["DivideError"]["oneOf"].is_array(),
         "{:#}",
         calculator["components"]["schemas"]
+    );
+    let replies = &divide["reply"]["messages"];
+    assert_eq!(
+        replies[1]["$ref"],
+        "#/channels/replies/messages/divide.error"
     );
 
     let shipping = document(env!("CARGO_BIN_EXE_shipping"), &[]);
@@ -206,7 +217,7 @@ fn the_examples_documents_are_valid_asyncapi_and_say_what_the_code_says() {
     let Some(parser) = parser() else {
         return;
     };
-    validate(
+    let (valid, said) = validate(
         &parser,
         &[
             written("calculator", &calculator),
@@ -216,4 +227,11 @@ fn the_examples_documents_are_valid_asyncapi_and_say_what_the_code_says() {
             written("calculator-live", &live),
         ],
     );
+    assert!(valid, "the AsyncAPI parser refuses a document:\n{said}");
+    // The parser does judge: an operation whose message is not its channel's is refused.
+    let mut broken = calculator.clone();
+    broken["operations"]["add"]["messages"][0]["$ref"] = "#/components/messages/add.request".into();
+    let (valid, said) = validate(&parser, &[written("broken", &broken)]);
+    assert!(!valid, "a broken document passed: {said}");
+    assert!(said.contains("[error]"), "{said}");
 }

@@ -14,8 +14,41 @@ use crate::protocol::FunctionDescription;
 const WIDTH: f64 = 180.0;
 const HEIGHT: f64 = 36.0;
 
+/// The charts of the functions called in the last 15 minutes, busiest first.
+pub(super) fn recent<'a>(
+    endpoint: &Endpoint,
+    functions: impl Iterator<Item = &'a String>,
+    query: &str,
+) -> String {
+    let recent = &endpoint.metrics.inner.server.recent;
+    let mut called: Vec<(u64, &String)> = functions
+        .map(|name| {
+            let calls = recent
+                .window(&endpoint.queue, name)
+                .iter()
+                .map(|s| s.calls)
+                .sum();
+            (calls, name)
+        })
+        .filter(|(calls, _)| *calls > 0)
+        .collect();
+    called.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let mut html = String::from(
+        "<h2>Last 15 minutes</h2>\n<p class=\"meta\">Calls and errors per second, and latency (p50 blue, p99 brown), in 10-second steps; the functions called, busiest first.</p>\n",
+    );
+    if called.is_empty() {
+        html.push_str("<p id=\"quiet\">No calls in the last 15 minutes.</p>\n");
+    }
+    for (_, name) in called {
+        let link = served(endpoint, name).then(|| format!("{}{query}", path_of(name)));
+        html.push_str(&charts(endpoint, name, link.as_deref()));
+        html.push('\n');
+    }
+    html
+}
+
 /// One function's charts: calls per second, errors per second, p50 and p99 latency.
-pub(super) fn charts(endpoint: &Endpoint, function: &str, link: &str) -> String {
+pub(super) fn charts(endpoint: &Endpoint, function: &str, link: Option<&str>) -> String {
     let window = endpoint
         .metrics
         .inner
@@ -40,8 +73,10 @@ pub(super) fn charts(endpoint: &Endpoint, function: &str, link: &str) -> String 
     let _ = write!(
         html,
         "<figure class=\"chart\" data-function=\"{name}\" data-calls=\"{total_calls}\" data-errors=\"{total_errors}\">\
-<figcaption><a href=\"{link}\"><code>{name}</code></a>: <span class=\"calls\">{total_calls}</span> calls, <span class=\"errors\">{total_errors}</span> errors, p50 {}, p99 {} in the last 15 min</figcaption>\
+<figcaption>{title}: <span class=\"calls\">{total_calls}</span> {}, <span class=\"errors\">{total_errors}</span> {}, p50 {}, p99 {} in the last 15 min</figcaption>\
 <div class=\"row\">{}{}{}</div></figure>",
+        plural(total_calls, "call"),
+        plural(total_errors, "error"),
         Latency(whole.quantile(0.5)),
         Latency(whole.quantile(0.99)),
         sparkline("calls/s", &[(&calls, "#1f6feb")], |v| format!("{v:.1}/s")),
@@ -52,8 +87,25 @@ pub(super) fn charts(endpoint: &Endpoint, function: &str, link: &str) -> String 
             |v| Latency(Some(v)).to_string()
         ),
         name = escape(function),
+        title = match link {
+            Some(link) => format!("<a href=\"{link}\"><code>{}</code></a>", escape(function)),
+            None => format!("<code>{}</code>", escape(function)),
+        },
     );
     html
+}
+
+/// Whether the service serves a function of that name (`unknown` gathers those it does not).
+pub(super) fn served(endpoint: &Endpoint, name: &str) -> bool {
+    endpoint.functions.iter().any(|(served, _)| served == name)
+}
+
+fn plural(count: u64, word: &str) -> String {
+    if count == 1 {
+        word.to_owned()
+    } else {
+        format!("{word}s")
+    }
 }
 
 /// All slots as one, for the window's quantiles.
@@ -170,7 +222,7 @@ pub(super) fn function_page(endpoint: &Endpoint, name: &str, query: &str) -> Opt
         super::status::STYLE,
         escape(&signature(function)),
         paragraphs(&function.doc),
-        charts(endpoint, name, "#"),
+        charts(endpoint, name, None),
         n = escape(name),
     );
     if function.streams {
@@ -200,7 +252,7 @@ pub(super) fn function_page(endpoint: &Endpoint, name: &str, query: &str) -> Opt
             &args,
             function.streams
         )),
-        escape(&python_example(&endpoint.queue, name, &args)),
+        escape(&python_example(&endpoint.queue, name, &example_args)),
     );
     if let Some(schema) = &function.schema {
         html.push_str("<h2>Schemas</h2>\n<p>JSON Schema 2020-12, from the Rust types (<code>guirpc list --schema</code> prints them too).</p>\n");
@@ -239,7 +291,7 @@ fn shell_example(queue: &str, name: &str, args: &str, streams: bool) -> String {
 }
 
 /// A Python program that calls the function with pika through direct reply-to.
-fn python_example(queue: &str, name: &str, args: &str) -> String {
+fn python_example(queue: &str, name: &str, args: &Value) -> String {
     let literal = |text: &str| serde_json::to_string(text).expect("a string always prints");
     format!(
         r#"import json, os, uuid
@@ -253,6 +305,7 @@ def on_reply(channel, method, properties, body):
     replies[properties.correlation_id] = (properties.type, json.loads(body))
 
 channel.basic_consume("amq.rabbitmq.reply-to", on_reply, auto_ack=True)
+arguments = {args}  # by parameter name
 call_id = str(uuid.uuid4())
 channel.basic_publish(
     exchange="",
@@ -265,7 +318,7 @@ channel.basic_publish(
         reply_to="amq.rabbitmq.reply-to",
         expiration="10000",
     ),
-    body=json.dumps({args}),
+    body=json.dumps(arguments),
 )
 while call_id not in replies:
     connection.process_data_events(time_limit=1)
@@ -274,8 +327,34 @@ print(status, json.dumps(value))  # "ok" and the result, or "error" and {{code, 
 connection.close()"#,
         queue = literal(queue),
         name = literal(name),
-        args = literal(args),
+        args = python_literal(args),
     )
+}
+
+/// A JSON value as Python writes it: `True`, `None`, the rest as JSON has it (a JSON
+/// string is a Python string literal).
+fn python_literal(value: &Value) -> String {
+    match value {
+        Value::Null => "None".to_owned(),
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
+        Value::Number(_) | Value::String(_) => value.to_string(),
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(python_literal)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", Value::from(k.as_str()), python_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 fn signature(function: &FunctionDescription) -> String {

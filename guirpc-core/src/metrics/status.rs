@@ -142,8 +142,6 @@ pub(super) fn page(endpoint: &Endpoint, query: &str) -> String {
 <div class="meta">instance {} &middot; guirpc {} &middot; up {}h {:02}m {:02}s</div>
 <p>Connection: <span id="state" class="{state_class}">{}</span> &middot;
 calls in flight: <span id="in-flight">{in_flight}</span></p>
-<table id="functions">
-<tr><th>function</th><th>calls</th><th>errors</th><th>p50</th><th>p95</th><th>p99</th><th class="doc">description</th></tr>
 "#,
         escape(queue),
         escape(&endpoint.instance),
@@ -153,10 +151,13 @@ calls in flight: <span id="in-flight">{in_flight}</span></p>
         uptime % 60,
         escape(&readiness.to_string()),
     );
+    html.push_str(&super::pages::recent(endpoint, rows.keys(), query));
+    html.push_str(&super::pages::errors(endpoint));
+    html.push_str("<h2>Since start</h2>\n<table id=\"functions\">\n<tr><th>function</th><th>calls</th><th>errors</th><th>p50</th><th>p95</th><th>p99</th><th class=\"doc\">description</th></tr>\n");
     for (name, row) in &rows {
         let _ = writeln!(
             html,
-            "<tr data-function=\"{0}\"><td><a href=\"{7}{query}\"><code>{0}</code></a></td><td class=\"calls\">{1}</td><td class=\"errors\">{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td class=\"doc\">{6}</td></tr>",
+            "<tr data-function=\"{0}\"><td>{7}</td><td class=\"calls\">{1}</td><td class=\"errors\">{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td class=\"doc\">{6}</td></tr>",
             escape(name),
             row.calls,
             row.errors,
@@ -164,20 +165,18 @@ calls in flight: <span id="in-flight">{in_flight}</span></p>
             Latency(quantile(&row.buckets, 0.95)),
             Latency(quantile(&row.buckets, 0.99)),
             escape(&row.summary),
-            super::pages::path_of(name),
+            if super::pages::served(endpoint, name) {
+                format!(
+                    "<a href=\"{}{query}\"><code>{}</code></a>",
+                    super::pages::path_of(name),
+                    escape(name)
+                )
+            } else {
+                format!("<code>{}</code>", escape(name))
+            },
         );
     }
     let _ = writeln!(html, "</table>");
-    let _ = writeln!(
-        html,
-        "<h2>Last 15 minutes</h2>\n<p class=\"meta\">Calls and errors per second and latency (p50 blue, p99 brown), in 10-second steps.</p>"
-    );
-    for name in rows.keys() {
-        let link = format!("{}{query}", super::pages::path_of(name));
-        html.push_str(&super::pages::charts(endpoint, name, &link));
-        html.push('\n');
-    }
-    html.push_str(&super::pages::errors(endpoint));
     if let Some(dead) = &endpoint.dead_letters {
         let (count, last) = dead.snapshot();
         let _ = writeln!(

@@ -84,7 +84,9 @@ pub fn document(description: &Description, broker: Option<&Broker>) -> Value {
     let mut request_messages = Map::new();
     let mut reply_messages = Map::new();
     reply_messages.insert("error".into(), reference("#/components/messages/error"));
-    writer.messages.insert("error".into(), error_message());
+    writer
+        .messages
+        .insert("error".into(), error_message("error", None));
     let mut credit_needed = false;
     let mut operations = Map::new();
     for function in &description.functions {
@@ -118,7 +120,26 @@ pub fn document(description: &Description, broker: Option<&Broker>) -> Value {
             writer.messages.insert(name.clone(), message);
             replies.push(reference(&format!("#/channels/replies/messages/{name}")));
         }
-        replies.push(reference("#/channels/replies/messages/error"));
+        // A typed error's detail has its schema: the function's own error message.
+        match function.schema.as_ref().and_then(|s| s.error.as_ref()) {
+            Some(error) => {
+                let name = format!("{id}.error");
+                let detail = writer.payload(
+                    Some(error),
+                    "The function's error value, with `handler_error`; otherwise null.",
+                    "Output",
+                );
+                reply_messages.insert(
+                    name.clone(),
+                    reference(&format!("#/components/messages/{name}")),
+                );
+                writer
+                    .messages
+                    .insert(name.clone(), error_message(&name, Some(detail)));
+                replies.push(reference(&format!("#/channels/replies/messages/{name}")));
+            }
+            None => replies.push(reference("#/channels/replies/messages/error")),
+        }
         let request_ref = reference(&format!("#/channels/requests/messages/{request}"));
         let mut operation = json!({
             "action": "receive",
@@ -479,11 +500,15 @@ fn convert(schema: &Value, renamed: &BTreeMap<String, String>) -> Value {
     }
 }
 
-fn error_message() -> Value {
+/// An error reply: the envelope, its `detail` a function's error type when it has one.
+fn error_message(name: &str, detail: Option<Value>) -> Value {
+    let detail = detail.unwrap_or_else(
+        || json!({ "description": "The function's error value with `handler_error`; otherwise null." }),
+    );
     json!({
-        "name": "error",
+        "name": name,
         "title": "An error reply",
-        "summary": "The call failed: the error envelope. With `handler_error`, `detail` is the function's error value (its schema is the function's `x-guirpc-error`).",
+        "summary": "The call failed: the error envelope. With `handler_error`, `detail` is the function's error value.",
         "correlationId": { "location": "$message.header#/correlation_id" },
         "payload": {
             "type": "object",
@@ -493,7 +518,7 @@ fn error_message() -> Value {
                     "too_large", "max_run_exceeded", "unauthorized", "forbidden",
                 ], "description": "A stable code; treat an unknown one as `internal`." },
                 "message": { "type": "string", "description": "A sentence for a person, naming the function." },
-                "detail": { "description": "The function's error value with `handler_error`; otherwise null." },
+                "detail": { "anyOf": [detail, { "type": "null" }] },
             },
             "required": ["code", "message"],
         },

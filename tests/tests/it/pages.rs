@@ -87,6 +87,13 @@ async fn the_pages_chart_the_calls_list_the_last_errors_and_show_each_function()
     );
     assert!(div.contains("data-calls=\"3\" data-errors=\"3\""), "{div}");
 
+    // Names no function serves are counted under `unknown`, which has no page.
+    let unknown = part(
+        &dom,
+        "<figure class=\"chart\" data-function=\"unknown\"",
+        "</figure>",
+    );
+    assert!(!unknown.contains("href="), "{unknown}");
     let errors = part(&dom, "<table id=\"errors\">", "</table>");
     assert_eq!(errors.matches("<tr><td>").count(), 4, "{errors}");
     let rows: Vec<&str> = errors.split("<tr><td>").skip(1).collect();
@@ -99,11 +106,11 @@ async fn the_pages_chart_the_calls_list_the_last_errors_and_show_each_function()
         "{errors}"
     );
     assert!(
-        unescape_html(rows[1]).contains("cannot divide 2 by zero"),
+        unescape_html(rows[1]).contains(r#"returned an error: {"ByZero":2}"#),
         "{errors}"
     );
     assert!(
-        unescape_html(rows[3]).contains("cannot divide 0 by zero"),
+        unescape_html(rows[3]).contains(r#"returned an error: {"ByZero":0}"#),
         "{errors}"
     );
 
