@@ -104,6 +104,29 @@ fn a_bad_file_names_the_file_line_and_key() {
 }
 
 #[test]
+fn a_pipe_function_s_types_are_read_as_schemas() {
+    let text = "[[pipe]]\nname = \"wc\"\ncommand = \"wc -w\"\nparams = [\"raw\", { name = \"text\", type = \"string\", minLength = 1 }]\nreturns = \"integer\"\n";
+    let settings = load(text, &[], &[]).unwrap();
+    let pipe = &settings.pipes[0];
+    assert_eq!(pipe.params[0], crate::pipe::PipeParam::from("raw"));
+    assert_eq!(pipe.params[1].name, "text");
+    assert_eq!(
+        pipe.params[1].schema,
+        Some(serde_json::json!({"type": "string", "minLength": 1}))
+    );
+    assert_eq!(pipe.returns, Some(serde_json::json!({"type": "integer"})));
+    for (bad, says) in [
+        ("params = [{ type = \"string\" }]", "needs a `name`"),
+        ("params = [3]", "a parameter is a name"),
+        ("returns = 3", "`returns` is a JSON type's name"),
+    ] {
+        let text = format!("[[pipe]]\nname = \"wc\"\ncommand = \"wc -w\"\n{bad}\n");
+        let err = load(&text, &[], &[]).unwrap_err().to_string();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn several_nodes_queue_types_and_pipes_are_read() {
     let text = "[broker]\nuri = [\"amqp://a:pw1@h1/%2f\", \"amqp://b:pw2@h2/%2f\"]\nshuffle = true\n\n[service]\nqueue_type = \"quorum\"\ndelivery_limit = 4\n\n[[pipe]]\nname = \"wc\"\ncommand = \"wc -w\"\nworkers = 3\ntimeout = \"2s\"\n";
     let settings = load(text, &[], &[]).unwrap();

@@ -101,7 +101,11 @@ async fn bash_python_and_rust_programs_serve_functions_like_rust_ones() {
         "text.words",
         vec!["python3".into(), python.display().to_string()],
     );
-    words.params = vec!["text".into()];
+    words.params = vec![guirpc_core::pipe::PipeParam {
+        name: "text".into(),
+        schema: Some(json!({"type": "string"})),
+    }];
+    words.returns = Some(json!({"type": "object", "required": ["words"]}));
     words.env.insert("GREETING".into(), "hello".into());
     words.description = "Counts words, in Python.".into();
     let metrics = Metrics::new();
@@ -183,6 +187,25 @@ async fn bash_python_and_rust_programs_serve_functions_like_rust_ones() {
         .unwrap();
     assert_eq!(words.doc, "Counts words, in Python.");
     assert_eq!(words.params[0].name, "text");
+    assert_eq!(words.params[0].ty, "string");
+    // The types it declares are its schemas; a pipe without declarations takes anything.
+    let schema = words.schema.as_ref().unwrap();
+    assert_eq!(schema.params["properties"]["text"]["type"], "string");
+    assert_eq!(schema.params["required"], json!(["text"]));
+    assert_eq!(
+        schema.returns.as_ref().unwrap()["required"],
+        json!(["words"])
+    );
+    let wc = description
+        .functions
+        .iter()
+        .find(|f| f.name == "text.wc")
+        .unwrap();
+    let any = &wc.schema.as_ref().unwrap().params;
+    assert!(
+        guirpc_core::schema::check(any, &json!({"whatever": [1]})).is_ok(),
+        "{any}"
+    );
     let text = metrics.encode();
     let series = format!(
         "guirpc_server_calls_total{{queue=\"{}\",function=\"sum\",code=\"ok\"}}",
