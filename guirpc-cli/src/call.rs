@@ -69,9 +69,22 @@ pub(crate) async fn run(
     log: &LogArgs,
     defaults: &[(&'static str, String)],
 ) -> Result<(), Failure> {
-    // Arguments are checked before connecting: a typo costs no round trip.
+    // Arguments are checked before connecting: a typo costs no round trip. A guirpc 0.1
+    // consumer takes any one value (a text, for its TextSerializer).
+    let legacy = args
+        .client
+        .protocol
+        .as_deref()
+        .is_some_and(|p| p.starts_with("guirpc-0.1"));
     let single = if args.stdin {
         None
+    } else if legacy {
+        let text = args.args.as_deref().unwrap_or("{}");
+        Some(
+            serde_json::from_str(text).map_err(|err| {
+                Failure::new(Exit::Usage, format!("invalid JSON arguments: {err}"))
+            })?,
+        )
     } else {
         Some(
             parse_args(args.args.as_deref().unwrap_or("{}")).map_err(|message| {
@@ -88,7 +101,7 @@ pub(crate) async fn run(
         check(&client, &args.function, call_args).await?;
     }
     match single {
-        Some(call_args) => call_once(&client, &args.function, call_args, args.pretty).await,
+        Some(call_args) => call_once(&client, &args.function, call_args, args.pretty, legacy).await,
         None => call_lines(client, args.function, args.inflight).await,
     }
 }
@@ -190,8 +203,16 @@ async fn call_once(
     function: &str,
     args: Value,
     pretty: bool,
+    legacy: bool,
 ) -> Result<(), Failure> {
-    let mut items = client.stream::<Json>(function, args);
+    // A guirpc 0.1 consumer streams nothing: one plain call.
+    let mut items = if legacy {
+        let once = client.call::<Json>(function, args).await;
+        Box::pin(futures_lite::stream::once(once))
+            as std::pin::Pin<Box<dyn futures_lite::Stream<Item = _> + Send>>
+    } else {
+        Box::pin(client.stream::<Json>(function, args))
+    };
     while let Some(item) = items.next().await {
         match item {
             Ok(Json(result)) => {

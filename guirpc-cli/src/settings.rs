@@ -104,6 +104,9 @@ pub(crate) struct ClientArgs {
     /// How to encode arguments
     #[arg(long, value_name = "CODEC")]
     pub codec: Option<CodecArg>,
+    /// What calls are written in: guirpc, or guirpc-0.1 / guirpc-0.1-text to call a consumer of the Python package guirpc 0.1 (its JsonSerializer / TextSerializer)
+    #[arg(long, value_name = "PROTOCOL")]
+    pub protocol: Option<String>,
 }
 
 impl BrokerArgs {
@@ -156,6 +159,9 @@ impl ClientArgs {
         }
         if let Some(codec) = self.codec {
             more.push(("client.codec", value_name(codec)));
+        }
+        if let Some(protocol) = &self.protocol {
+            more.push(("client.protocol", protocol.clone()));
         }
         self.broker.load(log, more, defaults)
     }

@@ -46,6 +46,15 @@ impl Reply {
         }
     }
 
+    /// The same outcome with another body (the reply to a guirpc 0.1 caller, in its form).
+    pub(crate) fn rewritten(reply: Reply, body: Vec<u8>) -> Reply {
+        Reply {
+            code: reply.code.clone(),
+            body,
+            rejected: reply.rejected,
+        }
+    }
+
     /// An error reply: the caller's call fails with a remote error of this code.
     pub fn error(codec: Codec, code: ErrorCode, message: &str) -> Reply {
         Reply {

@@ -79,6 +79,9 @@ pub struct ServerRequest {
     pub caller: crate::Caller,
     /// Why the request is refused before it is dispatched (an unsupported content type).
     pub(crate) unreadable: Option<String>,
+    /// How a guirpc 0.1 request's body is written: read into JSON arguments as it is
+    /// dispatched.
+    pub(crate) legacy: Option<crate::protocol::v01::Form>,
     /// For an event: the `#[subscribe]` function it goes to.
     pub(crate) subscriber: Option<&'static crate::registry::Subscriber>,
     /// The caller's initial credit, when it asks for a stream.

@@ -42,6 +42,7 @@ pub struct ClientBuilder {
     queue: String,
     timeout: Duration,
     codec: Codec,
+    protocol: crate::protocol::v01::Protocol,
     retries: u32,
     max_message_size: usize,
     layers: Layers<ClientService>,
@@ -64,6 +65,7 @@ impl ClientBuilder {
             queue: settings.queue.clone(),
             timeout: settings.timeout,
             codec: settings.codec,
+            protocol: settings.protocol,
             retries: settings.retries,
             max_message_size: settings.client_max_message_size,
             layers: Layers::default(),
@@ -190,14 +192,28 @@ impl ClientBuilder {
         self
     }
 
+    /// What the client's calls are written in: guirpc's protocol (the default), or the
+    /// Python package guirpc 0.1's, to call its consumers (`Protocol::Guirpc01`; set
+    /// [`exchange`](Self::exchange) to its gateway and [`queue`](Self::queue) to its
+    /// routing key). Its calls travel in JSON.
+    pub fn protocol(mut self, protocol: crate::protocol::v01::Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
     /// Connects to the broker.
-    pub async fn connect(self) -> Result<Client, Error> {
+    pub async fn connect(mut self) -> Result<Client, Error> {
         validate_uri(&self.broker.uri).map_err(Error::Config)?;
+        if self.protocol != crate::protocol::v01::Protocol::Guirpc {
+            // The arguments are rewritten from JSON into guirpc 0.1's form.
+            self.codec = Codec::Json;
+        }
         let brokers = Brokers::new(&self.broker);
         let amqp = amqp::connect(
             brokers,
             &self.exchange,
             &self.events_exchange,
+            self.protocol,
             self.metrics.clone(),
         )
         .await?;

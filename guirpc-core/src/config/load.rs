@@ -302,6 +302,7 @@ impl Settings {
         ServiceSettings {
             broker: self.broker(),
             exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
             queue: self.queue.clone(),
             queue_type: self.queue_type,
             delivery_limit: self.delivery_limit,

@@ -186,6 +186,15 @@ impl Value for Duration {
     }
 }
 
+impl Value for crate::protocol::v01::Protocol {
+    fn parse(text: &str) -> Result<Self, String> {
+        text.parse()
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl Value for Codec {
     fn parse(text: &str) -> Result<Self, String> {
         text.parse()
@@ -321,7 +330,9 @@ settings! {
     shuffle: bool = false, ["broker"."shuffle"], env ["GUIRPC_SHUFFLE"],
         "With several URIs: start at a random one instead of the first, to spread the connections of many processes over the nodes.";
     exchange: String = crate::protocol::DEFAULT_EXCHANGE.to_owned(), ["broker"."exchange"], env ["GUIRPC_EXCHANGE"],
-        "The direct exchange requests are published to; \"\" (the default) is the broker's default exchange, which routes by queue name with no declaration or binding.";
+        "The direct exchange requests are published to; \"\" (the default) is the broker's default exchange, which routes by queue name with no declaration or binding. Declared durable unless it exists (a guirpc 0.1 `rpc_gateway` is used as it is).";
+    routing_key: String = String::new(), ["broker"."routing_key"], env ["GUIRPC_ROUTING_KEY"],
+        "With `exchange` set: a routing key the service queue is bound with besides its own name, such as the `routing_key` guirpc 0.1 producers publish with.";
     tls_ca_file: String = String::new(), ["broker"."tls_ca_file"], env ["GUIRPC_TLS_CA_FILE"],
         "For `amqps://`: a PEM file of the CA certificates to trust instead of the system's.";
     tls_cert_file: String = String::new(), ["broker"."tls_cert_file"], env ["GUIRPC_TLS_CERT_FILE"],
@@ -376,6 +387,8 @@ settings! {
         "How long a call waits for its reply.";
     codec: Codec = Codec::MsgPack, ["client"."codec"], env ["GUIRPC_CODEC"],
         "How a client encodes arguments: `msgpack` or `json`.";
+    protocol: crate::protocol::v01::Protocol = crate::protocol::v01::Protocol::Guirpc, ["client"."protocol"], env ["GUIRPC_PROTOCOL"],
+        "What a client's calls are written in: `guirpc`, or, to call the consumers of the Python package guirpc 0.1, `guirpc-0.1` (its JsonSerializer) or `guirpc-0.1-text` (its TextSerializer), with `broker.exchange` its gateway and `service.queue` its routing key.";
     client_max_message_size: usize = DEFAULT_MAX_MESSAGE_SIZE, ["client"."max_message_size"], env ["GUIRPC_CLIENT_MAX_MESSAGE_SIZE"],
         "The largest message body, in bytes, a client sends (calls, casts, events): a larger one fails at once, before it is sent. The default is RabbitMQ 4's `max_message_size`; a broker closes the channel of a larger message, and every call in flight on it fails.";
     retries: u32 = 0, ["client"."retries"], env ["GUIRPC_RETRIES"],

@@ -12,6 +12,8 @@ pub struct ServiceSettings {
     pub broker: BrokerSettings,
     /// The exchange requests arrive through.
     pub exchange: String,
+    /// A routing key the queue is bound to `exchange` with besides its name (`""`: none).
+    pub routing_key: String,
     /// The request queue.
     pub queue: String,
     /// Unacknowledged requests the broker sends ahead.

@@ -7,8 +7,8 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::Endpoint;
+use super::html::{Latency, STYLE, escape, utc};
 use super::recent::{SLOT, SLOTS, Slot};
-use super::status::{Latency, escape, utc};
 use crate::protocol::FunctionDescription;
 
 const WIDTH: f64 = 180.0;
@@ -219,7 +219,7 @@ pub(super) fn function_page(endpoint: &Endpoint, name: &str, query: &str) -> Opt
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>guirpc: {queue} &#183; {n}</title>\n<style>{}</style></head>\n<body>\n\
 <p class=\"meta\"><a href=\"/{query}\">&#8592; <code>{queue}</code></a></p>\n\
 <h1><code>{n}</code></h1>\n<p class=\"signature\"><code>{}</code></p>\n<div class=\"doc\">{}</div>\n{}\n",
-        super::status::STYLE,
+        STYLE,
         escape(&signature(function)),
         paragraphs(&function.doc),
         charts(endpoint, name, None),

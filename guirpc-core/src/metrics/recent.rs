@@ -170,8 +170,36 @@ impl Slot {
             let bound = LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
             cumulative.push((bound, total));
         }
-        super::status::quantile(&cumulative, q)
+        quantile(&cumulative, q)
     }
+}
+
+/// The `q` quantile of a cumulative histogram, interpolated within its bucket; `None`
+/// with no observations. An estimate in the top (`+Inf`) bucket is the largest finite
+/// bound, as Prometheus' `histogram_quantile` gives.
+pub(super) fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.iter().map(|(_, count)| *count).max()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut previous = (0.0, 0u64);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            if bound.is_infinite() {
+                return Some(previous.0);
+            }
+            let within = (count - previous.1) as f64;
+            let fraction = if within == 0.0 {
+                1.0
+            } else {
+                (rank - previous.1 as f64) / within
+            };
+            return Some(previous.0 + (bound - previous.0) * fraction);
+        }
+        previous = (bound, count);
+    }
+    Some(previous.0)
 }
 
 fn slot_number(start: Instant, now: Instant) -> u64 {

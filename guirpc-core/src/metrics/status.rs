@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::Endpoint;
+use super::html::{Latency, STYLE, escape, utc};
+use super::recent::quantile;
 
 /// How often the page reloads itself, in seconds.
 const REFRESH_SECONDS: u32 = 2;
@@ -65,23 +67,6 @@ struct Row {
     /// Cumulative bucket counts by upper bound, as exposed.
     buckets: Vec<(f64, u64)>,
 }
-
-/// The pages' style sheet.
-pub(super) const STYLE: &str = "
-body { font: 15px/1.4 system-ui, sans-serif; margin: 2rem; color: #222; max-width: 72rem; }
-h1 { font-size: 1.4rem; margin: 0 0 .3rem; }
-h2 { font-size: 1.1rem; margin-top: 1.6rem; }
-.meta { color: #555; margin-bottom: 1rem; }
-.ok { color: #11772e; font-weight: 600; }
-.bad { color: #b3261e; font-weight: 600; }
-table { border-collapse: collapse; min-width: 40rem; }
-th, td { padding: .35rem .8rem; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
-th:first-child, td:first-child, .doc { text-align: left; }
-td.doc { color: #555; white-space: normal; }
-figure.chart { margin: .8rem 0; }
-figure.chart .row { display: flex; gap: .8rem; margin-top: .2rem; }
-pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: 13px; }
-";
 
 /// The status page; `query` (`?token=...`, or empty) is kept on its links.
 pub(super) fn page(endpoint: &Endpoint, query: &str) -> String {
@@ -274,75 +259,10 @@ impl<'a> Sample<'a> {
     }
 }
 
-/// The `q` quantile of a cumulative histogram, interpolated within its bucket; `None`
-/// with no observations. An estimate in the top (`+Inf`) bucket is the largest finite
-/// bound, as Prometheus' `histogram_quantile` gives.
-pub(super) fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
-    let total = buckets.iter().map(|(_, count)| *count).max()?;
-    if total == 0 {
-        return None;
-    }
-    let rank = q * total as f64;
-    let mut previous = (0.0, 0u64);
-    for &(bound, count) in buckets {
-        if count as f64 >= rank {
-            if bound.is_infinite() {
-                return Some(previous.0);
-            }
-            let within = (count - previous.1) as f64;
-            let fraction = if within == 0.0 {
-                1.0
-            } else {
-                (rank - previous.1 as f64) / within
-            };
-            return Some(previous.0 + (bound - previous.0) * fraction);
-        }
-        previous = (bound, count);
-    }
-    Some(previous.0)
-}
-
-/// A latency in seconds, in the unit that reads best.
-pub(super) struct Latency(pub(super) Option<f64>);
-
-impl std::fmt::Display for Latency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            None => f.write_str("&ndash;"),
-            Some(s) if s < 0.001 => write!(f, "{:.0} µs", s * 1e6),
-            Some(s) if s < 1.0 => write!(f, "{:.1} ms", s * 1e3),
-            Some(s) => write!(f, "{s:.2} s"),
-        }
-    }
-}
-
 /// The service queue of a dead-letter queue's name.
 fn queue_name(dead: &str) -> &str {
     dead.strip_suffix(crate::protocol::DEAD_SUFFIX)
         .unwrap_or(dead)
-}
-
-/// `2026-12-02 14:03:07`.
-pub(super) fn utc(at: std::time::SystemTime) -> String {
-    let secs = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    crate::duration::format_utc(secs)
-}
-
-pub(super) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

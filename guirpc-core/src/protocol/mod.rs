@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::Codec;
 
 mod reply_to;
+pub mod v01;
 mod write;
 pub(crate) use reply_to::{DirectReplyTo, direct_reply_to};
 pub(crate) use write::{
@@ -392,8 +393,11 @@ pub(crate) fn received_codec(properties: &BasicProperties) -> Codec {
 /// What a server reads from a request's properties before dispatching it.
 #[derive(Debug)]
 pub(crate) struct RequestMeta {
-    /// The protocol version the request is written in (1 or 2).
+    /// The protocol version the request is written in: 1 or 2, or 0 for the Python
+    /// package guirpc 0.1's form.
     pub version: u8,
+    /// How a guirpc 0.1 request's body is written.
+    pub legacy: Option<v01::Form>,
     pub function: Option<String>,
     pub codec: Result<Codec, String>,
     pub correlation_id: Option<ShortString>,
@@ -409,6 +413,19 @@ impl RequestMeta {
         let header = |name: &str| headers.and_then(|h| h.inner().get(name));
         // Version 1 names the function in a header, which wins over any `type`; version 2
         // in `type`, with the deadline in `timestamp`.
+        // guirpc 0.1 names it in `FaaS-Name`, has no `type` and no deadline.
+        if let (None, Some(function)) = (header(HEADER_FUNCTION), header(v01::HEADER_FAAS_NAME)) {
+            return RequestMeta {
+                version: 0,
+                legacy: Some(v01::Form::of(props)),
+                function: value_as_str(function).map(Cow::into_owned),
+                codec: Ok(Codec::Json),
+                correlation_id: props.correlation_id().clone(),
+                reply_to: props.reply_to().clone().filter(|r| !r.as_str().is_empty()),
+                deadline: None,
+                stream: None,
+            };
+        }
         let (version, function, deadline) = match (header(HEADER_FUNCTION), props.kind()) {
             (None, Some(function)) => (
                 2,
@@ -423,6 +440,7 @@ impl RequestMeta {
         };
         RequestMeta {
             version,
+            legacy: None,
             function,
             codec: codec_of(props),
             correlation_id: props.correlation_id().clone(),
@@ -452,11 +470,39 @@ pub(crate) async fn consume_no_ack(
         .await
 }
 
-/// Declares a named exchange as the protocol specifies (direct, durable); the default
-/// exchange (`""`) always exists and cannot be declared.
-pub(crate) async fn declare_exchange(channel: &lapin::Channel, name: &str) -> lapin::Result<()> {
+/// Declares a named exchange as the protocol specifies (direct, durable), unless it
+/// exists: then it is used as it is (a guirpc 0.1 system's `rpc_gateway` is not durable,
+/// and its consumers declare it so). The default exchange (`""`) always exists and cannot
+/// be declared.
+pub(crate) async fn declare_exchange(
+    connection: &lapin::Connection,
+    channel: &lapin::Channel,
+    name: &str,
+) -> lapin::Result<()> {
     if name.is_empty() {
         return Ok(());
+    }
+    // Asked on a channel of its own: a passive declaration of an exchange that does not
+    // exist closes its channel.
+    let probe = connection.create_channel().await?;
+    let exists = probe
+        .exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match exists {
+        Ok(()) => {
+            let _ = probe.close(200, "".into()).await;
+            return Ok(());
+        }
+        Err(err) if !is_not_found(&err) => return Err(err),
+        Err(_) => {}
     }
     channel
         .exchange_declare(

@@ -180,12 +180,25 @@ impl Dispatch {
         };
         let (codec, correlation_id) = (request.codec, request.correlation_id.clone());
         let function = request.function.clone();
+        // A guirpc 0.1 caller is answered in its form, with its request's serializer (as
+        // text when it cannot be read: the reply says why).
+        let legacy = request
+            .legacy
+            .as_ref()
+            .map(|form| form.serializer().unwrap_or(protocol::v01::Serializer::Text));
         // A cast's body, in case it fails: it is published again (shared, not copied).
         let cast = reply_to
             .is_none()
             .then(|| (request.body.clone(), request.caller.clone()));
         let reply = pipeline::run(&shared.service, request).await;
         let reply = within_limit(reply, codec, &function, shared.settings.max_reply_size);
+        let (reply, legacy) = match legacy {
+            Some(serializer) => {
+                let (reply, head) = in_v01_form(serializer, reply);
+                (reply, Some(head))
+            }
+            None => (reply, None),
+        };
         let verdict = if reply.rejected {
             Verdict::Rejected
         } else {
@@ -220,6 +233,7 @@ impl Dispatch {
         };
         let head = Head {
             codec: announced,
+            legacy,
             ok: reply.is_ok(),
             count: match last {
                 Last::End { count } => Some(count),
@@ -441,13 +455,58 @@ impl Unconfirmed {
 #[derive(Clone, Copy)]
 struct Head {
     codec: Option<Codec>,
+    /// A reply to a guirpc 0.1 caller, in its form.
+    legacy: Option<V01Head>,
     ok: bool,
     /// A stream's end, after this many items.
     count: Option<u64>,
 }
 
+/// What a guirpc 0.1 reply's properties say.
+#[derive(Clone, Copy)]
+struct V01Head {
+    serializer: protocol::v01::Serializer,
+    encoding: &'static str,
+    status: i32,
+}
+
+/// A reply as a guirpc 0.1 caller reads it: base64 of the result's text (the server wrote
+/// it in JSON, as the request was read), or of `[code] message`.
+fn in_v01_form(serializer: protocol::v01::Serializer, reply: Reply) -> (Reply, V01Head) {
+    use protocol::v01;
+    let code = reply.code().cloned();
+    let (body, encoding) = match &code {
+        None => match Codec::Json.decode::<serde_json::Value>(reply.body()) {
+            Ok(value) => v01::reply_body(serializer, Ok(&value)),
+            Err(err) => {
+                let code = ErrorCode::Internal;
+                let why = format!("the result cannot be read back: {err}");
+                return in_v01_form(serializer, Reply::error(Codec::Json, code, &why));
+            }
+        },
+        Some(code) => {
+            let (_, message) = envelope::read(Codec::Json, reply.body());
+            v01::reply_body(serializer, Err((code, &message)))
+        }
+    };
+    let head = V01Head {
+        serializer,
+        encoding,
+        status: v01::status(code.as_ref()),
+    };
+    (Reply::rewritten(reply, body), head)
+}
+
 impl Head {
     fn properties(self, correlation_id: Option<ShortString>) -> BasicProperties {
+        if let Some(legacy) = self.legacy {
+            return protocol::v01::reply_properties(
+                legacy.serializer,
+                legacy.encoding,
+                legacy.status,
+                correlation_id,
+            );
+        }
         match self.count {
             Some(count) => protocol::end_properties(self.codec, correlation_id, self.ok, count),
             None => protocol::reply_properties(self.codec, correlation_id, self.ok),

@@ -170,6 +170,7 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         body,
         deadline,
         unreadable,
+        legacy,
         subscriber,
         items,
         caller,
@@ -198,6 +199,17 @@ async fn dispatch(dispatcher: &Dispatcher, request: ServerRequest) -> Reply {
         );
         return rejected(codec, ErrorCode::TooLarge, &message);
     }
+    // A guirpc 0.1 body: base64 of its serializer's text, read into JSON arguments.
+    let body = match &legacy {
+        Some(form) => match form.arguments(&body) {
+            Ok(arguments) => arguments,
+            Err(why) => {
+                let message = format!("{} has {why}", call());
+                return rejected(Codec::Json, ErrorCode::BadRequest, &message);
+            }
+        },
+        None => body,
+    };
     // Who called may not: refused before anything runs (or is decoded).
     let allowed = |name: &str| {
         dispatcher

@@ -35,6 +35,7 @@ pub(crate) fn read_request(
         body,
         caller: crate::Caller::of(properties, trusted),
         unreadable,
+        legacy: meta.legacy,
         subscriber: None,
         credit: meta.stream,
         items: None,

@@ -111,7 +111,7 @@ impl Session {
             .map_err(|err| SessionError::Connect(err.into()))?;
         shared.reply_nodes.probe(&connection).await;
         let topology = async {
-            protocol::declare_exchange(&channel, &settings.exchange).await?;
+            protocol::declare_exchange(&connection, &channel, &settings.exchange).await?;
             channel
                 .queue_declare(
                     settings.queue.as_str().into(),
@@ -123,16 +123,20 @@ impl Session {
                 )
                 .await?;
             // The default exchange routes to every queue by its name, and takes no bindings.
+            // Bound by its name, and by `broker.routing_key` if set (guirpc 0.1 producers').
             if !settings.exchange.is_empty() {
-                channel
-                    .queue_bind(
-                        settings.queue.as_str().into(),
-                        settings.exchange.as_str().into(),
-                        settings.queue.as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
+                let keys = [settings.queue.as_str(), settings.routing_key.as_str()];
+                for key in keys.into_iter().filter(|k| !k.is_empty()) {
+                    channel
+                        .queue_bind(
+                            settings.queue.as_str().into(),
+                            settings.exchange.as_str().into(),
+                            key.into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
             }
             // Failed casts and events are kept in the dead-letter queue.
             if let Some(dead) = settings.dead_letter_queue() {

@@ -15,6 +15,7 @@ use super::{Shared, no_route, not_connected, timed_out};
 use crate::error::Error;
 use crate::middleware::{ClientRequest, ClientResponse};
 use crate::protocol;
+use crate::protocol::v01::{self, Protocol};
 use crate::stream;
 
 /// Publishes a request once there is a link (waiting for one until the call's deadline),
@@ -27,6 +28,15 @@ async fn send_request<R>(
     register: impl Fn(&Pending, u64) -> Option<(R, bool)>,
 ) -> Result<(Waiting, R), Error> {
     let function = request.function.as_str();
+    // A guirpc 0.1 consumer's call: its arguments rewritten into that form once.
+    let legacy = match shared.protocol {
+        Protocol::Guirpc => None,
+        Protocol::Guirpc01(serializer) => {
+            let (body, encoding) = v01::request_body(serializer, &request.body)
+                .map_err(|why| Error::Config(format!("`{function}`: {why}")))?;
+            Some((serializer, encoding, body))
+        }
+    };
     // A call that has not been sent waits for a connection until its deadline; only a
     // call in flight when its connection drops fails at once.
     loop {
@@ -40,14 +50,30 @@ async fn send_request<R>(
                     answered: false,
                     leading,
                 };
-                let properties = protocol::request_properties(
-                    function,
-                    request.codec,
-                    itoa::Buffer::new().format(id).into(),
-                    request.timeout,
-                    &request.headers,
-                )
-                .with_user_id(waiting.link.user.clone());
+                let correlation_id = itoa::Buffer::new().format(id).into();
+                let (properties, body) = match &legacy {
+                    None => (
+                        protocol::request_properties(
+                            function,
+                            request.codec,
+                            correlation_id,
+                            request.timeout,
+                            &request.headers,
+                        ),
+                        &request.body[..],
+                    ),
+                    Some((serializer, encoding, body)) => (
+                        v01::request_properties(
+                            function,
+                            *serializer,
+                            encoding,
+                            correlation_id,
+                            request.timeout,
+                        ),
+                        &body[..],
+                    ),
+                };
+                let properties = properties.with_user_id(waiting.link.user.clone());
                 let publish = waiting.link.channel.basic_publish(
                     shared.exchange.clone(),
                     request.queue.clone(),
@@ -55,7 +81,7 @@ async fn send_request<R>(
                         mandatory: true,
                         ..Default::default()
                     },
-                    &request.body,
+                    body,
                     properties,
                 );
                 // Polled once, a publish has queued its frames (or found the channel
@@ -100,6 +126,19 @@ pub(super) async fn round_trip(
     // Whatever came, the router, the returns tick or the link's end took the entry out.
     waiting.answered = true;
     match answer {
+        Ok(Answer::Reply(delivery)) if shared.protocol != Protocol::Guirpc => {
+            let json = crate::codec::Codec::Json;
+            let (ok, body) = match v01::response(&delivery.properties, &delivery.data) {
+                Ok(value) => (true, value),
+                Err((code, message)) => (false, crate::envelope::encode(json, &code, &message)),
+            };
+            Ok(ClientResponse {
+                ok,
+                codec: json,
+                body,
+                items: None,
+            })
+        }
         Ok(Answer::Reply(delivery)) => {
             let codec = protocol::received_codec(&delivery.properties);
             Ok(ClientResponse {
@@ -133,6 +172,12 @@ pub(super) async fn open_stream(
                 .unwrap_or(protocol::MAX_CREDIT)
                 .clamp(1, protocol::MAX_CREDIT)
         });
+    if shared.protocol != Protocol::Guirpc {
+        return Err(Error::Config(format!(
+            "`{}`: a guirpc 0.1 consumer streams nothing: call it without a stream",
+            request.function
+        )));
+    }
     // The deadline bounds the whole stream: its timer goes on with the items.
     let deadline = Instant::now() + request.timeout;
     let (tx, rx) = stream::channel(window);

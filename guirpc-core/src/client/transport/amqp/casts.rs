@@ -22,6 +22,13 @@ pub(super) async fn cast(
     let function = request.function.as_str();
     let event = request.kind == CallKind::Publish;
     let what = if event { "event" } else { "cast" };
+    if !event && shared.protocol != crate::protocol::v01::Protocol::Guirpc {
+        // Its consumers cannot take a request without `reply_to`: it would be delivered
+        // to them again and again.
+        return Err(Error::Config(format!(
+            "`{function}`: a guirpc 0.1 consumer takes no casts: call it"
+        )));
+    }
     let expired = tokio::time::sleep(request.timeout);
     tokio::pin!(expired);
     loop {

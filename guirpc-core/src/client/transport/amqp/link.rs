@@ -66,7 +66,7 @@ impl Link {
         let channel = connection.create_channel().await.map_err(failed)?;
         // Declared so that a publish never meets a missing exchange, which would close
         // the channel; the service queues are the servers' to declare.
-        protocol::declare_exchange(&channel, shared.exchange.as_str())
+        protocol::declare_exchange(&connection, &channel, shared.exchange.as_str())
             .await
             .map_err(failed)?;
         let replies = protocol::consume_no_ack(&channel, protocol::DIRECT_REPLY_TO.into())

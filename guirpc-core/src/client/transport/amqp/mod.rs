@@ -43,9 +43,11 @@ pub(crate) async fn connect(
     brokers: Brokers,
     exchange: &str,
     events_exchange: &str,
+    protocol: crate::protocol::v01::Protocol,
     metrics: Option<crate::Metrics>,
 ) -> Result<Handle, Error> {
     let shared = Arc::new(Shared {
+        protocol,
         masked_uri: brokers.masked(),
         exchange: exchange.into(),
         events_exchange: events_exchange.into(),
@@ -188,6 +190,8 @@ struct Target {
 /// What the client's calls and its supervisor share.
 #[derive(Debug)]
 struct Shared {
+    /// What calls are written in: guirpc's protocol, or guirpc 0.1's.
+    protocol: crate::protocol::v01::Protocol,
     masked_uri: String,
     exchange: ShortString,
     events_exchange: ShortString,
