@@ -120,3 +120,61 @@ async fn asyncapi_asks_the_running_service_when_it_links_no_functions_of_its_own
     .await;
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
 }
+
+/// `--protocol guirpc-0.1` writes calls as the Python package guirpc 0.1 does; a guirpc
+/// server answers them in that form (the real package's side: tests/tests/guirpc01.rs).
+#[tokio::test(flavor = "multi_thread")]
+async fn call_speaks_guirpc_0_1_to_a_server_that_answers_it() {
+    let server = serve("v01").await;
+    let queue = server.queue();
+    let out = guirpc(
+        &[
+            "call",
+            "add",
+            r#"{"a": 1, "b": 2}"#,
+            "-q",
+            queue,
+            "--protocol",
+            "guirpc-0.1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "3");
+    let out = guirpc(
+        &[
+            "call",
+            "div",
+            "[1, 0]",
+            "-q",
+            queue,
+            "--protocol",
+            "guirpc-0.1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("status 400: [handler_error]"), "{stderr}");
+    let out = guirpc(
+        &[
+            "cast",
+            "add",
+            "[1, 2]",
+            "-q",
+            queue,
+            "--protocol",
+            "guirpc-0.1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("takes no casts"),
+        "{}",
+        text(&out.stderr)
+    );
+}

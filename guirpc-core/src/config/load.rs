@@ -303,6 +303,7 @@ impl Settings {
             broker: self.broker(),
             exchange: self.exchange.clone(),
             routing_key: self.routing_key.clone(),
+            exchange_durable: self.exchange_durable,
             queue: self.queue.clone(),
             queue_type: self.queue_type,
             delivery_limit: self.delivery_limit,

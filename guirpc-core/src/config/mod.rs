@@ -331,6 +331,8 @@ settings! {
         "With several URIs: start at a random one instead of the first, to spread the connections of many processes over the nodes.";
     exchange: String = crate::protocol::DEFAULT_EXCHANGE.to_owned(), ["broker"."exchange"], env ["GUIRPC_EXCHANGE"],
         "The direct exchange requests are published to; \"\" (the default) is the broker's default exchange, which routes by queue name with no declaration or binding. Declared durable unless it exists (a guirpc 0.1 `rpc_gateway` is used as it is).";
+    exchange_durable: bool = true, ["broker"."exchange_durable"], env ["GUIRPC_EXCHANGE_DURABLE"],
+        "Whether a server declares `exchange` durable when it does not exist yet; `false` for a guirpc 0.1 gateway (`rpc_gateway`), which its consumers declare not durable and cannot share with a durable one.";
     routing_key: String = String::new(), ["broker"."routing_key"], env ["GUIRPC_ROUTING_KEY"],
         "With `exchange` set: a routing key the service queue is bound with besides its own name, such as the `routing_key` guirpc 0.1 producers publish with.";
     tls_ca_file: String = String::new(), ["broker"."tls_ca_file"], env ["GUIRPC_TLS_CA_FILE"],

@@ -14,6 +14,8 @@ pub struct ServiceSettings {
     pub exchange: String,
     /// A routing key the queue is bound to `exchange` with besides its name (`""`: none).
     pub routing_key: String,
+    /// Whether `exchange` is declared durable when it does not exist.
+    pub exchange_durable: bool,
     /// The request queue.
     pub queue: String,
     /// Unacknowledged requests the broker sends ahead.

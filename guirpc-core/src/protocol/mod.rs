@@ -470,14 +470,16 @@ pub(crate) async fn consume_no_ack(
         .await
 }
 
-/// Declares a named exchange as the protocol specifies (direct, durable), unless it
-/// exists: then it is used as it is (a guirpc 0.1 system's `rpc_gateway` is not durable,
-/// and its consumers declare it so). The default exchange (`""`) always exists and cannot
-/// be declared.
+/// Declares a named exchange as the protocol specifies (direct, durable unless
+/// `durable` says otherwise), unless it exists: then it is used as it is (a guirpc 0.1
+/// system's `rpc_gateway` is not durable, and its consumers declare it so). `durable`
+/// `None` only checks that it exists (`NOT_FOUND` if not). The default exchange (`""`)
+/// always exists and cannot be declared.
 pub(crate) async fn declare_exchange(
     connection: &lapin::Connection,
     channel: &lapin::Channel,
     name: &str,
+    durable: Option<bool>,
 ) -> lapin::Result<()> {
     if name.is_empty() {
         return Ok(());
@@ -501,7 +503,7 @@ pub(crate) async fn declare_exchange(
             let _ = probe.close(200, "".into()).await;
             return Ok(());
         }
-        Err(err) if !is_not_found(&err) => return Err(err),
+        Err(err) if !is_not_found(&err) || durable.is_none() => return Err(err),
         Err(_) => {}
     }
     channel
@@ -509,7 +511,7 @@ pub(crate) async fn declare_exchange(
             name.into(),
             lapin::ExchangeKind::Direct,
             lapin::options::ExchangeDeclareOptions {
-                durable: true,
+                durable: durable.unwrap_or(true),
                 ..Default::default()
             },
             FieldTable::default(),

@@ -67,6 +67,20 @@ impl ServerBuilder {
         self
     }
 
+    /// A routing key the service queue is bound to its [`exchange`](Self::exchange) with,
+    /// besides its own name: the `routing_key` guirpc 0.1 producers publish with.
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.settings.routing_key = key.into();
+        self
+    }
+
+    /// Whether the exchange is declared durable when it does not exist yet (`true`);
+    /// `false` for a guirpc 0.1 gateway, which its consumers declare not durable.
+    pub fn exchange_durable(mut self, durable: bool) -> Self {
+        self.settings.exchange_durable = durable;
+        self
+    }
+
     /// The service queue: the name callers address.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.settings.queue = queue.into();

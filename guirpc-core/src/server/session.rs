@@ -111,7 +111,8 @@ impl Session {
             .map_err(|err| SessionError::Connect(err.into()))?;
         shared.reply_nodes.probe(&connection).await;
         let topology = async {
-            protocol::declare_exchange(&connection, &channel, &settings.exchange).await?;
+            let durable = Some(settings.exchange_durable);
+            protocol::declare_exchange(&connection, &channel, &settings.exchange, durable).await?;
             channel
                 .queue_declare(
                     settings.queue.as_str().into(),

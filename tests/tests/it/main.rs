@@ -18,3 +18,4 @@ mod quorum;
 mod schemas;
 mod serving;
 mod streams;
+mod v01;

@@ -66,7 +66,9 @@ impl Link {
         let channel = connection.create_channel().await.map_err(failed)?;
         // Declared so that a publish never meets a missing exchange, which would close
         // the channel; the service queues are the servers' to declare.
-        protocol::declare_exchange(&connection, &channel, shared.exchange.as_str())
+        // A guirpc 0.1 gateway is its consumers' to declare (not durable): only checked.
+        let declare = (shared.protocol == protocol::v01::Protocol::Guirpc).then_some(true);
+        protocol::declare_exchange(&connection, &channel, shared.exchange.as_str(), declare)
             .await
             .map_err(failed)?;
         let replies = protocol::consume_no_ack(&channel, protocol::DIRECT_REPLY_TO.into())
