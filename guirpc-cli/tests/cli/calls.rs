@@ -250,7 +250,15 @@ async fn list_shows_every_function_with_its_signature_and_description() {
         .collect();
     assert_eq!(
         names,
-        ["add", "countdown", "div", "first_bytes", "nap", "tally"]
+        [
+            "add",
+            "countdown",
+            "div",
+            "first_bytes",
+            "nap",
+            "tally",
+            "tally_later"
+        ]
     );
     assert_eq!(
         functions[0]["params"],

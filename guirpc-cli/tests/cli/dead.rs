@@ -8,7 +8,7 @@ use guirpc_core::lapin::types::{AMQPValue, FieldTable};
 use guirpc_core::retry::RetryPolicy;
 use serde_json::{Value, json};
 
-use crate::{TALLY, broker, guirpc, text, unique_queue, until};
+use crate::{LATER, broker, guirpc, text, unique_queue, until};
 
 /// The dead letters `guirpc dead list --json` prints.
 async fn listed(queue: &str) -> Vec<Value> {
@@ -121,26 +121,26 @@ async fn dead_lists_shows_sends_back_and_drops_what_failed_and_cast_waits_when_a
     );
 
     // A cast that waits: it runs no sooner than asked; one too far out is refused.
-    let before = TALLY.load(Ordering::SeqCst);
+    let before = LATER.load(Ordering::SeqCst);
     let asked = Instant::now();
     let out = guirpc(
-        &["cast", "tally", "[7]", "--delay", "1500ms", "-q", &q],
+        &["cast", "tally_later", "[7]", "--delay", "1500ms", "-q", &q],
         None,
     )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     until(Duration::from_secs(10), || {
-        TALLY.load(Ordering::SeqCst) > before
+        LATER.load(Ordering::SeqCst) > before
     })
     .await;
-    assert_eq!(TALLY.load(Ordering::SeqCst), before + 7);
+    assert_eq!(LATER.load(Ordering::SeqCst), before + 7);
     assert!(
         asked.elapsed() >= Duration::from_millis(1500),
         "{:?}",
         asked.elapsed()
     );
     let out = guirpc(
-        &["cast", "tally", "[1]", "--delay", "2000h", "-q", &q],
+        &["cast", "tally_later", "[1]", "--delay", "2000h", "-q", &q],
         None,
     )
     .await;
@@ -151,7 +151,7 @@ async fn dead_lists_shows_sends_back_and_drops_what_failed_and_cast_waits_when_a
         text(&out.stderr)
     );
     let out = guirpc(
-        &["cast", "tally", "[1]", "--at", "tomorrow", "-q", &q],
+        &["cast", "tally_later", "[1]", "--at", "tomorrow", "-q", &q],
         None,
     )
     .await;

@@ -73,6 +73,16 @@ async fn tally(n: u64) {
     TALLY.fetch_add(n, Ordering::SeqCst);
 }
 
+/// What [`tally_later`] has added up: the scheduled casts' own total, apart from
+/// [`TALLY`], which other tests add to at the same time.
+static LATER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Adds `n` to a total of its own: lets scheduled casts from the shell be observed.
+#[rpc]
+async fn tally_later(n: u64) {
+    LATER.fetch_add(n, Ordering::SeqCst);
+}
+
 fn broker() -> String {
     std::env::var("GUIRPC_TEST_URI")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())

@@ -144,7 +144,7 @@ impl Observed {
         let metrics = guirpc_core::Metrics::new();
         let metered = observe.metrics();
         let (server, client) = runtime.block_on(async {
-            let mut server = Server::builder()
+            let mut server = crate::server()
                 .uri(broker())
                 .queue(queue)
                 .queue_arguments(guirpc_tests::expiring())
@@ -188,7 +188,7 @@ async fn echo_servers(
     concurrency: usize,
 ) -> (Connection, Server) {
     let raw_server = raw::serve(&broker(), raw_queue, prefetch).await;
-    let server = Server::builder()
+    let server = crate::server()
         .uri(broker())
         .queue(queue)
         .queue_arguments(guirpc_tests::expiring())

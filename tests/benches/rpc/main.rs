@@ -20,12 +20,14 @@
 //! cargo bench -p guirpc-tests --bench rpc -- --scale-out --svg docs/scale-out.svg  # 1..8 servers, real work
 //! cargo bench -p guirpc-tests --bench rpc -- --pipeline 200000     # observability's own cost
 //! cargo bench -p guirpc-tests --bench rpc -- --pipes              # pipe functions vs Rust
+//! cargo bench -p guirpc-tests --bench rpc -- --patterns --rounds 3   # casts and events vs raw lapin
 //! cargo bench -p guirpc-tests --bench rpc -- --separate --svg docs/comparison.svg  # servers in their own process
 //! ```
 
 mod charts;
 mod compare;
 mod memory;
+mod patterns;
 mod pipeline;
 mod pipes;
 mod raw;
@@ -40,6 +42,7 @@ use guirpc_core::{Bytes, Server, rpc};
 
 use compare::{Arm, Observe, compare, serve_pair};
 use memory::memory;
+use patterns::patterns;
 use pipeline::pipeline;
 use pipes::pipes;
 use scale_out::{scale_out, serve_until_stdin_closes};
@@ -62,6 +65,12 @@ async fn echo_copied(data: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
 async fn echo_later(data: Bytes, stall_ms: u64) -> Bytes {
     tokio::time::sleep(Duration::from_millis(stall_ms)).await;
     data
+}
+
+/// A server of the bench's functions, without the `--patterns` arm's subscriber (whose
+/// durable queue would outlive every other arm's server).
+fn server() -> guirpc_core::ServerBuilder {
+    Server::builder().subscribers(Vec::new())
 }
 
 fn broker() -> String {
@@ -116,6 +125,13 @@ struct Options {
     /// workers) against the same function in Rust, instead
     #[arg(long)]
     pipes: bool,
+    /// Measure casts and events (1 and 3 subscribing services) against raw lapin doing the
+    /// same broker work, instead
+    #[arg(long)]
+    patterns: bool,
+    /// --patterns: messages per round and arm
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
     /// Serve the echo function on this queue until stdin closes (what --scale-out starts)
     #[arg(long, value_name = "QUEUE")]
     serve: Option<String>,
@@ -161,6 +177,8 @@ fn main() {
         runtime.block_on(scale_out(&options));
     } else if options.pipes {
         runtime.block_on(pipes(&options));
+    } else if options.patterns {
+        runtime.block_on(patterns(&options));
     } else if let Some(calls) = options.pipeline {
         pipeline(calls, options.rounds);
     } else {

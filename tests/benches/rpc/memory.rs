@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use guirpc_core::{Bytes, Client, Server};
+use guirpc_core::{Bytes, Client};
 
 use crate::{broker, echo, echo_later};
 
@@ -76,7 +76,7 @@ pub(crate) async fn memory(calls: u64) {
     // Counted from before anything is set up: the figure is everything the program holds.
     COUNTING.store(true, Ordering::Relaxed);
     let queue = format!("bench.memory.{}", std::process::id());
-    let _server = Server::builder()
+    let _server = crate::server()
         .uri(broker())
         .queue(&queue)
         .queue_arguments(guirpc_tests::expiring())

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use guirpc_core::{Bytes, Client, Server};
+use guirpc_core::{Bytes, Client};
 
 use crate::compare::Observe;
 use crate::echo;
@@ -55,7 +55,7 @@ fn pipeline_round(calls: u64, observe: Observe) -> f64 {
         .unwrap();
     let dispatch = observe.subscriber();
     let metrics = guirpc_core::Metrics::new();
-    let mut server = Server::builder().queue("bench.pipeline");
+    let mut server = crate::server().queue("bench.pipeline");
     let mut client = Client::builder();
     if observe.metrics() {
         server = server.metrics(&metrics);

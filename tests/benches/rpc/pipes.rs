@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use guirpc_core::{Client, Server, rpc};
+use guirpc_core::{Client, rpc};
 
 use crate::{Options, Samples, broker, keep_calling};
 
@@ -54,7 +54,7 @@ pub(crate) async fn pipes(options: &Options) {
     let mut rows = Vec::new();
     let mut rust_rates: HashMap<usize, f64> = HashMap::new();
     for (label, pipe) in arms {
-        let builder = Server::builder().uri(broker()).queue(&queue);
+        let builder = crate::server().uri(broker()).queue(&queue);
         let (builder, function) = match pipe {
             Some(pipe) => (builder.pipe(pipe), "pipe.sum"),
             None => (builder, "bench.sum"),

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use guirpc_core::{Client, Server, rpc};
+use guirpc_core::{Client, rpc};
 
 use crate::charts::{Step, draw_scale_out, workspace_path};
 use crate::{Options, Samples, broker, keep_calling, serve_while_stdin_is_open};
@@ -34,7 +34,7 @@ fn work(kind: String, ms: u64) {
 /// `concurrency` calls at once: one server process of the scale-out run. Prints `ready`,
 /// then, when it stops, how many `bench.work` calls it ran.
 pub(crate) async fn serve_until_stdin_closes(queue: &str, concurrency: usize) {
-    let server = Server::builder()
+    let server = crate::server()
         .uri(broker())
         .queue(queue)
         .queue_arguments(guirpc_tests::expiring())
