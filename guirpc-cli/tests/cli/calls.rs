@@ -282,7 +282,7 @@ async fn ping_answers_only_when_a_server_does() {
     let out = guirpc(&["ping", "-q", &q, "--json"], None).await;
     let pong: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pong["in_flight"], 0);
-    assert_eq!(pong["functions"], 6);
+    assert_eq!(pong["functions"], 7);
     assert!(
         pong["instance"]
             .as_str()
