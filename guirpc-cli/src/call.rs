@@ -146,12 +146,7 @@ async fn check(client: &Client, function: &str, args: &Value) -> Result<(), Fail
                 format!(
                     "`{function}` takes {} arguments ({}); {} given in order",
                     described.params.len(),
-                    described
-                        .params
-                        .iter()
-                        .map(|p| format!("{}: {}", p.name, p.ty))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    described.parameters(),
                     items.len()
                 ),
             ));

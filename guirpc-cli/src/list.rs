@@ -46,20 +46,10 @@ pub(crate) async fn run(
         .functions
         .iter()
         .map(|f| {
-            let params: Vec<String> = f
-                .params
-                .iter()
-                .map(|p| format!("{}: {}", p.name, p.ty))
-                .collect();
-            let summary = f
-                .doc
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("");
+            let summary = f.summary();
             [
                 f.name.clone(),
-                params.join(", "),
+                f.parameters(),
                 f.returns.clone(),
                 f.retry
                     .as_ref()
@@ -91,12 +81,7 @@ fn print_schemas(description: &guirpc_core::protocol::Description) {
         }
     };
     for f in &description.functions {
-        let params: Vec<String> = f
-            .params
-            .iter()
-            .map(|p| format!("{}: {}", p.name, p.ty))
-            .collect();
-        outln!("{}({}) -> {}", f.name, params.join(", "), f.returns);
+        outln!("{}", f.signature());
         match &f.schema {
             Some(schema) => {
                 indented("params", &schema.params);

@@ -301,10 +301,7 @@ impl fmt::Debug for Subscriber {
 
 /// The first line of a doc comment that is not blank.
 fn first_line(doc: &'static str) -> &'static str {
-    doc.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
+    crate::protocol::first_line(doc)
 }
 
 /// Two functions were registered under one name.

@@ -157,12 +157,13 @@ impl OwnService<ServerRequest, Reply, Infallible> for ServerMetrics {
             let _running = Running::start(&state.in_flight);
             let started = Instant::now();
             let reply = future.await;
-            let elapsed = started.elapsed();
+            let ended = Instant::now();
+            let elapsed = ended - started;
             metrics.duration.observe(elapsed.as_secs_f64());
             if let Ok(reply) = &reply {
                 metrics.count(&state.families.calls, reply.outcome());
                 if let Some(recent) = &metrics.recent {
-                    recent.record(elapsed, reply.code.is_some());
+                    recent.record(ended, elapsed, reply.code.is_some());
                 }
                 if let Some(code) = &reply.code {
                     let (_, message) = crate::envelope::read(codec, &reply.body);

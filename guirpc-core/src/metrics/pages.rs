@@ -9,7 +9,6 @@ use serde_json::Value;
 use super::Endpoint;
 use super::html::{Latency, STYLE, escape, utc};
 use super::recent::{SLOT, SLOTS, Slot};
-use crate::protocol::FunctionDescription;
 
 const WIDTH: f64 = 180.0;
 const HEIGHT: f64 = 36.0;
@@ -220,7 +219,7 @@ pub(super) fn function_page(endpoint: &Endpoint, name: &str, query: &str) -> Opt
 <p class=\"meta\"><a href=\"/{query}\">&#8592; <code>{queue}</code></a></p>\n\
 <h1><code>{n}</code></h1>\n<p class=\"signature\"><code>{}</code></p>\n<div class=\"doc\">{}</div>\n{}\n",
         STYLE,
-        escape(&signature(function)),
+        escape(&function.signature()),
         paragraphs(&function.doc),
         charts(endpoint, name, None),
         n = escape(name),
@@ -355,20 +354,6 @@ fn python_literal(value: &Value) -> String {
                 .join(", ")
         ),
     }
-}
-
-fn signature(function: &FunctionDescription) -> String {
-    let params: Vec<String> = function
-        .params
-        .iter()
-        .map(|p| format!("{}: {}", p.name, p.ty))
-        .collect();
-    format!(
-        "{}({}) -> {}",
-        function.name,
-        params.join(", "),
-        function.returns
-    )
 }
 
 /// A doc comment as paragraphs.

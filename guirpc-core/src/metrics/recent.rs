@@ -129,9 +129,10 @@ impl Recent {
 }
 
 impl Series {
-    /// Counts a call that took `elapsed`, failed or not.
-    pub(crate) fn record(&self, elapsed: Duration, failed: bool) {
-        let number = slot_number(self.start, Instant::now());
+    /// Counts a call that ended at `now` after `elapsed`, failed or not (the caller's
+    /// clock reading, taken once per call).
+    pub(crate) fn record(&self, now: Instant, elapsed: Duration, failed: bool) {
+        let number = slot_number(self.start, now);
         let bucket = LATENCY_BUCKETS
             .iter()
             .position(|bound| elapsed.as_secs_f64() <= *bound)
@@ -214,9 +215,9 @@ mod tests {
     fn calls_land_in_the_current_slot_and_old_ones_read_empty() {
         let recent = Recent::default();
         let series = recent.series("q", "f");
-        series.record(Duration::from_millis(2), false);
-        series.record(Duration::from_millis(2), false);
-        series.record(Duration::from_millis(40), true);
+        series.record(Instant::now(), Duration::from_millis(2), false);
+        series.record(Instant::now(), Duration::from_millis(2), false);
+        series.record(Instant::now(), Duration::from_millis(40), true);
         let window = recent.window("q", "f");
         assert_eq!(window.len(), SLOTS);
         let last = window.last().unwrap();

@@ -259,6 +259,36 @@ pub struct FunctionDescription {
     pub schema: Option<FunctionSchema>,
 }
 
+impl FunctionDescription {
+    /// The parameters as a person reads them: `a: i64, b: i64`.
+    pub fn parameters(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| format!("{}: {}", p.name, p.ty))
+            .collect();
+        params.join(", ")
+    }
+
+    /// The signature: `add(a: i64, b: i64) -> i64`.
+    pub fn signature(&self) -> String {
+        format!("{}({}) -> {}", self.name, self.parameters(), self.returns)
+    }
+
+    /// The first line of its doc comment that is not blank.
+    pub fn summary(&self) -> &str {
+        first_line(&self.doc)
+    }
+}
+
+/// The first line of a doc comment that is not blank.
+pub(crate) fn first_line(doc: &str) -> &str {
+    doc.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
 /// One parameter of a [`FunctionDescription`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParamDescription {

@@ -144,7 +144,7 @@ pub fn document(description: &Description, broker: Option<&Broker>) -> Value {
         let mut operation = json!({
             "action": "receive",
             "title": function.name,
-            "summary": summary(&function.doc),
+            "summary": function.summary(),
             "description": function.doc,
             "channel": reference("#/channels/requests"),
             "messages": [request_ref],
@@ -326,12 +326,12 @@ impl Writer {
         json!({
             "name": format!("{}.request", key(&function.name)),
             "title": format!("A call of `{}`", function.name),
-            "summary": summary(&function.doc),
+            "summary": function.summary(),
             "headers": { "type": "object", "properties": headers },
             "correlationId": { "location": "$message.header#/correlation_id", "description": "The `correlation_id` property, echoed on the reply." },
             "payload": self.payload(params, "The arguments: a map of parameter name to value.", "Input"),
             "bindings": { "amqp": { "messageType": function.name, "bindingVersion": "0.3.0" } },
-            "x-guirpc-signature": signature(function),
+            "x-guirpc-signature": function.signature(),
         })
     }
 
@@ -538,29 +538,6 @@ fn control_message(kind: &str, summary: &str) -> Value {
 
 fn reference(to: &str) -> Value {
     json!({ "$ref": to })
-}
-
-/// `add(a: i64, b: i64) -> i64`.
-fn signature(function: &FunctionDescription) -> String {
-    let params: Vec<String> = function
-        .params
-        .iter()
-        .map(|p| format!("{}: {}", p.name, p.ty))
-        .collect();
-    format!(
-        "{}({}) -> {}",
-        function.name,
-        params.join(", "),
-        function.returns
-    )
-}
-
-fn summary(doc: &str) -> String {
-    doc.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-        .to_owned()
 }
 
 /// A name as AsyncAPI's keys allow it: letters, digits, `.`, `-` and `_`.

@@ -368,31 +368,16 @@ pub(crate) fn description(dispatcher: &Dispatcher) -> &Description {
     dispatcher.description.get_or_init(|| describe(dispatcher))
 }
 
-pub(crate) fn describe(dispatcher: &Dispatcher) -> Description {
-    describe_service(
-        &dispatcher.queue,
-        dispatcher.registry.iter(),
-        &dispatcher.subscribers,
-        |options| dispatcher.retry_policy(options),
-        &dispatcher.exchange,
-        &dispatcher.events_exchange,
-    )
-}
-
-/// A service as `guirpc.describe` tells it: its functions and subscribers with their
+/// The service as `guirpc.describe` tells it: its functions and subscribers with their
 /// types' schemas, retry policies and the exchanges it is reached through.
-fn describe_service<'a>(
-    queue: &str,
-    functions: impl Iterator<Item = &'a crate::registry::Function>,
-    subscribers: &[&Subscriber],
-    retry: impl Fn(Option<&crate::retry::RetryOverride>) -> crate::retry::RetryPolicy,
-    exchange: &str,
-    events_exchange: &str,
-) -> Description {
+pub(crate) fn describe(dispatcher: &Dispatcher) -> Description {
+    let retry = |options| dispatcher.retry_policy(options);
     Description {
-        queue: queue.to_owned(),
+        queue: dispatcher.queue.to_string(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        functions: functions
+        functions: dispatcher
+            .registry
+            .iter()
             .map(|f| FunctionDescription {
                 name: f.name().to_owned(),
                 doc: f.doc().to_owned(),
@@ -411,7 +396,8 @@ fn describe_service<'a>(
                 schema: Some(f.schema()),
             })
             .collect(),
-        subscriptions: subscribers
+        subscriptions: dispatcher
+            .subscribers
             .iter()
             .map(|s| SubscriptionDescription {
                 name: s.name().to_owned(),
@@ -422,8 +408,8 @@ fn describe_service<'a>(
                 schema: s.schema(),
             })
             .collect(),
-        exchange: Some(exchange.to_owned()),
-        events_exchange: Some(events_exchange.to_owned()),
+        exchange: Some(dispatcher.exchange.clone()),
+        events_exchange: Some(dispatcher.events_exchange.clone()),
     }
 }
 
