@@ -5,7 +5,9 @@ pub mod broker;
 pub mod imports;
 pub mod jobs;
 mod observe;
-pub use observe::{browse, chromium, http_get, python_with_pika, rss_kib, sample, unescape_html};
+pub use observe::{
+    browse, chromium, http_get, python_with_pika, rss_kib, rss_kib_of, sample, unescape_html,
+};
 pub mod proxy;
 pub mod spans;
 

@@ -6,7 +6,12 @@ use std::time::Duration;
 /// The resident memory of this process, in KiB: what the memory tests, each in a process
 /// of its own, watch.
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    rss_kib_of("self")
+}
+
+/// The resident memory of process `pid` (a number, or `self`), in KiB.
+pub fn rss_kib_of(pid: impl std::fmt::Display) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))

@@ -1,5 +1,5 @@
 //! The figures `--svg` draws, with plotters: the comparison's calls per second and p99 per
-//! arm, and the scale-out curves.
+//! arm, the scale-out curves, and each pattern's share of its baseline.
 
 use crate::human_bytes;
 
@@ -126,6 +126,122 @@ pub(crate) fn draw_comparison(
             draw_legend(&mut chart)?;
         }
     }
+    root.present()?;
+    Ok(())
+}
+
+/// Draws each pattern's rate as a share of its baseline's against messages in flight (or
+/// streams at once), medians as lines and worst rounds as rings, with the targets (90% of
+/// raw lapin; 80% of the library client for the shell pipes), as an SVG.
+pub(crate) fn draw_patterns(
+    path: &std::path::Path,
+    rows: &[serde_json::Value],
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let mut series: Vec<String> = Vec::new();
+    let name = |row: &serde_json::Value| {
+        format!(
+            "{}: {} vs {}",
+            row["pattern"].as_str().unwrap_or_default(),
+            row["arm"].as_str().unwrap_or_default(),
+            row["baseline"].as_str().unwrap_or_default()
+        )
+    };
+    for row in rows {
+        if !series.contains(&name(row)) {
+            series.push(name(row));
+        }
+    }
+    let right = rows
+        .iter()
+        .filter_map(|r| r["in_flight"].as_f64())
+        .fold(1.0f64, f64::max)
+        .log2();
+    let percent = |row: &serde_json::Value, key: &str| row[key].as_f64().unwrap_or(0.0) * 100.0;
+    let bottom = rows
+        .iter()
+        .map(|r| percent(r, "worst_ratio").min(percent(r, "ratio")))
+        .fold(70.0f64, f64::min);
+    let top = rows
+        .iter()
+        .map(|r| percent(r, "worst_ratio").max(percent(r, "ratio")))
+        .fold(110.0f64, f64::max);
+    let root = SVGBackend::new(path, (960, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "guirpc's patterns as a share of their baselines (median line, worst round ring)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.3f64..right + 0.3, (bottom - 5.0)..(top + 5.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("in flight (streams: at once)")
+        .y_desc("% of baseline")
+        .x_label_formatter(&|x| format!("{}", 2f64.powf(*x).round()))
+        .draw()?;
+    for (target, label) in [
+        (90.0, "target: 90% of raw lapin"),
+        (80.0, "target: 80% of the library (shell)"),
+    ] {
+        let grey = RGBColor(150, 150, 150);
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(-0.3, target), (right + 0.3, target)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+    }
+    let colours = [
+        BLACK,
+        BLUE,
+        GREEN,
+        RED,
+        MAGENTA,
+        CYAN,
+        RGBColor(200, 120, 0),
+    ];
+    for (line, &colour) in series.iter().zip(colours.iter().cycle()) {
+        let of = |key: &str| -> Vec<(f64, f64)> {
+            rows.iter()
+                .filter(|r| name(r) == *line)
+                .map(|r| {
+                    (
+                        r["in_flight"].as_f64().unwrap_or(1.0).log2(),
+                        percent(r, key),
+                    )
+                })
+                .collect()
+        };
+        chart
+            .draw_series(LineSeries::new(of("ratio"), colour.stroke_width(2)))?
+            .label(line.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
+        chart.draw_series(
+            of("ratio")
+                .into_iter()
+                .map(|pt| Circle::new(pt, 3, colour.filled())),
+        )?;
+        chart.draw_series(
+            of("worst_ratio")
+                .into_iter()
+                .map(|pt| Circle::new(pt, 4, colour)),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
     root.present()?;
     Ok(())
 }

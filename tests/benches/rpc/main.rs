@@ -20,7 +20,8 @@
 //! cargo bench -p guirpc-tests --bench rpc -- --scale-out --svg docs/scale-out.svg  # 1..8 servers, real work
 //! cargo bench -p guirpc-tests --bench rpc -- --pipeline 200000     # observability's own cost
 //! cargo bench -p guirpc-tests --bench rpc -- --pipes              # pipe functions vs Rust
-//! cargo bench -p guirpc-tests --bench rpc -- --patterns --rounds 3   # casts and events vs raw lapin
+//! cargo build --release -p guirpc-cli -p guirpc-examples   # the binaries --patterns runs
+//! cargo bench -p guirpc-tests --bench rpc -- --patterns --svg docs/patterns.svg  # vs raw lapin
 //! cargo bench -p guirpc-tests --bench rpc -- --separate --svg docs/comparison.svg  # servers in their own process
 //! ```
 
@@ -32,6 +33,8 @@ mod pipeline;
 mod pipes;
 mod raw;
 mod scale_out;
+mod shell;
+mod streams;
 mod usage;
 
 use std::time::{Duration, Instant};
@@ -106,7 +109,8 @@ struct Options {
     #[arg(long, default_value_t = 4)]
     server_concurrency: usize,
     /// Also draw the results into this SVG file (a relative path is the workspace's): the
-    /// comparison's calls per second and p99 per arm, or the scale-out curves
+    /// comparison's calls per second and p99 per arm, the scale-out curves, or each
+    /// pattern's share of its baseline
     #[arg(long, value_name = "FILE")]
     svg: Option<String>,
     /// The comparison with the servers (raw lapin's and guirpc's) in a process of their
@@ -125,13 +129,20 @@ struct Options {
     /// workers) against the same function in Rust, instead
     #[arg(long)]
     pipes: bool,
-    /// Measure casts and events (1 and 3 subscribing services) against raw lapin doing the
-    /// same broker work, instead
+    /// Measure casts, events (1 and 3 subscribing services) and streamed items against raw
+    /// lapin doing the same broker work, the shell pipes against the library's client, and
+    /// the cold-start and memory guards, instead
     #[arg(long)]
     patterns: bool,
-    /// --patterns: messages per round and arm
+    /// --patterns: messages (casts, events, items, lines) per round and arm
     #[arg(long, default_value_t = 20_000)]
     messages: u64,
+    /// --patterns: streams running at once, sharing the round's items
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    streams: Vec<usize>,
+    /// --patterns: `--inflight` of the shell pipes (and of the library client beside them)
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+    shell_inflight: Vec<usize>,
     /// Serve the echo function on this queue until stdin closes (what --scale-out starts)
     #[arg(long, value_name = "QUEUE")]
     serve: Option<String>,

@@ -59,17 +59,6 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-/// Resident memory of this process, from /proc.
-fn resident_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
 /// A server and a client in this process complete `calls` calls, 1% of which time out;
 /// resident memory after the first ten thousand and at the end.
 pub(crate) async fn memory(calls: u64) {
@@ -134,7 +123,7 @@ pub(crate) async fn memory(calls: u64) {
         while next.load(Ordering::Relaxed) < checkpoint {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let (rss, heap) = (resident_kib(), heap_kib());
+        let (rss, heap) = (guirpc_tests::rss_kib(), heap_kib());
         if checkpoint == 10_000 {
             (at_ten_thousand, heap_at_ten_thousand) = (rss, heap);
         }
@@ -149,7 +138,7 @@ pub(crate) async fn memory(calls: u64) {
     }
     // Let the late replies of the last timed-out calls arrive and be dropped.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (end, heap) = (resident_kib(), heap_kib());
+    let (end, heap) = (guirpc_tests::rss_kib(), heap_kib());
     println!(
         "resident memory after 10 000 calls: {at_ten_thousand} KiB; after {calls}: {end} KiB ({:+.1}%)",
         (end as f64 / at_ten_thousand as f64 - 1.0) * 100.0

@@ -1,5 +1,6 @@
-//! `--patterns`: casts and events, each beside raw lapin doing the same broker work in the
-//! same run, the arms alternating round by round.
+//! `--patterns`: casts, events, streamed items and the shell pipes, each beside a baseline
+//! doing the same broker work in the same run, the arms alternating round by round; then
+//! the cold-start and memory guards.
 //!
 //! - **casts**: `M` persistent, mandatory casts published on a confirming channel with `N`
 //!   awaiting their confirm at once, consumed and acknowledged one by one by a server;
@@ -9,9 +10,11 @@
 //!   once), taken by `K` subscribing services (1 or 3), each acknowledging every event;
 //!   against raw lapin publishing to a topic exchange bound by `K` queues with a consumer
 //!   each.
+//! - **streamed items** and **shell pipes**: see `streams.rs` and `shell.rs`.
 //!
-//! A round's rate is `M` divided by the time from the first publish to the last
-//! acknowledgement of the last consumer.
+//! Every service, raw or guirpc, consumes on a connection of its own, as services on their
+//! own machines would; the publisher has another. A round's rate is `M` divided by the
+//! time from the first publish to the last acknowledgement of the last consumer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +29,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
+use crate::shell::{guards, shell};
+use crate::streams::streams;
 use crate::{Options, broker};
 
 /// The casts the guirpc arm's server has run.
@@ -46,7 +51,7 @@ async fn counted(_event: u64) {
 }
 
 /// Queues that go a minute after their last consumer: nothing left on the broker.
-fn expiring() -> FieldTable {
+pub(crate) fn expiring() -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert("x-expires".into(), lapin::types::AMQPValue::LongInt(60_000));
     arguments
@@ -58,36 +63,91 @@ const LIMIT: Duration = Duration::from_secs(120);
 pub(crate) async fn patterns(options: &Options) {
     let messages = options.messages;
     println!(
-        "patterns against raw lapin: {} round(s) of {messages} messages per arm and in-flight count",
+        "patterns against their baselines: {} round(s) of {messages} messages per arm and in-flight count",
         options.rounds
     );
     println!(
-        "{:<26} {:>9} {:>11} {:>11} {:>9} {:>9}",
-        "arm", "in flight", "median /s", "worst /s", "vs raw", "worst vs"
+        "{:<34} {:>9} {:>11} {:>11} {:>9} {:>9}",
+        "arm", "in flight", "median /s", "worst /s", "vs base", "worst vs"
     );
-    casts(options, messages).await;
+    let mut results = Results::default();
+    casts(options, &mut results).await;
     for services in [1, 3] {
-        events(options, messages, services).await;
+        events(options, services, &mut results).await;
+    }
+    streams(options, &mut results).await;
+    shell(options, &mut results).await;
+    guards(options).await;
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results.rows).unwrap()).unwrap();
+    }
+    if let Some(path) = &options.svg {
+        let path = crate::charts::workspace_path(path);
+        crate::charts::draw_patterns(&path, &results.rows).unwrap();
+        println!("chart: {}", path.display());
     }
 }
 
-/// The median and the worst of a list of rates.
-fn median_and_worst(rates: &mut [f64]) -> (f64, f64) {
+/// The median and the worst of a list of rates (sorted, lowest first, by the way).
+pub(crate) fn median_and_worst(rates: &mut [f64]) -> (f64, f64) {
     rates.sort_by(f64::total_cmp);
     (rates[rates.len() / 2], rates[0])
 }
 
-fn row(arm: &str, inflight: usize, rates: &mut [f64], raw: Option<(f64, f64)>) -> (f64, f64) {
-    let (median, worst) = median_and_worst(rates);
-    let (ratio, worst_ratio) = match raw {
-        Some((raw_median, raw_worst)) => (
-            format!("{:.1}%", median / raw_median * 100.0),
-            format!("{:.1}%", worst / raw_worst * 100.0),
-        ),
-        None => ("".into(), "".into()),
-    };
-    println!("{arm:<26} {inflight:>9} {median:>11.0} {worst:>11.0} {ratio:>9} {worst_ratio:>9}");
-    (median, worst)
+/// Each pattern's rows: a baseline and the arm measured against it.
+#[derive(Default)]
+pub(crate) struct Results {
+    rows: Vec<serde_json::Value>,
+}
+
+impl Results {
+    /// Prints and keeps `pattern` against raw lapin at `inflight`.
+    pub(crate) fn raw(
+        &mut self,
+        pattern: &str,
+        inflight: usize,
+        raw: &mut [f64],
+        rates: &mut [f64],
+    ) {
+        self.pair(pattern, ("raw lapin", "guirpc"), inflight, raw, rates);
+    }
+
+    /// Prints and keeps `pattern`'s arm (`names.1`) against its baseline (`names.0`).
+    pub(crate) fn pair(
+        &mut self,
+        pattern: &str,
+        (base_name, arm_name): (&str, &str),
+        inflight: usize,
+        base: &mut [f64],
+        rates: &mut [f64],
+    ) {
+        let (base_median, base_worst) = median_and_worst(base);
+        let (median, worst) = median_and_worst(rates);
+        let (ratio, worst_ratio) = (median / base_median, worst / base_worst);
+        let arm = |name: &str| format!("{pattern}: {name}");
+        println!(
+            "{:<34} {inflight:>9} {base_median:>11.0} {base_worst:>11.0}",
+            arm(base_name)
+        );
+        println!(
+            "{:<34} {inflight:>9} {median:>11.0} {worst:>11.0} {:>8.1}% {:>8.1}%",
+            arm(arm_name),
+            ratio * 100.0,
+            worst_ratio * 100.0
+        );
+        self.rows.push(serde_json::json!({
+            "pattern": pattern,
+            "baseline": base_name,
+            "arm": arm_name,
+            "in_flight": inflight,
+            "baseline_median": base_median,
+            "baseline_worst": base_worst,
+            "median": median,
+            "worst": worst,
+            "ratio": ratio,
+            "worst_ratio": worst_ratio,
+        }));
+    }
 }
 
 /// A connection and a confirming channel of raw lapin's.
@@ -103,50 +163,74 @@ async fn raw_channel() -> (Connection, lapin::Channel) {
     (connection, channel)
 }
 
+/// Runs `run(0..messages)` with `inflight` running at once, each task taking the next.
+pub(crate) async fn in_flight<F, Fut>(messages: u64, inflight: usize, run: F)
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..inflight)
+        .map(|_| {
+            let (next, run) = (next.clone(), run.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= messages {
+                        break;
+                    }
+                    run(i).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 /// Publishes `messages` persistent messages, `inflight` awaiting their confirm at once.
 async fn raw_publish(
-    channel: &lapin::Channel,
+    channel: lapin::Channel,
     exchange: &str,
     routing_key: &str,
     mandatory: bool,
     messages: u64,
     inflight: usize,
 ) {
-    let next = Arc::new(AtomicU64::new(0));
-    let publishers: Vec<_> = (0..inflight)
-        .map(|_| {
-            let (channel, next) = (channel.clone(), next.clone());
-            let (exchange, routing_key) = (exchange.to_owned(), routing_key.to_owned());
-            tokio::spawn(async move {
-                while next.fetch_add(1, Ordering::Relaxed) < messages {
-                    let confirm = channel
-                        .basic_publish(
-                            exchange.as_str().into(),
-                            routing_key.as_str().into(),
-                            BasicPublishOptions {
-                                mandatory,
-                                ..Default::default()
-                            },
-                            // What the guirpc arms send: `()` or a u64, in MessagePack.
-                            &[0xc0],
-                            BasicProperties::default().with_delivery_mode(2),
-                        )
-                        .await
-                        .unwrap()
-                        .await
-                        .unwrap();
-                    assert!(confirm.is_ack());
-                }
-            })
-        })
-        .collect();
-    for publisher in publishers {
-        publisher.await.unwrap();
-    }
+    let (exchange, routing_key): (Arc<str>, Arc<str>) = (exchange.into(), routing_key.into());
+    in_flight(messages, inflight, move |_| {
+        let (channel, exchange, routing_key) =
+            (channel.clone(), exchange.clone(), routing_key.clone());
+        async move {
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_ref().into(),
+                    routing_key.as_ref().into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..Default::default()
+                    },
+                    // What the guirpc arms send: `()` or a u64, in MessagePack.
+                    &[0xc0],
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack());
+        }
+    })
+    .await;
 }
 
-/// A raw consumer of `queue` acknowledging each message, counting into `counter`.
-async fn raw_consume(connection: &Connection, queue: &str, counter: Arc<AtomicU64>) {
+/// A raw consumer of `queue`, on a connection of its own, acknowledging each message and
+/// counting into `counter`; dropping the connection ends it.
+async fn raw_consume(queue: &str, counter: Arc<AtomicU64>) -> Connection {
+    let connection = Connection::connect(&broker(), ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_qos(128, BasicQosOptions::default())
@@ -168,9 +252,10 @@ async fn raw_consume(connection: &Connection, queue: &str, counter: Arc<AtomicU6
             counter.fetch_add(1, Ordering::Relaxed);
         }
     });
+    connection
 }
 
-async fn wait_for(counter: &AtomicU64, target: u64) {
+pub(crate) async fn wait_for(counter: &AtomicU64, target: u64) {
     let started = Instant::now();
     while counter.load(Ordering::Relaxed) < target {
         assert!(
@@ -196,7 +281,8 @@ async fn durable_queue(channel: &lapin::Channel, queue: &str) {
         .unwrap();
 }
 
-async fn casts(options: &Options, messages: u64) {
+async fn casts(options: &Options, results: &mut Results) {
+    let messages = options.messages;
     let pid = std::process::id();
     let (raw_queue, queue) = (
         format!("bench.casts.raw.{pid}"),
@@ -205,7 +291,7 @@ async fn casts(options: &Options, messages: u64) {
     let (raw_connection, raw_channel) = raw_channel().await;
     durable_queue(&raw_channel, &raw_queue).await;
     let raw_counter = Arc::new(AtomicU64::new(0));
-    raw_consume(&raw_connection, &raw_queue, raw_counter.clone()).await;
+    let consumer = raw_consume(&raw_queue, raw_counter.clone()).await;
     let server = crate::server()
         .uri(broker())
         .queue(&queue)
@@ -224,40 +310,41 @@ async fn casts(options: &Options, messages: u64) {
         for _ in 0..options.rounds {
             let target = raw_counter.load(Ordering::Relaxed) + messages;
             let started = Instant::now();
-            raw_publish(&raw_channel, "", &raw_queue, true, messages, inflight).await;
+            raw_publish(
+                raw_channel.clone(),
+                "",
+                &raw_queue,
+                true,
+                messages,
+                inflight,
+            )
+            .await;
             wait_for(&raw_counter, target).await;
             raw_rates.push(messages as f64 / started.elapsed().as_secs_f64());
 
             let target = CASTS.load(Ordering::Relaxed) + messages;
             let started = Instant::now();
-            let next = Arc::new(AtomicU64::new(0));
-            let casters: Vec<_> = (0..inflight)
-                .map(|_| {
-                    let (client, next) = (client.clone(), next.clone());
-                    tokio::spawn(async move {
-                        while next.fetch_add(1, Ordering::Relaxed) < messages {
-                            count::cast(&client).await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for caster in casters {
-                caster.await.unwrap();
-            }
+            let caller = client.clone();
+            in_flight(messages, inflight, move |_| {
+                let client = caller.clone();
+                async move { count::cast(&client).await.unwrap() }
+            })
+            .await;
             wait_for(&CASTS, target).await;
             rates.push(messages as f64 / started.elapsed().as_secs_f64());
         }
-        let raw = row("casts: raw lapin", inflight, &mut raw_rates, None);
-        row("casts: guirpc", inflight, &mut rates, Some(raw));
+        results.raw("casts", inflight, &mut raw_rates, &mut rates);
     }
     server.shutdown().await.unwrap();
     let _ = raw_channel
         .queue_delete(raw_queue.as_str().into(), Default::default())
         .await;
     let _ = raw_connection.close(200, "".into()).await;
+    let _ = consumer.close(200, "".into()).await;
 }
 
-async fn events(options: &Options, messages: u64, services: usize) {
+async fn events(options: &Options, services: usize, results: &mut Results) {
+    let messages = options.messages;
     let pid = std::process::id();
     let raw_exchange = format!("bench.events.raw.{pid}");
     let (raw_connection, raw_channel) = raw_channel().await;
@@ -274,7 +361,7 @@ async fn events(options: &Options, messages: u64, services: usize) {
         .await
         .unwrap();
     let raw_counter = Arc::new(AtomicU64::new(0));
-    let mut raw_queues = Vec::new();
+    let (mut raw_queues, mut consumers) = (Vec::new(), Vec::new());
     for i in 0..services {
         let queue = format!("bench.events.raw.{pid}.{i}");
         durable_queue(&raw_channel, &queue).await;
@@ -288,7 +375,7 @@ async fn events(options: &Options, messages: u64, services: usize) {
             )
             .await
             .unwrap();
-        raw_consume(&raw_connection, &queue, raw_counter.clone()).await;
+        consumers.push(raw_consume(&queue, raw_counter.clone()).await);
         raw_queues.push(queue);
     }
     let mut servers = Vec::new();
@@ -305,14 +392,13 @@ async fn events(options: &Options, messages: u64, services: usize) {
     }
     let client = Client::builder().uri(broker()).connect().await.unwrap();
     let each = messages * services as u64;
-    let label = |what: &str| format!("events x{services}: {what}");
     for &inflight in &options.inflight {
         let (mut raw_rates, mut rates) = (Vec::new(), Vec::new());
         for _ in 0..options.rounds {
             let target = raw_counter.load(Ordering::Relaxed) + each;
             let started = Instant::now();
             raw_publish(
-                &raw_channel,
+                raw_channel.clone(),
                 &raw_exchange,
                 "bench.patterns.made",
                 false,
@@ -325,25 +411,20 @@ async fn events(options: &Options, messages: u64, services: usize) {
 
             let target = EVENTS.load(Ordering::Relaxed) + each;
             let started = Instant::now();
-            let next = Arc::new(AtomicU64::new(0));
-            let publishers: Vec<_> = (0..inflight)
-                .map(|_| {
-                    let (client, next) = (client.clone(), next.clone());
-                    tokio::spawn(async move {
-                        while next.fetch_add(1, Ordering::Relaxed) < messages {
-                            client.publish("bench.patterns.made", 0u64).await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for publisher in publishers {
-                publisher.await.unwrap();
-            }
+            let caller = client.clone();
+            in_flight(messages, inflight, move |_| {
+                let client = caller.clone();
+                async move { client.publish("bench.patterns.made", 0u64).await.unwrap() }
+            })
+            .await;
             wait_for(&EVENTS, target).await;
             rates.push(messages as f64 / started.elapsed().as_secs_f64());
         }
-        let raw = row(&label("raw lapin"), inflight, &mut raw_rates, None);
-        row(&label("guirpc"), inflight, &mut rates, Some(raw));
+        let pattern = format!(
+            "events, {services} service{}",
+            if services > 1 { "s" } else { "" }
+        );
+        results.raw(&pattern, inflight, &mut raw_rates, &mut rates);
     }
     for server in servers {
         server.shutdown().await.unwrap();
@@ -357,4 +438,7 @@ async fn events(options: &Options, messages: u64, services: usize) {
         .exchange_delete(raw_exchange.as_str().into(), Default::default())
         .await;
     let _ = raw_connection.close(200, "".into()).await;
+    for consumer in consumers {
+        let _ = consumer.close(200, "".into()).await;
+    }
 }
