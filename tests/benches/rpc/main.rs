@@ -137,6 +137,9 @@ struct Options {
     /// --patterns: messages (casts, events, items, lines) per round and arm
     #[arg(long, default_value_t = 20_000)]
     messages: u64,
+    /// --patterns: only these parts (of casts, events, streams, shell, guards)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// --patterns: streams running at once, sharing the round's items
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     streams: Vec<usize>,

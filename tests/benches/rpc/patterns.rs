@@ -71,13 +71,24 @@ pub(crate) async fn patterns(options: &Options) {
         "arm", "in flight", "median /s", "worst /s", "vs base", "worst vs"
     );
     let mut results = Results::default();
-    casts(options, &mut results).await;
-    for services in [1, 3] {
-        events(options, services, &mut results).await;
+    let wanted = |part: &str| options.only.is_empty() || options.only.iter().any(|p| p == part);
+    if wanted("casts") {
+        casts(options, &mut results).await;
     }
-    streams(options, &mut results).await;
-    shell(options, &mut results).await;
-    guards(options).await;
+    if wanted("events") {
+        for services in [1, 3] {
+            events(options, services, &mut results).await;
+        }
+    }
+    if wanted("streams") {
+        streams(options, &mut results).await;
+    }
+    if wanted("shell") {
+        shell(options, &mut results).await;
+    }
+    if wanted("guards") {
+        guards(options).await;
+    }
     if let Some(path) = &options.json {
         std::fs::write(path, serde_json::to_string_pretty(&results.rows).unwrap()).unwrap();
     }
