@@ -237,12 +237,28 @@ async fn raw_publish(
 }
 
 /// A raw consumer of `queue`, on a connection of its own, acknowledging each message and
-/// counting into `counter`; dropping the connection ends it.
-async fn raw_consume(queue: &str, counter: Arc<AtomicU64>) -> Connection {
-    let connection = Connection::connect(&broker(), ConnectionProperties::default())
+/// counting into `counter`; closing the connection ends it. With `PATTERNS_RAW_SHARED` in
+/// the environment, on the publisher's connection instead (one process doing all: what
+/// this baseline did before, and what no pair of guirpc services can do).
+async fn raw_consume(
+    publisher: &Connection,
+    queue: &str,
+    counter: Arc<AtomicU64>,
+) -> Option<Connection> {
+    let own = match std::env::var_os("PATTERNS_RAW_SHARED") {
+        Some(_) => None,
+        None => Some(
+            Connection::connect(&broker(), ConnectionProperties::default())
+                .await
+                .unwrap(),
+        ),
+    };
+    let channel = own
+        .as_ref()
+        .unwrap_or(publisher)
+        .create_channel()
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
     channel
         .basic_qos(128, BasicQosOptions::default())
         .await
@@ -263,7 +279,7 @@ async fn raw_consume(queue: &str, counter: Arc<AtomicU64>) -> Connection {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     });
-    connection
+    own
 }
 
 pub(crate) async fn wait_for(counter: &AtomicU64, target: u64) {
@@ -302,7 +318,7 @@ async fn casts(options: &Options, results: &mut Results) {
     let (raw_connection, raw_channel) = raw_channel().await;
     durable_queue(&raw_channel, &raw_queue).await;
     let raw_counter = Arc::new(AtomicU64::new(0));
-    let consumer = raw_consume(&raw_queue, raw_counter.clone()).await;
+    let consumer = raw_consume(&raw_connection, &raw_queue, raw_counter.clone()).await;
     let server = crate::server()
         .uri(broker())
         .queue(&queue)
@@ -351,7 +367,9 @@ async fn casts(options: &Options, results: &mut Results) {
         .queue_delete(raw_queue.as_str().into(), Default::default())
         .await;
     let _ = raw_connection.close(200, "".into()).await;
-    let _ = consumer.close(200, "".into()).await;
+    if let Some(consumer) = consumer {
+        let _ = consumer.close(200, "".into()).await;
+    }
 }
 
 async fn events(options: &Options, services: usize, results: &mut Results) {
@@ -386,7 +404,7 @@ async fn events(options: &Options, services: usize, results: &mut Results) {
             )
             .await
             .unwrap();
-        consumers.push(raw_consume(&queue, raw_counter.clone()).await);
+        consumers.push(raw_consume(&raw_connection, &queue, raw_counter.clone()).await);
         raw_queues.push(queue);
     }
     let mut servers = Vec::new();
@@ -449,7 +467,7 @@ async fn events(options: &Options, services: usize, results: &mut Results) {
         .exchange_delete(raw_exchange.as_str().into(), Default::default())
         .await;
     let _ = raw_connection.close(200, "".into()).await;
-    for consumer in consumers {
+    for consumer in consumers.into_iter().flatten() {
         let _ = consumer.close(200, "".into()).await;
     }
 }

@@ -173,6 +173,10 @@ pub(crate) async fn guards(options: &Options) {
     const START_GUARD: Duration = Duration::from_millis(50);
     const RSS_GUARD_KIB: u64 = 20 * 1024;
     let calculator = binary("calculator");
+    let connection = lapin::Connection::connect(&broker(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
     let (mut starts, mut rss) = (Vec::new(), Vec::new());
     for round in 0..options.rounds.max(5) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -182,14 +186,12 @@ pub(crate) async fn guards(options: &Options) {
             .port();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let dir = std::env::temp_dir();
+        let queue = format!("bench.guards.{}.{round}", std::process::id());
         let started = Instant::now();
         let mut child = Command::new(&calculator)
             .arg("serve")
             .env("GUIRPC_URI", broker())
-            .env(
-                "GUIRPC_QUEUE",
-                format!("bench.guards.{}.{round}", std::process::id()),
-            )
+            .env("GUIRPC_QUEUE", &queue)
             .env("GUIRPC_METRICS_ADDR", addr.to_string())
             .env("RUST_LOG", "warn")
             .current_dir(dir)
@@ -216,7 +218,14 @@ pub(crate) async fn guards(options: &Options) {
         starts.push(ready.as_secs_f64() * 1000.0);
         let _ = child.kill();
         let _ = child.wait();
+        // The service's queues are durable: nothing of the bench's is left on the broker.
+        for queue in [format!("{queue}.dead"), queue] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
     }
+    let _ = connection.close(200, "".into()).await;
     // Lower is better here: the "worst" is the largest.
     let (start, _) = median_and_worst(&mut starts);
     let (memory, _) = median_and_worst(&mut rss);
