@@ -141,16 +141,7 @@ impl Session {
             }
             // Failed casts and events are kept in the dead-letter queue.
             if let Some(dead) = settings.dead_letter_queue() {
-                channel
-                    .queue_declare(
-                        dead.as_str().into(),
-                        QueueDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        dead_queue_arguments(shared),
-                    )
-                    .await?;
+                declare_dead_queue(&channel, &dead, dead_queue_arguments(shared)).await?;
             }
             channel
                 .basic_qos(settings.prefetch, BasicQosOptions::default())
@@ -191,6 +182,13 @@ impl Session {
         // serving, which neither waits for it nor fails with it (a client binds the queue
         // too before its first scheduled cast).
         tokio::spawn(jobs::Jobs::bind(connection.clone(), settings.queue.clone()));
+        if let Some(dead) = settings.dead_letter_queue() {
+            tokio::spawn(keep_dead_queue(
+                connection.clone(),
+                dead,
+                dead_queue_arguments(shared),
+            ));
+        }
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
         let dead_letter = settings.rejects_to_exchange();
         let (streams, credit) = streams.unzip();
@@ -266,6 +264,49 @@ fn dead_queue_arguments(shared: &Shared) -> FieldTable {
         }
     }
     arguments
+}
+
+async fn declare_dead_queue(
+    channel: &Channel,
+    dead: &str,
+    arguments: FieldTable,
+) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(dead.into(), durable, arguments)
+        .await
+        .map(drop)
+}
+
+/// Keeps a dead-letter queue that expires alive while its server serves: nothing consumes
+/// it, so the broker would delete it `x-expires` after its declaration, dead letters and
+/// all. Declaring it again renews its lease (and brings it back if someone deleted it), a
+/// third of its expiry apart, until the connection ends; after that it expires as its
+/// service queue does, that long after the last server left.
+async fn keep_dead_queue(connection: Arc<Connection>, dead: String, arguments: FieldTable) {
+    let Some(expires) = arguments
+        .inner()
+        .get("x-expires")
+        .and_then(protocol::value_as_u64)
+    else {
+        return;
+    };
+    let period = std::time::Duration::from_millis((expires / 3).max(100));
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        if let Err(err) = declare_dead_queue(&channel, &dead, arguments.clone()).await {
+            if connection.status().connected() {
+                warn!("could not renew the dead-letter queue `{dead}`: {err}");
+            }
+            return;
+        }
+    }
 }
 
 /// How long the broker must let a delivery of this queue go unacknowledged: a request may

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use guirpc_core::dead::DeadLetters;
+use guirpc_core::lapin::types::{AMQPValue, FieldTable};
 use guirpc_core::{Client, Error, Metrics, Server};
 use guirpc_tests::jobs::{
     doomed_job, fixable_job, flaky_job, runs_of, set_broken, timed_job, wait_runs,
@@ -216,4 +217,33 @@ async fn a_scheduled_cast_runs_no_sooner_than_asked_and_within_the_lateness() {
         1
     );
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expiring_services_dead_letters_outlive_the_expiry_while_it_serves_and_go_with_it() {
+    // The service queue expires 1.5 s after its last server left; nothing consumes the
+    // dead-letter queue, yet it keeps its letters for as long as the server serves.
+    let queue = unique_queue("job-dead-expiry");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongInt(1_500));
+    let server = Server::builder()
+        .uri(uri())
+        .queue(&queue)
+        .queue_arguments(arguments)
+        .start()
+        .await
+        .expect("server starts");
+    let client = guirpc_tests::client(&queue).await;
+    client.cast("no_such_job", ()).await.unwrap();
+    // Three expiries with no one looking.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let letters = dead_letters(&queue).await;
+    assert_eq!(letters.count().await.unwrap(), 1);
+    drop(letters);
+    server.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let mut broker = guirpc_core::Settings::default().broker();
+    broker.uri = uri();
+    let gone = DeadLetters::open(&broker, &queue, None).await.unwrap_err();
+    assert!(gone.to_string().contains("no dead-letter queue"), "{gone}");
 }
