@@ -181,12 +181,12 @@ async fn handle(
     request.subscriber = Some(subscriber);
     let (codec, body, caller) = (request.codec, request.body.clone(), request.caller.clone());
     // A retried event comes back through the delay ladder, its topic in a header.
-    let topic = request
+    let retried_topic = request
         .headers
         .inner()
         .get(protocol::HEADER_TOPIC)
         .and_then(protocol::value_as_str)
-        .map_or_else(|| routing_key.to_string(), |topic| topic.into_owned());
+        .map(std::borrow::Cow::into_owned);
     let reply = pipeline::run(&shared.service, request).await;
     let name = subscriber.name();
     jobs.ran(shared, name, &properties);
@@ -194,6 +194,7 @@ async fn handle(
         None => Some(Verdict::Served),
         Some(code) => {
             let (_, message) = crate::envelope::read(codec, reply.body());
+            let topic = retried_topic.unwrap_or_else(|| routing_key.to_string());
             let failed = Failed {
                 queue: queue.as_str(),
                 function: name,
@@ -208,22 +209,23 @@ async fn handle(
             jobs.failed(shared, failed).await
         }
     };
+    // Queued on the channel, not waited for: the task ends without the wake-up that
+    // reports the write. A connection lost before the write means a redelivery, as a
+    // write the broker never read would.
     let settled = match verdict {
         Some(Verdict::Served) => {
-            channel
-                .basic_ack(delivery_tag, BasicAckOptions::default())
-                .await
+            let ack = channel.basic_ack(delivery_tag, BasicAckOptions::default());
+            super::sent(ack, false).await
         }
         Some(Verdict::Rejected) => {
-            channel
-                .basic_reject(delivery_tag, BasicRejectOptions { requeue: false })
-                .await
+            let reject = channel.basic_reject(delivery_tag, BasicRejectOptions { requeue: false });
+            super::sent(reject, false).await
         }
         // The connection was lost before the retry or dead letter was published: the
         // broker delivers the event again.
         None => return,
     };
-    if let Err(err) = settled {
+    if let Some(Err(err)) = settled {
         // The channel is gone: the broker redelivers the event to the next consumer.
         debug!(subscriber = name, "cannot settle an event: {err}");
     }

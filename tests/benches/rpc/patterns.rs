@@ -236,8 +236,8 @@ async fn raw_publish(
     .await;
 }
 
-/// A raw consumer of `queue`, on a connection of its own, acknowledging each message and
-/// counting into `counter`; closing the connection ends it. With `PATTERNS_RAW_SHARED` in
+/// A raw consumer of `queue`, on a connection of its own, acknowledging each message
+/// (prefetch 128, the server's) and counting into `counter`; closing the connection ends it. With `PATTERNS_RAW_SHARED` in
 /// the environment, on the publisher's connection instead (one process doing all: what
 /// this baseline did before, and what no pair of guirpc services can do).
 async fn raw_consume(
@@ -275,7 +275,9 @@ async fn raw_consume(
     tokio::spawn(async move {
         let _channel = channel;
         while let Some(Ok(delivery)) = consumer.next().await {
-            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            // Queued on the channel without waiting for the write, in order, as a busy
+            // consumer would (guirpc's server acknowledges several at once instead).
+            futures_lite::future::poll_once(delivery.ack(BasicAckOptions::default())).await;
             counter.fetch_add(1, Ordering::Relaxed);
         }
     });
