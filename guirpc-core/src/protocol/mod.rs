@@ -85,6 +85,8 @@ pub const DEFAULT_QUEUE: &str = "guirpc";
 pub const ARG_CONSUMER_TIMEOUT: &str = "x-consumer-timeout";
 /// The queue argument naming the exchange a queue dead-letters to.
 pub const ARG_DEAD_LETTER_EXCHANGE: &str = "x-dead-letter-exchange";
+/// The queue argument deleting a queue unused for this long (milliseconds).
+pub const ARG_EXPIRES: &str = "x-expires";
 /// The queue argument choosing a queue's type (`quorum`).
 pub const ARG_QUEUE_TYPE: &str = "x-queue-type";
 /// The queue argument of a quorum queue: deliveries after which a message no consumer

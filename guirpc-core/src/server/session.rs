@@ -7,8 +7,8 @@
 //! every attempt; a broker that refuses the topology (`PRECONDITION_FAILED`,
 //! `ACCESS_REFUSED`, ...) will refuse it again, so the server stops with that error.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -110,6 +110,9 @@ impl Session {
             .await
             .map_err(|err| SessionError::Connect(err.into()))?;
         shared.reply_nodes.probe(&connection).await;
+        let dead = settings
+            .dead_letter_queue()
+            .map(|queue| (queue, dead_queue_arguments(shared)));
         let topology = async {
             let durable = Some(settings.exchange_durable);
             protocol::declare_exchange(&connection, &channel, &settings.exchange, durable).await?;
@@ -140,8 +143,8 @@ impl Session {
                 }
             }
             // Failed casts and events are kept in the dead-letter queue.
-            if let Some(dead) = settings.dead_letter_queue() {
-                declare_dead_queue(&channel, &dead, dead_queue_arguments(shared)).await?;
+            if let Some((queue, arguments)) = &dead {
+                declare_dead_queue(&channel, queue, arguments.clone()).await?;
             }
             channel
                 .basic_qos(settings.prefetch, BasicQosOptions::default())
@@ -182,11 +185,11 @@ impl Session {
         // serving, which neither waits for it nor fails with it (a client binds the queue
         // too before its first scheduled cast).
         tokio::spawn(jobs::Jobs::bind(connection.clone(), settings.queue.clone()));
-        if let Some(dead) = settings.dead_letter_queue() {
+        if let Some((queue, arguments)) = dead {
             tokio::spawn(keep_dead_queue(
-                connection.clone(),
-                dead,
-                dead_queue_arguments(shared),
+                Arc::downgrade(&connection),
+                queue,
+                arguments,
             ));
         }
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
@@ -258,7 +261,7 @@ fn queue_arguments(shared: &Shared) -> FieldTable {
 fn dead_queue_arguments(shared: &Shared) -> FieldTable {
     let mut arguments = FieldTable::default();
     let service = queue_arguments(shared);
-    for name in [protocol::ARG_QUEUE_TYPE, "x-expires"] {
+    for name in [protocol::ARG_QUEUE_TYPE, protocol::ARG_EXPIRES] {
         if let Some(value) = service.inner().get(name) {
             arguments.insert(name.into(), value.clone());
         }
@@ -284,23 +287,32 @@ async fn declare_dead_queue(
 /// Keeps a dead-letter queue that expires alive while its server serves: nothing consumes
 /// it, so the broker would delete it `x-expires` after its declaration, dead letters and
 /// all. Declaring it again renews its lease (and brings it back if someone deleted it), a
-/// third of its expiry apart, until the connection ends; after that it expires as its
-/// service queue does, that long after the last server left.
-async fn keep_dead_queue(connection: Arc<Connection>, dead: String, arguments: FieldTable) {
+/// third of its expiry apart, for as long as the session's connection lives (held weakly:
+/// the session owns it); after that it expires as its service queue does, that long after
+/// the last server left.
+async fn keep_dead_queue(connection: Weak<Connection>, dead: String, arguments: FieldTable) {
     let Some(expires) = arguments
         .inner()
-        .get("x-expires")
+        .get(protocol::ARG_EXPIRES)
         .and_then(protocol::value_as_u64)
     else {
         return;
     };
     let period = std::time::Duration::from_millis((expires / 3).max(100));
-    let Ok(channel) = connection.create_channel().await else {
-        return;
-    };
     loop {
         tokio::time::sleep(period).await;
-        if let Err(err) = declare_dead_queue(&channel, &dead, arguments.clone()).await {
+        let Some(connection) = connection.upgrade() else {
+            return;
+        };
+        let renewed = match connection.create_channel().await {
+            Ok(channel) => {
+                let renewed = declare_dead_queue(&channel, &dead, arguments.clone()).await;
+                let _ = channel.close(200, "renewed".into()).await;
+                renewed
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = renewed {
             if connection.status().connected() {
                 warn!("could not renew the dead-letter queue `{dead}`: {err}");
             }

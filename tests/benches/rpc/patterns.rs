@@ -237,9 +237,10 @@ async fn raw_publish(
 }
 
 /// A raw consumer of `queue`, on a connection of its own, acknowledging each message
-/// (prefetch 128, the server's) and counting into `counter`; closing the connection ends it. With `PATTERNS_RAW_SHARED` in
-/// the environment, on the publisher's connection instead (one process doing all: what
-/// this baseline did before, and what no pair of guirpc services can do).
+/// (prefetch 128, the server's) and counting into `counter`; closing the connection ends
+/// it. With `PATTERNS_RAW_SHARED` in the environment, on the publisher's connection
+/// instead (one process doing all: what this baseline did before, and what no pair of
+/// guirpc services can do).
 async fn raw_consume(
     publisher: &Connection,
     queue: &str,

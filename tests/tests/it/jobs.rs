@@ -26,9 +26,13 @@ async fn serve(test: &str) -> (Server, Client, Metrics) {
 }
 
 async fn dead_letters(queue: &str) -> DeadLetters {
+    open_dead_letters(queue).await.unwrap()
+}
+
+async fn open_dead_letters(queue: &str) -> Result<DeadLetters, Error> {
     let mut broker = guirpc_core::Settings::default().broker();
     broker.uri = uri();
-    DeadLetters::open(&broker, queue, None).await.unwrap()
+    DeadLetters::open(&broker, queue, None).await
 }
 
 /// How late a wait on the ladder may come, here: a few milliseconds per rung, and a loaded
@@ -242,8 +246,6 @@ async fn an_expiring_services_dead_letters_outlive_the_expiry_while_it_serves_an
     drop(letters);
     server.shutdown().await.unwrap();
     tokio::time::sleep(Duration::from_millis(4_000)).await;
-    let mut broker = guirpc_core::Settings::default().broker();
-    broker.uri = uri();
-    let gone = DeadLetters::open(&broker, &queue, None).await.unwrap_err();
+    let gone = open_dead_letters(&queue).await.unwrap_err();
     assert!(gone.to_string().contains("no dead-letter queue"), "{gone}");
 }
