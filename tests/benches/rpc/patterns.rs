@@ -410,12 +410,13 @@ async fn events(options: &Options, services: usize, results: &mut Results) {
         consumers.push(raw_consume(&raw_connection, &queue, raw_counter.clone()).await);
         raw_queues.push(queue);
     }
-    let mut servers = Vec::new();
+    let (mut servers, mut queues) = (Vec::new(), Vec::new());
     for i in 0..services {
-        // Each service's subscriber queue (`{queue}.bench_counted`) expires with it.
+        let queue = format!("bench.events.{pid}.{services}.{i}");
+        queues.push(format!("{queue}.bench_counted"));
         let server = Server::builder()
             .uri(broker())
-            .queue(format!("bench.events.{pid}.{services}.{i}"))
+            .queue(queue)
             .queue_arguments(expiring())
             .start()
             .await
@@ -460,6 +461,14 @@ async fn events(options: &Options, services: usize, results: &mut Results) {
     }
     for server in servers {
         server.shutdown().await.unwrap();
+    }
+    // The subscriber queues are durable and bound to the events exchange until they
+    // expire: left, the next arm's events would go to them too, unconsumed, and their
+    // confirms wait for the disk.
+    for queue in &queues {
+        let _ = raw_channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
     }
     for queue in raw_queues {
         let _ = raw_channel
