@@ -109,7 +109,6 @@ impl Session {
             .create_channel()
             .await
             .map_err(|err| SessionError::Connect(err.into()))?;
-        shared.reply_nodes.probe(&connection).await;
         let dead = settings
             .dead_letter_queue()
             .map(|queue| (queue, dead_queue_arguments(shared)));
@@ -155,6 +154,13 @@ impl Session {
             } else {
                 None
             };
+            Ok::<_, lapin::Error>((subscriptions, streams))
+        };
+        // The probe of the reply addresses (on a channel of its own) runs beside the
+        // declarations: requests are taken once both are done.
+        let (_, declared) = tokio::join!(shared.reply_nodes.probe(&connection), topology);
+        let consumed = async {
+            let (subscriptions, streams) = declared?;
             let consumer = channel
                 .basic_consume(
                     settings.queue.as_str().into(),
@@ -165,7 +171,7 @@ impl Session {
                 .await?;
             Ok((consumer, subscriptions, streams))
         };
-        let (consumer, subscriptions, streams) = match topology.await {
+        let (consumer, subscriptions, streams) = match consumed.await {
             Ok(consumed) => consumed,
             // A channel error is the broker's answer to the topology; a connection that
             // failed meanwhile is only a connection failure, retried.
