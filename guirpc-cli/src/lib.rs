@@ -164,21 +164,14 @@ impl Main {
                 .enable_all()
                 .build()
             {
+                // On a worker thread, not this one: what the command spawns (each line's
+                // call or cast of `--stdin`) then runs beside it, without a wake-up of
+                // another thread for every message.
                 Ok(runtime) => runtime.block_on(async {
-                    match command {
-                        Command::Serve(args) => serve::run(args, &cli.log, defaults).await,
-                        Command::Call(args) => call::run(args, &cli.log, defaults).await,
-                        Command::Cast(args) => cast::run(args, &cli.log, defaults).await,
-                        Command::Dead(args) => dead::run(args, &cli.log, defaults).await,
-                        Command::Publish(args) => events::publish(args, &cli.log, defaults).await,
-                        Command::Subscribe(args) => {
-                            events::subscribe(args, &cli.log, defaults).await
-                        }
-                        Command::List(args) => list::run(args, &cli.log, defaults).await,
-                        Command::Ping(args) => ping::run(args, &cli.log, defaults).await,
-                        Command::Asyncapi(args) => asyncapi::run(args, &cli.log, defaults).await,
-                        _ => unreachable!("handled above"),
-                    }
+                    let (log, defaults) = (cli.log, defaults.clone());
+                    tokio::spawn(async move { run_async(command, &log, &defaults).await })
+                        .await
+                        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
                 }),
                 Err(err) => Err(exit::Failure::new(
                     Exit::Usage,
@@ -189,6 +182,28 @@ impl Main {
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(failure) => failure.report(),
+        }
+    }
+}
+
+/// Runs a command that needs the async runtime.
+async fn run_async(
+    command: Command,
+    log: &logging::LogArgs,
+    defaults: &[(&'static str, String)],
+) -> Result<(), exit::Failure> {
+    match command {
+        Command::Serve(args) => serve::run(args, log, defaults).await,
+        Command::Call(args) => call::run(args, log, defaults).await,
+        Command::Cast(args) => cast::run(args, log, defaults).await,
+        Command::Dead(args) => dead::run(args, log, defaults).await,
+        Command::Publish(args) => events::publish(args, log, defaults).await,
+        Command::Subscribe(args) => events::subscribe(args, log, defaults).await,
+        Command::List(args) => list::run(args, log, defaults).await,
+        Command::Ping(args) => ping::run(args, log, defaults).await,
+        Command::Asyncapi(args) => asyncapi::run(args, log, defaults).await,
+        Command::New(_) | Command::Config(_) | Command::Completions { .. } => {
+            unreachable!("run without the async runtime")
         }
     }
 }
