@@ -1,6 +1,6 @@
 //! `guirpc call`: call a function by name from a shell, once, or once per line of input.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use clap::Args as ClapArgs;
 use futures_lite::StreamExt;
@@ -8,7 +8,7 @@ use guirpc_core::{Client, Error};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 use crate::exit::{Exit, Failure};
 use crate::logging::LogArgs;
@@ -51,7 +51,8 @@ pub(crate) struct Args {
     /// Read one JSON argument value per line from standard input
     #[arg(long)]
     stdin: bool,
-    /// With --stdin: how many calls to keep in flight at once
+    /// With --stdin: how many calls to keep in flight at once (results that come before an
+    /// earlier line's wait for it, up to 8 × N lines, without holding their places)
     #[arg(long, value_name = "N", default_value_t = 32, requires = "stdin")]
     inflight: usize,
     /// Print the result indented
@@ -231,29 +232,32 @@ async fn call_once(
     Ok(())
 }
 
-/// One result line per input line, in order, with at most `inflight` calls running.
-async fn call_lines(client: Client, function: String, inflight: usize) -> Result<(), Failure> {
-    enum Slot {
-        Ready(bool, String),
-        Running(JoinHandle<(bool, String)>),
-    }
-    enum Event {
-        Done(bool, String),
-        Line(std::io::Result<Option<String>>),
-    }
+/// How many lines, per call in flight, may have their results wait for an earlier line's.
+const WAITING_PER_CALL: usize = 8;
 
+/// One result line per input line, in order, with at most `inflight` calls running. A
+/// call that ends before an earlier line's waits for it, without holding its place among
+/// the running: a slow line does not narrow the window (up to [`WAITING_PER_CALL`] times
+/// `inflight` lines waiting at once; then reading pauses until the slow one ends).
+async fn call_lines(client: Client, function: String, inflight: usize) -> Result<(), Failure> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = BufWriter::new(tokio::io::stdout());
-    let mut window: VecDeque<Slot> = VecDeque::with_capacity(inflight);
-    let (mut line_number, mut failed, mut eof) = (0usize, 0usize, false);
+    // Line `written + i`'s result, once it has one.
+    let mut waiting: VecDeque<Option<(bool, String)>> = VecDeque::new();
+    let waiting_limit = inflight.saturating_mul(WAITING_PER_CALL);
+    let mut running: JoinSet<(bool, String)> = JoinSet::new();
+    // Each running call's line, by its task.
+    let mut line_of: HashMap<tokio::task::Id, usize> = HashMap::with_capacity(inflight);
+    let (mut read, mut written, mut failed, mut eof) = (0usize, 0usize, 0usize, false);
     // A reader that went away ends the run quietly; nothing more can be delivered.
     let write_error = |err: std::io::Error| -> Failure { crate::output::closed_or_failed(&err) };
     let progress = progress_bar();
     loop {
-        while let Some(Slot::Ready(..)) = window.front() {
-            let Some(Slot::Ready(ok, line)) = window.pop_front() else {
+        while let Some(Some(_)) = waiting.front() {
+            let Some(Some((ok, line))) = waiting.pop_front() else {
                 unreachable!()
             };
+            written += 1;
             failed += usize::from(!ok);
             progress.inc(1);
             if !ok {
@@ -262,61 +266,61 @@ async fn call_lines(client: Client, function: String, inflight: usize) -> Result
             out.write_all(line.as_bytes()).await.map_err(write_error)?;
             out.write_all(b"\n").await.map_err(write_error)?;
         }
-        if window.is_empty() {
+        if waiting.is_empty() {
             // Nothing pending: whoever reads the output gets it now.
             out.flush().await.map_err(write_error)?;
             if eof {
                 break;
             }
         }
-        let can_read = !eof && window.len() < inflight;
-        let event = tokio::select! {
-            done = async {
-                match window.front_mut() {
-                    Some(Slot::Running(handle)) => handle.await,
-                    _ => std::future::pending().await,
-                }
-            } => {
-                let (ok, line) = done.unwrap_or_else(|err| (false, json!({"error": {"code": "internal", "message": err.to_string()}}).to_string()));
-                Event::Done(ok, line)
-            }
-            line = lines.next_line(), if can_read => Event::Line(line),
-        };
-        match event {
-            Event::Done(ok, line) => {
-                window.pop_front();
-                window.push_front(Slot::Ready(ok, line));
-            }
-            Event::Line(Ok(Some(text))) => {
-                line_number += 1;
-                match parse_args(&text) {
-                    Ok(args) => {
-                        let (client, function) = (client.clone(), function.clone());
-                        window.push_back(Slot::Running(tokio::spawn(async move {
-                            match client.call::<Json>(&function, args).await {
-                                Ok(Json(result)) => (true, result.to_string()),
-                                Err(err) => (false, error_line(&err)),
-                            }
-                        })));
+        let can_read = !eof && running.len() < inflight && waiting.len() < waiting_limit;
+        tokio::select! {
+            Some(done) = running.join_next_with_id() => {
+                let (id, outcome) = match done {
+                    Ok((id, outcome)) => (id, outcome),
+                    Err(err) => {
+                        let line = json!({"error": {"code": "internal", "message": err.to_string()}});
+                        (err.id(), (false, line.to_string()))
                     }
-                    Err(message) => {
-                        let line = json!({"error": {"code": "invalid_json", "message": format!("line {line_number}: {message}")}});
-                        window.push_back(Slot::Ready(false, line.to_string()));
+                };
+                let line = line_of.remove(&id).expect("every running call's line is known");
+                waiting[line - written] = Some(outcome);
+            }
+            text = lines.next_line(), if can_read => match text {
+                Ok(Some(text)) => {
+                    read += 1;
+                    match parse_args(&text) {
+                        Ok(args) => {
+                            let (client, function) = (client.clone(), function.clone());
+                            let task = running.spawn(async move {
+                                match client.call::<Json>(&function, args).await {
+                                    Ok(Json(result)) => (true, result.to_string()),
+                                    Err(err) => (false, error_line(&err)),
+                                }
+                            });
+                            line_of.insert(task.id(), read - 1);
+                            waiting.push_back(None);
+                        }
+                        Err(message) => {
+                            let line = json!({"error": {"code": "invalid_json", "message": format!("line {read}: {message}")}});
+                            waiting.push_back(Some((false, line.to_string())));
+                        }
                     }
                 }
-            }
-            Event::Line(Ok(None)) => eof = true,
-            Event::Line(Err(err)) => {
-                return Err(Failure::new(
-                    Exit::Usage,
-                    format!("cannot read standard input: {err}"),
-                ));
-            }
+                Ok(None) => eof = true,
+                Err(err) => {
+                    return Err(Failure::new(
+                        Exit::Usage,
+                        format!("cannot read standard input: {err}"),
+                    ));
+                }
+            },
+            else => unreachable!("with nothing running, every result is written and a line can be read"),
         }
     }
     progress.finish_and_clear();
     if failed > 0 {
-        eprintln!("{failed} of {line_number} calls failed");
+        eprintln!("{failed} of {read} calls failed");
         return Err(Failure::silent(Exit::Remote));
     }
     Ok(())

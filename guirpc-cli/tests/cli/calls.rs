@@ -214,6 +214,37 @@ async fn call_stdin_answers_thousands_of_lines_in_order_with_bad_lines_among_the
     assert_eq!(text(&out.stdout), "3\n7\n");
 }
 
+/// `--inflight` bounds the calls running, not the lines between the oldest unanswered and
+/// the newest: a slow line's later lines go on past it, their results waiting to be
+/// written in order. Line 1 passes only after the 12 lines behind it have, 2 in flight
+/// (up to 16 lines may wait).
+#[tokio::test(flavor = "multi_thread")]
+async fn call_stdin_goes_on_past_a_slow_line_and_still_answers_in_order() {
+    let server = serve("slow_line").await;
+    let input = std::iter::once("[12]\n".to_owned())
+        .chain((0..12).map(|_| "[0]\n".to_owned()))
+        .collect();
+    let out = guirpc(
+        &[
+            "call",
+            "gate",
+            "--stdin",
+            "--inflight",
+            "2",
+            "-q",
+            server.queue(),
+        ],
+        Some(input),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 13, "{stdout}");
+    assert_eq!(lines[0], "12");
+    assert!(lines[1..].iter().all(|line| *line == "0"), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn list_shows_every_function_with_its_signature_and_description() {
     let server = serve("list").await;
@@ -255,6 +286,7 @@ async fn list_shows_every_function_with_its_signature_and_description() {
             "countdown",
             "div",
             "first_bytes",
+            "gate",
             "nap",
             "tally",
             "tally_later"
@@ -282,7 +314,7 @@ async fn ping_answers_only_when_a_server_does() {
     let out = guirpc(&["ping", "-q", &q, "--json"], None).await;
     let pong: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pong["in_flight"], 0);
-    assert_eq!(pong["functions"], 7);
+    assert_eq!(pong["functions"], 8);
     assert!(
         pong["instance"]
             .as_str()

@@ -64,6 +64,27 @@ async fn nap(ms: u64) -> u64 {
     ms
 }
 
+/// The calls of [`gate`] that have passed.
+static PASSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Passes once `after` other calls of it have passed (10 s at most, then fails): a line
+/// of `call --stdin` that only ends if later lines go on without it.
+#[rpc]
+async fn gate(after: u64) -> Result<u64, String> {
+    let started = Instant::now();
+    while PASSED.load(Ordering::SeqCst) < after {
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(format!(
+                "{} of {after} others passed",
+                PASSED.load(Ordering::SeqCst)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    PASSED.fetch_add(1, Ordering::SeqCst);
+    Ok(after)
+}
+
 /// What [`tally`] has added up.
 static TALLY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
