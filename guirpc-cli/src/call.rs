@@ -253,10 +253,8 @@ async fn call_lines(client: Client, function: String, inflight: usize) -> Result
     let write_error = |err: std::io::Error| -> Failure { crate::output::closed_or_failed(&err) };
     let progress = progress_bar();
     loop {
-        while let Some(Some(_)) = waiting.front() {
-            let Some(Some((ok, line))) = waiting.pop_front() else {
-                unreachable!()
-            };
+        while let Some((ok, line)) = waiting.front_mut().and_then(Option::take) {
+            waiting.pop_front();
             written += 1;
             failed += usize::from(!ok);
             progress.inc(1);

@@ -462,15 +462,10 @@ async fn events(options: &Options, services: usize, results: &mut Results) {
     for server in servers {
         server.shutdown().await.unwrap();
     }
-    // The subscriber queues are durable and bound to the events exchange until they
-    // expire: left, the next arm's events would go to them too, unconsumed, and their
-    // confirms wait for the disk.
-    for queue in &queues {
-        let _ = raw_channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
-    }
-    for queue in raw_queues {
+    // The guirpc services' subscriber queues are durable and bound to the events exchange
+    // until they expire: left, the next arm's events would go to them too, unconsumed, and
+    // their confirms wait for the disk.
+    for queue in queues.iter().chain(&raw_queues) {
         let _ = raw_channel
             .queue_delete(queue.as_str().into(), Default::default())
             .await;
