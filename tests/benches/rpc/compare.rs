@@ -55,14 +55,16 @@ pub(crate) enum Arm {
     /// header table), answered with the status in `type`: protocol version 2's.
     RawType,
     /// The baseline with every property guirpc's version 2 sends with a MessagePack
-    /// call: the request's `type`, `timestamp`, `expiration` and `mandatory` flag, the
-    /// reply's `type` (neither carries a `content_type`: absent means MessagePack). What
+    /// call: the request's `type`, `timestamp`, `expiration`, `user_id` and `mandatory`
+    /// flag, the reply's `type` (neither carries a `content_type`: absent means MessagePack). What
     /// is left between it and the async arm is guirpc's own code.
     RawAll,
     /// The baseline with the request's and the reply's `content_type`.
     RawCodec,
     /// The baseline with requests published `mandatory`.
     RawMandatory,
+    /// The baseline with the connection's user in each request's `user_id`.
+    RawUserId,
     Async,
     /// The async client, the payload a `ByteBuf` (copied) rather than `Bytes` (shared).
     AsyncCopied,
@@ -81,6 +83,7 @@ impl Arm {
             Arm::RawAll => "raw + all of v2",
             Arm::RawCodec => "raw + codec",
             Arm::RawMandatory => "raw + mandatory",
+            Arm::RawUserId => "raw + user_id",
             Arm::Async => "guirpc async",
             Arm::AsyncCopied => "async, ByteBuf",
             Arm::Observed => "async observed",
@@ -103,6 +106,7 @@ impl Arm {
             Arm::RawType => only(|adds| adds.kind = true),
             Arm::RawCodec => only(|adds| adds.codec = true),
             Arm::RawMandatory => only(|adds| adds.mandatory = true),
+            Arm::RawUserId => only(|adds| adds.user_id = true),
             _ => None,
         }
     }
@@ -404,7 +408,8 @@ fn run(
         | Arm::RawType
         | Arm::RawAll
         | Arm::RawCodec
-        | Arm::RawMandatory => {
+        | Arm::RawMandatory
+        | Arm::RawUserId => {
             let (raw, data) = (contenders.raws[&arm].clone(), data.clone());
             runtime.block_on(keep_calling(inflight, end, move || {
                 let (raw, data) = (raw.clone(), data.clone());

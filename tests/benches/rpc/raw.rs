@@ -88,11 +88,13 @@ pub(crate) struct Client {
     next: AtomicU64,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>,
     adds: Adds,
+    /// The user the connection authenticated as, each request's `user_id` when `adds` says.
+    user: lapin::types::ShortString,
 }
 
 /// Protocol features added to the baseline, to measure what each costs:
 /// `RAW_CONFIRM`, `RAW_HEADERS`, `RAW_EXPIRATION`, `RAW_TYPE`, `RAW_CODEC`,
-/// `RAW_MANDATORY` in the environment of the `raw` arm, or the arm that adds them.
+/// `RAW_MANDATORY`, `RAW_USER_ID` in the environment of the `raw` arm, or the arm that adds them.
 /// Read once.
 #[derive(Default)]
 pub(crate) struct Adds {
@@ -104,12 +106,15 @@ pub(crate) struct Adds {
     /// out since it is the default), echoed in the reply's.
     pub(crate) codec: bool,
     pub(crate) mandatory: bool,
+    /// The connection's user in `user_id`, which the broker checks against it: guirpc's
+    /// calls carry it for the server to know who called.
+    pub(crate) user_id: bool,
 }
 
 impl Adds {
     /// Every property a guirpc version 2 call in MessagePack carries (and its reply:
     /// the status in `type`), but those named in `RAW_ALL_SKIP` (any of `expiration`,
-    /// `type`, `mandatory`), to measure what leaving one out would save;
+    /// `type`, `mandatory`, `user_id`), to measure what leaving one out would save;
     /// `RAW_ALL_CODEC` adds the request's `content_type`, echoed in the reply's, as
     /// guirpc's calls carried them before they left them out.
     pub(crate) fn version_2() -> Adds {
@@ -119,6 +124,7 @@ impl Adds {
             kind: !skip.contains("type"),
             codec: std::env::var_os("RAW_ALL_CODEC").is_some(),
             mandatory: !skip.contains("mandatory"),
+            user_id: !skip.contains("user_id"),
             ..Adds::default()
         }
     }
@@ -132,12 +138,15 @@ impl Adds {
             kind: set("RAW_TYPE"),
             codec: set("RAW_CODEC"),
             mandatory: set("RAW_MANDATORY"),
+            user_id: set("RAW_USER_ID"),
         }
     }
 }
 
 impl Client {
     pub(crate) async fn connect_with(uri: &str, queue: &str, adds: Adds) -> Client {
+        let parsed: lapin::uri::AMQPUri = uri.parse().unwrap();
+        let user = parsed.authority.userinfo.username.as_str().into();
         let connection = Connection::connect(uri, ConnectionProperties::default())
             .await
             .unwrap();
@@ -178,6 +187,7 @@ impl Client {
             next: AtomicU64::new(0),
             pending,
             adds,
+            user,
         }
     }
 
@@ -211,6 +221,9 @@ impl Client {
         if self.adds.codec {
             properties =
                 properties.with_content_type(guirpc_core::Codec::MsgPack.content_type().into());
+        }
+        if self.adds.user_id {
+            properties = properties.with_user_id(self.user.clone());
         }
         let confirm = self.adds.confirm;
         let options = BasicPublishOptions {
