@@ -56,8 +56,8 @@ pub(crate) enum Arm {
     RawType,
     /// The baseline with every property guirpc's version 2 sends with a MessagePack
     /// call: the request's `type`, `timestamp`, `expiration`, `user_id` and `mandatory`
-    /// flag, the reply's `type` (neither carries a `content_type`: absent means MessagePack). What
-    /// is left between it and the async arm is guirpc's own code.
+    /// flag, the reply's `type` (neither carries a `content_type`: absent means
+    /// MessagePack). What is left between it and the async arm is guirpc's own code.
     RawAll,
     /// The baseline with the request's and the reply's `content_type`.
     RawCodec,

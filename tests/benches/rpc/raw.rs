@@ -88,14 +88,15 @@ pub(crate) struct Client {
     next: AtomicU64,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>,
     adds: Adds,
-    /// The user the connection authenticated as, each request's `user_id` when `adds` says.
-    user: lapin::types::ShortString,
+    /// Each request's `user_id` (the URI's user, whom the connection authenticated as),
+    /// when `adds` asks for it.
+    user_id: Option<lapin::types::ShortString>,
 }
 
 /// Protocol features added to the baseline, to measure what each costs:
 /// `RAW_CONFIRM`, `RAW_HEADERS`, `RAW_EXPIRATION`, `RAW_TYPE`, `RAW_CODEC`,
-/// `RAW_MANDATORY`, `RAW_USER_ID` in the environment of the `raw` arm, or the arm that adds them.
-/// Read once.
+/// `RAW_MANDATORY`, `RAW_USER_ID` in the environment of the `raw` arm, or the arm that
+/// adds them. Read once.
 #[derive(Default)]
 pub(crate) struct Adds {
     pub(crate) confirm: bool,
@@ -145,8 +146,10 @@ impl Adds {
 
 impl Client {
     pub(crate) async fn connect_with(uri: &str, queue: &str, adds: Adds) -> Client {
-        let parsed: lapin::uri::AMQPUri = uri.parse().unwrap();
-        let user = parsed.authority.userinfo.username.as_str().into();
+        let user_id = adds.user_id.then(|| {
+            let parsed: lapin::uri::AMQPUri = uri.parse().unwrap();
+            parsed.authority.userinfo.username.as_str().into()
+        });
         let connection = Connection::connect(uri, ConnectionProperties::default())
             .await
             .unwrap();
@@ -187,7 +190,7 @@ impl Client {
             next: AtomicU64::new(0),
             pending,
             adds,
-            user,
+            user_id,
         }
     }
 
@@ -222,8 +225,8 @@ impl Client {
             properties =
                 properties.with_content_type(guirpc_core::Codec::MsgPack.content_type().into());
         }
-        if self.adds.user_id {
-            properties = properties.with_user_id(self.user.clone());
+        if let Some(user) = &self.user_id {
+            properties = properties.with_user_id(user.clone());
         }
         let confirm = self.adds.confirm;
         let options = BasicPublishOptions {
